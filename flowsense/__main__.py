@@ -1,0 +1,5 @@
+import sys
+
+from flowsense.cli import main
+
+sys.exit(main())

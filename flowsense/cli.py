@@ -1,0 +1,179 @@
+"""Thin subcommands over the library; each returns an exit code (ALERTS.md)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from flowsense import __version__
+from flowsense.config import Config, load_config, parse_home_net
+from flowsense.errors import ConfigError, FlowsenseError
+from flowsense.flows.features import FeatureFrame, concat
+from flowsense.pipeline import Pipeline, expand_inputs
+from flowsense.report import flows as flows_out
+from flowsense.report.summary import write_summary
+
+log = logging.getLogger("flowsense")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise ConfigError(message)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="write the main output here")
+    p.add_argument("--home-net", metavar="CIDR,...", help="networks inside the perimeter")
+    p.add_argument("--idle-timeout", type=float, metavar="S", help="idle timeout (both kinds)")
+    p.add_argument("--active-timeout", type=float, metavar="S", help="interim record period")
+    p.add_argument("--config", metavar="FILE", help="YAML config file")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="flowsense", description="Flow analyzer for reverse SSH tunnels and mining.")
+    p.add_argument("--version", action="version", version=f"flowsense {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    a = sub.add_parser("analyze", help="read, aggregate, detect")
+    a.add_argument("paths", nargs="+", metavar="PATH")
+    a.add_argument("--format", choices=("summary", "eve"), default="summary")
+    _common(a)
+    f = sub.add_parser("flows", help="flow records")
+    f.add_argument("paths", nargs="+", metavar="PATH")
+    f.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
+    f.add_argument("--splt", action="store_true", help="add the first packets (splt_*) to jsonl")
+    _common(f)
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    cfg = cfg.with_timeouts(args.idle_timeout, args.active_timeout)
+    if args.home_net:
+        cfg = dataclasses.replace(cfg, home_net=parse_home_net(args.home_net))
+    return cfg
+
+
+def _open_out(path: str | None) -> TextIO:
+    if path is None or path == "-":
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def _run(pipe: Pipeline, paths: list[str]) -> int:
+    for path in paths:
+        pipe.run_file(path)
+    pipe.finish()
+    for err in pipe.errors:
+        print(f"flowsense: {err}", file=sys.stderr)
+    return 1 if pipe.errors else 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    paths = expand_inputs(args.paths)
+    if args.format == "parquet":
+        if not args.output or args.output == "-":
+            raise ConfigError("--format parquet needs -o FILE")
+        frames: list[FeatureFrame] = []
+        pipe = Pipeline(cfg, frames.append)
+        rc = _run(pipe, paths)
+        flows_out.write_parquet(concat(frames), args.output)
+        return rc
+    out = _open_out(args.output)
+    first = [True]
+
+    def sink(frame: FeatureFrame) -> None:
+        if args.format == "csv":
+            flows_out.write_csv(frame, out, header=first[0])
+            first[0] = False
+        else:
+            flows_out.write_jsonl(frame, out, splt=args.splt)
+
+    try:
+        rc = _run(Pipeline(cfg, sink), paths)
+        if args.format == "csv" and first[0]:
+            flows_out.write_csv(FeatureFrame(cols={k: [] for k in _flow_names()}), out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return rc
+
+
+def _flow_names() -> list[str]:
+    from flowsense.schema import FLOW_COLUMNS
+
+    return list(FLOW_COLUMNS)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from flowsense.detect.registry import DETECTORS
+    from flowsense.report.alerts import eve_record
+
+    cfg = _config(args)
+    paths = expand_inputs(args.paths)
+    detectors = [cls() for cls in DETECTORS.values()]
+    rules = [r for d in detectors for r in d.watch_rules()]
+    out = _open_out(args.output)
+    alerts = []
+    n_flows = [0]
+
+    def sink(frame: FeatureFrame) -> None:
+        n_flows[0] += frame.n
+        for d in detectors:
+            for alert in d.on_frame(frame):
+                alerts.append(alert)
+                if args.format == "eve":
+                    out.write(eve_record(alert, cfg) + "\n")
+
+    try:
+        pipe = Pipeline(cfg, sink, rules)
+        rc = _run(pipe, paths)
+        if args.format == "summary":
+            write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return rc
+
+
+COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.WARNING - 10 * min(args.verbose, 2),
+            format="flowsense: %(levelname)s: %(message)s",
+            stream=sys.stderr,
+        )
+        # damaged files are reported once, by the command, as one line each
+        logging.getLogger("flowsense.pipeline").setLevel(logging.ERROR)
+        return COMMANDS[args.command](args)
+    except FlowsenseError as exc:
+        print(f"flowsense: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        # `| head`: end quietly; stop Python from complaining when it flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as exc:  # argparse --help / --version
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        if os.environ.get("FLOWSENSE_DEBUG"):
+            raise
+        print(f"flowsense: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,7 @@
+"""The detectors ``analyze`` and ``watch`` run: a plain literal registry, no import side effects."""
+
+from __future__ import annotations
+
+from flowsense.detect.base import Detector
+
+DETECTORS: dict[str, type[Detector]] = {}

@@ -1,0 +1,230 @@
+"""From table slots to a FeatureFrame: named 1-D columns (nfstream names) plus cold arrays.
+
+Everything here is vectorised over the slots being exported; Python touches each flow only to
+format its addresses and Community ID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flowsense.flows.ids import addr_text, community_ids, flow_ids
+from flowsense.flows.kernels import TableArrays
+from flowsense.schema import (
+    D_ACK,
+    D_BYTES,
+    D_CWR,
+    D_ECE,
+    D_FIN,
+    D_FIRST,
+    D_HEAD_LEN,
+    D_LAST,
+    D_MAX_PIAT,
+    D_MAX_PS,
+    D_MIN_PIAT,
+    D_MIN_PS,
+    D_PAYLOAD,
+    D_PKTS,
+    D_PSH,
+    D_RETRANS,
+    D_RST,
+    D_SYN,
+    D_URG,
+    DF_M2_PIAT,
+    DF_M2_PS,
+    DF_MEAN_PIAT,
+    DF_MEAN_PS,
+    END_NAMES,
+    FF_BI_M2_PIAT,
+    FF_BI_M2_PS,
+    FF_BI_MEAN_PIAT,
+    FF_BI_MEAN_PS,
+    FF_DIR0,
+    FF_DSTRIDE,
+    FI_BI_MAX_PIAT,
+    FI_BI_MAX_PS,
+    FI_BI_MIN_PIAT,
+    FI_BI_MIN_PS,
+    FI_DIR0,
+    FI_DSTRIDE,
+    FI_FIRST_TS,
+    FI_FRAGMENTS,
+    FI_LAST_TS,
+    FI_ORIENT,
+    FI_SEQ,
+    FI_SPLT_N,
+    FI_TUNNEL,
+    FI_VLAN,
+    FI_WATCH,
+    ORIENT_NAMES,
+    TUNNEL_NAMES,
+)
+
+_NS_PER_MS = 1_000_000
+
+
+@dataclass
+class FeatureFrame:
+    """Flow records as columns. ``cols`` hold the FLOW_COLUMNS; the rest is for detectors."""
+
+    cols: dict[str, np.ndarray | list] = field(default_factory=dict)
+    n: int = 0
+    # cold data, row-aligned with cols
+    head: np.ndarray | None = None  # uint8[n, 2, H] payload heads (0: src2dst, 1: dst2src)
+    head_len: np.ndarray | None = None  # int64[n, 2]
+    splt_ps: np.ndarray | None = None  # int32[n, N] signed sizes, 0 padded
+    splt_t_ms: np.ndarray | None = None  # float32[n, N] offsets from the first packet
+    splt_n: np.ndarray | None = None  # int64[n]
+    seq: np.ndarray | None = None  # creation order, for stable output
+    slot: np.ndarray | None = None  # table slot (valid only while the table has not moved on)
+    watch: np.ndarray | None = None  # watch id or -1
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _stats(mean: np.ndarray, m2: np.ndarray, k: np.ndarray, ddof: int) -> np.ndarray:
+    """Sample standard deviation from Welford's M2 (nfstream: n-1 for sizes, n-2 for gaps)."""
+    denom = k - ddof
+    out = np.zeros(len(mean), dtype=np.float64)
+    ok = denom > 0
+    out[ok] = np.sqrt(np.maximum(m2[ok], 0.0) / denom[ok])
+    return out
+
+
+def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool) -> FeatureFrame:
+    """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot)."""
+    slots = np.asarray(slots, dtype=np.int64)
+    n = len(slots)
+    fi = T.fi[slots]
+    ff = T.ff[slots]
+    cli_a = T.cli_a[slots] == 1
+    fam = T.kfam[slots]
+    proto = T.kproto[slots]
+    a_hi, a_lo, b_hi, b_lo = T.ka_hi[slots], T.ka_lo[slots], T.kb_hi[slots], T.kb_lo[slots]
+    pa, pb = T.kpa[slots], T.kpb[slots]
+    s_hi = np.where(cli_a, a_hi, b_hi)
+    s_lo = np.where(cli_a, a_lo, b_lo)
+    d_hi = np.where(cli_a, b_hi, a_hi)
+    d_lo = np.where(cli_a, b_lo, a_lo)
+    sp = np.where(cli_a, pa, pb)
+    dp = np.where(cli_a, pb, pa)
+    first = fi[:, FI_FIRST_TS]
+    c: dict[str, np.ndarray | list] = {}
+    c["flow_id"] = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first)
+    c["community_id"] = community_ids(fam, proto, s_hi, s_lo, d_hi, d_lo, sp, dp)
+    c["src_ip"] = addr_text(fam, s_hi, s_lo)
+    c["src_port"] = sp.astype(np.int64)
+    c["dst_ip"] = addr_text(fam, d_hi, d_lo)
+    c["dst_port"] = dp.astype(np.int64)
+    c["protocol"] = proto.astype(np.int64)
+    c["ip_version"] = fam.astype(np.int64)
+    c["vlan_id"] = fi[:, FI_VLAN]
+    c["tunnel"] = [TUNNEL_NAMES[t] for t in fi[:, FI_TUNNEL].tolist()]
+    c["orientation"] = [ORIENT_NAMES[o] for o in fi[:, FI_ORIENT].tolist()]
+    c["app_proto"] = [""] * n
+    c["expiration"] = [END_NAMES[r] for r in np.asarray(reasons).tolist()]
+    c["interim"] = np.full(n, interim)
+
+    last = fi[:, FI_LAST_TS]
+    pk = [fi[:, FI_DIR0 + d * FI_DSTRIDE + D_PKTS] for d in (0, 1)]
+    bi_pk = pk[0] + pk[1]
+    c["bidirectional_first_seen_ms"] = first // _NS_PER_MS
+    c["bidirectional_last_seen_ms"] = last // _NS_PER_MS
+    c["bidirectional_duration_ms"] = (last - first) // _NS_PER_MS
+    c["bidirectional_packets"] = bi_pk
+    dir_cols: list[dict[str, np.ndarray]] = []
+    for d in (0, 1):
+        b = FI_DIR0 + d * FI_DSTRIDE
+        fb = FF_DIR0 + d * FF_DSTRIDE
+        k = fi[:, b + D_PKTS]
+        has = k > 0
+        dfirst = np.where(has, fi[:, b + D_FIRST], 0)
+        dlast = np.where(has, fi[:, b + D_LAST], 0)
+        dc = {
+            "first_seen_ms": dfirst // _NS_PER_MS,
+            "last_seen_ms": dlast // _NS_PER_MS,
+            "duration_ms": (dlast - dfirst) // _NS_PER_MS,
+            "packets": k,
+            "bytes": fi[:, b + D_BYTES],
+            "payload_bytes": fi[:, b + D_PAYLOAD],
+            "min_ps": fi[:, b + D_MIN_PS],
+            "mean_ps": ff[:, fb + DF_MEAN_PS],
+            "stddev_ps": _stats(ff[:, fb + DF_MEAN_PS], ff[:, fb + DF_M2_PS], k, 1),
+            "max_ps": fi[:, b + D_MAX_PS],
+            "min_piat_ms": fi[:, b + D_MIN_PIAT] / _NS_PER_MS,
+            "mean_piat_ms": ff[:, fb + DF_MEAN_PIAT],
+            "stddev_piat_ms": _stats(ff[:, fb + DF_MEAN_PIAT], ff[:, fb + DF_M2_PIAT], k, 2),
+            "max_piat_ms": fi[:, b + D_MAX_PIAT] / _NS_PER_MS,
+            "syn_packets": fi[:, b + D_SYN],
+            "cwr_packets": fi[:, b + D_CWR],
+            "ece_packets": fi[:, b + D_ECE],
+            "urg_packets": fi[:, b + D_URG],
+            "ack_packets": fi[:, b + D_ACK],
+            "psh_packets": fi[:, b + D_PSH],
+            "rst_packets": fi[:, b + D_RST],
+            "fin_packets": fi[:, b + D_FIN],
+        }
+        dir_cols.append(dc)
+    c["bidirectional_bytes"] = dir_cols[0]["bytes"] + dir_cols[1]["bytes"]
+    c["bidirectional_payload_bytes"] = dir_cols[0]["payload_bytes"] + dir_cols[1]["payload_bytes"]
+    c["bidirectional_min_ps"] = fi[:, FI_BI_MIN_PS]
+    c["bidirectional_mean_ps"] = ff[:, FF_BI_MEAN_PS]
+    c["bidirectional_stddev_ps"] = _stats(ff[:, FF_BI_MEAN_PS], ff[:, FF_BI_M2_PS], bi_pk, 1)
+    c["bidirectional_max_ps"] = fi[:, FI_BI_MAX_PS]
+    c["bidirectional_min_piat_ms"] = fi[:, FI_BI_MIN_PIAT] / _NS_PER_MS
+    c["bidirectional_mean_piat_ms"] = ff[:, FF_BI_MEAN_PIAT]
+    c["bidirectional_stddev_piat_ms"] = _stats(
+        ff[:, FF_BI_MEAN_PIAT], ff[:, FF_BI_M2_PIAT], bi_pk, 2
+    )
+    c["bidirectional_max_piat_ms"] = fi[:, FI_BI_MAX_PIAT] / _NS_PER_MS
+    for flag in ("syn", "cwr", "ece", "urg", "ack", "psh", "rst", "fin"):
+        key = f"{flag}_packets"
+        c[f"bidirectional_{key}"] = dir_cols[0][key] + dir_cols[1][key]
+    for prefix, dc in (("src2dst", dir_cols[0]), ("dst2src", dir_cols[1])):
+        for key, col in dc.items():
+            c[f"{prefix}_{key}"] = col
+    c["src2dst_retransmissions"] = fi[:, FI_DIR0 + D_RETRANS]
+    c["dst2src_retransmissions"] = fi[:, FI_DIR0 + FI_DSTRIDE + D_RETRANS]
+    c["fragments"] = fi[:, FI_FRAGMENTS]
+
+    # heads and first packets, oriented to the client
+    # the table already keeps heads by client direction (0: from the client)
+    head = T.head[slots]
+    head_len = np.stack(
+        [fi[:, FI_DIR0 + D_HEAD_LEN], fi[:, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]], axis=1
+    )
+    return FeatureFrame(
+        cols=c, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
+        splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ], slot=slots,
+        watch=fi[:, FI_WATCH],
+    )
+
+
+def concat(frames: list[FeatureFrame]) -> FeatureFrame:
+    """Join frames row-wise (keeps cold arrays)."""
+    frames = [f for f in frames if f.n]
+    if not frames:
+        return FeatureFrame()
+    if len(frames) == 1:
+        return frames[0]
+    cols: dict[str, np.ndarray | list] = {}
+    for key, first in frames[0].cols.items():
+        if isinstance(first, list):
+            merged: list = []
+            for f in frames:
+                merged.extend(f.cols[key])  # type: ignore[arg-type]
+            cols[key] = merged
+        else:
+            cols[key] = np.concatenate([f.cols[key] for f in frames])
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(f, name) for f in frames])
+
+    return FeatureFrame(
+        cols=cols, n=sum(f.n for f in frames), head=cat("head"), head_len=cat("head_len"),
+        splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
+        slot=cat("slot"), watch=cat("watch"),
+    )

@@ -1,0 +1,99 @@
+"""Flow identities: addresses as text, Community ID v1, and the stable ``flow_id``.
+
+Community ID (https://github.com/corelight/community-id-spec): SHA-1 over seed (2 bytes, big
+endian), the ordered endpoint addresses (IPv4 in its 4-byte form), protocol, a zero pad byte and
+the ordered ports (ICMP: type and counterpart or code), base64, prefixed ``1:``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import struct
+
+import numpy as np
+
+_ICMP = {1, 58}
+_ICMP_PAIRED = {
+    1: {0, 8, 9, 10, 13, 14, 15, 16, 17, 18},
+    58: {128, 129, 130, 131, 133, 134, 135, 136, 144, 145},
+}
+
+
+def addr_text(fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> list[str]:
+    """Addresses as text: dotted quad for IPv4, RFC 5952 for IPv6."""
+    out: list[str] = []
+    fam_l = fam.tolist()
+    hi_l = hi.tolist()
+    lo_l = lo.tolist()
+    for f, h, low in zip(fam_l, hi_l, lo_l):
+        if f == 4:
+            out.append(f"{low >> 24}.{(low >> 16) & 255}.{(low >> 8) & 255}.{low & 255}")
+        else:
+            out.append(socket.inet_ntop(socket.AF_INET6, struct.pack(">QQ", h, low)))
+    return out
+
+
+def _addr_bytes(f: int, h: int, low: int) -> bytes:
+    if f == 4:
+        return struct.pack(">I", low)
+    return struct.pack(">QQ", h, low)
+
+
+def community_id(
+    fam: int, proto: int, s_hi: int, s_lo: int, d_hi: int, d_lo: int, sport: int, dport: int,
+    seed: int = 0,
+) -> str:
+    """Community ID v1 of one flow (ports as carried in the flow key)."""
+    src = _addr_bytes(fam, s_hi, s_lo)
+    dst = _addr_bytes(fam, d_hi, d_lo)
+    has_ports = proto in (6, 17, 132) or proto in _ICMP
+    # the key's ports already hold (type, counterpart-or-code); a one-way ICMP type keeps the
+    # observed order (the spec's is_one_way), everything else is ordered by (address, port)
+    one_way = proto in _ICMP and sport not in _ICMP_PAIRED[proto]
+    if not one_way and (src, sport) > (dst, dport):
+        src, dst, sport, dport = dst, src, dport, sport
+    data = struct.pack(">H", seed) + src + dst + struct.pack(">BB", proto, 0)
+    if has_ports:
+        data += struct.pack(">HH", sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
+
+
+def community_ids(
+    fam: np.ndarray, proto: np.ndarray, s_hi: np.ndarray, s_lo: np.ndarray, d_hi: np.ndarray,
+    d_lo: np.ndarray, sport: np.ndarray, dport: np.ndarray, seed: int = 0,
+) -> list[str]:
+    return [
+        community_id(*row, seed=seed)
+        for row in zip(
+            fam.tolist(), proto.tolist(), s_hi.tolist(), s_lo.tolist(), d_hi.tolist(),
+            d_lo.tolist(), sport.tolist(), dport.tolist(),
+        )
+    ]
+
+
+def _fmix(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def flow_ids(
+    fam: np.ndarray, proto: np.ndarray, a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray,
+    b_lo: np.ndarray, pa: np.ndarray, pb: np.ndarray, first_ts: np.ndarray,
+) -> np.ndarray:
+    """A 63-bit hash of the canonical key and the first packet's time: the same in every run,
+    chunk and worker (unkeyed, unlike the table's hash), positive so JSON readers agree."""
+    with np.errstate(over="ignore"):
+        h = _fmix(
+            fam.astype(np.uint64)
+            | (proto.astype(np.uint64) << np.uint64(8))
+            | (pa.astype(np.uint64) << np.uint64(16))
+            | (pb.astype(np.uint64) << np.uint64(32))
+        )
+        for col in (a_hi, a_lo, b_hi, b_lo, first_ts.astype(np.uint64)):
+            h = _fmix(h ^ col.astype(np.uint64) ^ np.uint64(0x9E3779B97F4A7C15))
+    return (h & np.uint64(0x7FFFFFFFFFFFFFFF)).astype(np.int64)

@@ -1,0 +1,776 @@
+"""The flow table in numba: keyed open addressing, a hot block per flow, cold arrays apart.
+
+Layout (all arrays preallocated by ``flows/table.py``; F flow slots, IC = 2F index cells):
+
+* index: ``ix_slot`` int32[IC] (-1 empty) and ``ix_hash`` uint64[IC]; linear probing, deletion
+  by backward shift (no tombstones). Flow data never moves: the index points at slots.
+* keys: ``kfam kproto`` uint8[F], ``ka_hi ka_lo kb_hi kb_lo`` uint64[F], ``kpa kpb`` uint16[F];
+  the endpoints in canonical order (a <= b by address, then port); ``cli_a`` uint8[F] says
+  whether endpoint a is the client.
+* hot: ``fi`` int64[F, FI_NFIELDS] and ``ff`` float64[F, FF_NFIELDS] (``schema.FI_*/FF_*``).
+* cold: ``splt_ps`` int32[F, N] signed sizes (+ client to server), ``splt_t`` float32[F, N] ms
+  from the flow's first packet; ``head`` uint8[F, 2, H] first payload bytes by direction, placed
+  by TCP sequence offset.
+* lists: three idle lists (short, established TCP, closing) in ``lprev/lnext``, ordered by last
+  packet; one active-timeout list in ``aprev/anext``; heads and tails in ``lhead/ltail`` [4].
+  Expiry pops list heads, so its cost is the number of flows that expire, never the capacity.
+* ``free`` int32[F] slot stack; ``dirty``/``dirty_list``: flows touched since the last snapshot;
+  ``ev_slot``/``ev_kind``: ended flows (and interim records) for Python to export.
+* watches (leased to flows that match a watch rule or that Python marks): ``w_slot`` int32[W],
+  ``wfree`` int32[W], ``w_fill`` int64[W, 2] bytes filled, ``slab`` uint8[W, 2, S] payload by
+  sequence offset, and a trace ring
+  ``tr_len`` int32[W, T], ``tr_flags`` uint8[W, T], ``tr_ts`` int64[W, T], ``tr_n`` int64[W].
+  Rules: ``wr_prefix`` uint8[R, 8], ``wr_len`` uint8[R], ``wr_port`` uint16[R]: lease when a
+  direction's first payload starts with the prefix and (port 0 or) either port matches.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from flowsense.jit import kernel
+from flowsense.schema import (
+    D_ACK,
+    D_BYTES,
+    D_CWR,
+    D_DATA_PKTS,
+    D_ECE,
+    D_FIN,
+    D_FIRST,
+    D_HEAD_LEN,
+    D_ISN,
+    D_LAST,
+    D_MAX_PIAT,
+    D_MAX_PS,
+    D_MIN_PIAT,
+    D_MIN_PS,
+    D_NEXT,
+    D_PAYLOAD,
+    D_PKTS,
+    D_PSH,
+    D_RETRANS,
+    D_RST,
+    D_SYN,
+    D_URG,
+    DF_M2_PIAT,
+    DF_M2_PS,
+    DF_MEAN_PIAT,
+    DF_MEAN_PS,
+    END_ACTIVE,
+    END_FIN,
+    END_IDLE,
+    END_REUSE,
+    END_RST,
+    FF_BI_M2_PIAT,
+    FF_BI_M2_PS,
+    FF_BI_MEAN_PIAT,
+    FF_BI_MEAN_PS,
+    FF_DIR0,
+    FF_DSTRIDE,
+    FI_ACTIVE_MARK,
+    FI_BI_MAX_PIAT,
+    FI_BI_MAX_PS,
+    FI_BI_MIN_PIAT,
+    FI_BI_MIN_PS,
+    FI_DIR0,
+    FI_DSTRIDE,
+    FI_END_REASON,
+    FI_FIRST_TS,
+    FI_FRAGMENTS,
+    FI_HASH,
+    FI_INTERIMS,
+    FI_LAST_TS,
+    FI_LIST,
+    FI_ORIENT,
+    FI_PREV_TS,
+    FI_SEQ,
+    FI_SPLT_N,
+    FI_STATE,
+    FI_TUNNEL,
+    FI_VLAN,
+    FI_WATCH,
+    FS_CLOSING,
+    FS_ENDED,
+    FS_ESTABLISHED,
+    FS_FIN0,
+    FS_FIN1,
+    FS_LIVE,
+    FS_RST,
+    FS_SYN,
+    FS_SYNACK,
+    K_DONE,
+    K_EVENTS,
+    K_GROW,
+    L_CLOSING,
+    L_EST,
+    L_SHORT,
+    OR_GUESSED,
+    OR_SYN,
+    OR_SYNACK,
+    P_ACTIVE_NS,
+    P_CLOSE_NS,
+    P_EST_IDLE_NS,
+    P_IDLE_NS,
+    P_MAX_FLOWS,
+    PF_FRAGMENT,
+    S_CLOCK,
+    S_NDIRTY,
+    S_NEV,
+    S_NFREE,
+    S_NLIVE,
+    S_NWATCH,
+    S_RETRANS,
+    S_REUSED,
+    S_SEQ,
+    S_WATCH_FULL,
+    ST_OK,
+    TH_ACK,
+    TH_CWR,
+    TH_ECE,
+    TH_FIN,
+    TH_PSH,
+    TH_RST,
+    TH_SYN,
+    TH_URG,
+)
+
+A_LIST = 3  # index of the active-timeout list in lhead/ltail
+
+# trace flag bits
+TR_DIR = 1  # server to client
+TR_RETRANS = 2  # payload wholly below the highest sequence already seen
+TR_SYN = 4
+TR_FIN = 8
+TR_RST = 16
+TR_ACK_ONLY = 32  # TCP, no payload, no SYN/FIN/RST
+
+
+class TableArrays(NamedTuple):
+    kfam: np.ndarray
+    kproto: np.ndarray
+    ka_hi: np.ndarray
+    ka_lo: np.ndarray
+    kb_hi: np.ndarray
+    kb_lo: np.ndarray
+    kpa: np.ndarray
+    kpb: np.ndarray
+    cli_a: np.ndarray
+    fi: np.ndarray
+    ff: np.ndarray
+    splt_ps: np.ndarray
+    splt_t: np.ndarray
+    head: np.ndarray
+    ix_slot: np.ndarray
+    ix_hash: np.ndarray
+    lprev: np.ndarray
+    lnext: np.ndarray
+    aprev: np.ndarray
+    anext: np.ndarray
+    lhead: np.ndarray
+    ltail: np.ndarray
+    free: np.ndarray
+    dirty: np.ndarray
+    dirty_list: np.ndarray
+    ev_slot: np.ndarray
+    ev_kind: np.ndarray
+    w_slot: np.ndarray
+    wfree: np.ndarray
+    w_fill: np.ndarray
+    slab: np.ndarray
+    tr_len: np.ndarray
+    tr_flags: np.ndarray
+    tr_ts: np.ndarray
+    tr_n: np.ndarray
+    wr_prefix: np.ndarray
+    wr_len: np.ndarray
+    wr_port: np.ndarray
+    st: np.ndarray
+    prm: np.ndarray
+    hkey: np.ndarray
+
+
+@kernel
+def _mix(h, k):
+    h ^= k
+    h *= np.uint64(0x9E3779B97F4A7C15)
+    h ^= h >> np.uint64(29)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(32)
+    return h
+
+
+@kernel
+def flow_hash(hkey, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
+    """Keyed hash of a canonical key (the key is drawn per run: flow floods cannot aim)."""
+    h = hkey[0]
+    h = _mix(h, np.uint64(fam) | (np.uint64(proto) << np.uint64(8))
+             | (np.uint64(pa) << np.uint64(16)) | (np.uint64(pb) << np.uint64(32)))
+    h = _mix(h, a_hi ^ hkey[1])
+    h = _mix(h, a_lo)
+    h = _mix(h, b_hi)
+    h = _mix(h, b_lo ^ hkey[1])
+    return h
+
+
+@kernel
+def _list_unlink(prev, nxt, lhead, ltail, li, s):
+    p = prev[s]
+    q = nxt[s]
+    if p >= 0:
+        nxt[p] = q
+    else:
+        lhead[li] = q
+    if q >= 0:
+        prev[q] = p
+    else:
+        ltail[li] = p
+    prev[s] = -1
+    nxt[s] = -1
+
+
+@kernel
+def _list_append(prev, nxt, lhead, ltail, li, s):
+    t = ltail[li]
+    prev[s] = t
+    nxt[s] = -1
+    if t >= 0:
+        nxt[t] = s
+    else:
+        lhead[li] = s
+    ltail[li] = s
+
+
+@kernel
+def _index_find(T, h, slot):
+    """Index cell holding ``slot`` (whose hash is ``h``), or -1."""
+    mask = T.ix_slot.shape[0] - 1
+    pos = np.int64(h & np.uint64(mask))
+    while T.ix_slot[pos] >= 0:
+        if T.ix_slot[pos] == slot:
+            return pos
+        pos = (pos + 1) & mask
+    return -1
+
+
+@kernel
+def _index_delete(T, pos):
+    """Backward-shift deletion at cell ``pos``."""
+    mask = T.ix_slot.shape[0] - 1
+    i = pos
+    j = pos
+    while True:
+        j = (j + 1) & mask
+        if T.ix_slot[j] < 0:
+            break
+        k = np.int64(T.ix_hash[j] & np.uint64(mask))
+        if i <= j:
+            stays = i < k <= j
+        else:
+            stays = k > i or k <= j
+        if stays:
+            continue
+        T.ix_slot[i] = T.ix_slot[j]
+        T.ix_hash[i] = T.ix_hash[j]
+        i = j
+    T.ix_slot[i] = -1
+
+
+@kernel
+def _index_insert(T, h, slot):
+    mask = T.ix_slot.shape[0] - 1
+    pos = np.int64(h & np.uint64(mask))
+    while T.ix_slot[pos] >= 0:
+        pos = (pos + 1) & mask
+    T.ix_slot[pos] = slot
+    T.ix_hash[pos] = h
+
+
+@kernel
+def end_flow(T, s, reason):
+    """Take a live flow out of the index and lists and queue it for export."""
+    fi = T.fi
+    pos = _index_find(T, np.uint64(fi[s, FI_HASH]), s)
+    if pos >= 0:
+        _index_delete(T, pos)
+    _list_unlink(T.lprev, T.lnext, T.lhead, T.ltail, fi[s, FI_LIST], s)
+    _list_unlink(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
+    fi[s, FI_STATE] = (fi[s, FI_STATE] & ~FS_LIVE) | FS_ENDED
+    fi[s, FI_END_REASON] = reason
+    T.st[S_NLIVE] -= 1
+    e = T.st[S_NEV]
+    T.ev_slot[e] = s
+    T.ev_kind[e] = reason
+    T.st[S_NEV] = e + 1
+
+
+@kernel
+def _expire(T, now):
+    """End flows idle past their list's timeout; queue an interim record when one is due.
+
+    Returns K_EVENTS when Python must drain events first (the list is full, or an interim
+    record must be taken at exactly this moment), else K_DONE.
+    """
+    st = T.st
+    prm = T.prm
+    fi = T.fi
+    cap = T.ev_slot.shape[0]
+    for li in range(3):
+        if li == L_SHORT:
+            tmo = prm[P_IDLE_NS]
+        elif li == L_EST:
+            tmo = prm[P_EST_IDLE_NS]
+        else:
+            tmo = prm[P_CLOSE_NS]
+        while T.lhead[li] >= 0:
+            s = T.lhead[li]
+            if now - fi[s, FI_LAST_TS] < tmo:
+                break
+            if st[S_NEV] >= cap:
+                return K_EVENTS
+            reason = END_IDLE
+            if li == L_CLOSING:
+                reason = END_RST if fi[s, FI_STATE] & FS_RST else END_FIN
+            end_flow(T, s, reason)
+    s = T.lhead[A_LIST]
+    if s >= 0 and now - fi[s, FI_ACTIVE_MARK] >= prm[P_ACTIVE_NS]:
+        if st[S_NEV] >= cap:
+            return K_EVENTS
+        fi[s, FI_ACTIVE_MARK] = now
+        fi[s, FI_INTERIMS] += 1
+        _list_unlink(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
+        _list_append(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
+        e = st[S_NEV]
+        T.ev_slot[e] = s
+        T.ev_kind[e] = END_ACTIVE
+        st[S_NEV] = e + 1
+        return K_EVENTS
+    return K_DONE
+
+
+@kernel
+def expire_until(T, now):
+    """Advance the table's clock to ``now`` (live capture on a quiet link) and expire."""
+    if now > T.st[S_CLOCK]:
+        T.st[S_CLOCK] = now
+    return _expire(T, T.st[S_CLOCK])
+
+
+@kernel
+def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, icmp_reply,
+              ts, vlan, tun):
+    st = T.st
+    nf = st[S_NFREE] - 1
+    s = T.free[nf]
+    st[S_NFREE] = nf
+    st[S_NLIVE] += 1
+    T.kfam[s] = fam
+    T.kproto[s] = proto
+    T.ka_hi[s] = a_hi
+    T.ka_lo[s] = a_lo
+    T.kb_hi[s] = b_hi
+    T.kb_lo[s] = b_lo
+    T.kpa[s] = pa
+    T.kpb[s] = pb
+    # who is the client: a SYN's sender, a SYN-ACK's receiver, else the first sender
+    orient = OR_GUESSED
+    client_is_sender = True
+    if proto == 6 and (flags & TH_SYN):
+        if flags & TH_ACK:
+            orient = OR_SYNACK
+            client_is_sender = False
+        else:
+            orient = OR_SYN
+    elif icmp_reply:
+        client_is_sender = False
+    T.cli_a[s] = 1 if client_is_sender == from_a else 0
+    fi = T.fi
+    fi[s, :] = 0
+    T.ff[s, :] = 0.0
+    fi[s, FI_FIRST_TS] = ts
+    fi[s, FI_LAST_TS] = ts
+    fi[s, FI_PREV_TS] = ts
+    fi[s, FI_STATE] = FS_LIVE
+    fi[s, FI_ORIENT] = orient
+    fi[s, FI_VLAN] = vlan
+    fi[s, FI_TUNNEL] = tun
+    fi[s, FI_WATCH] = -1
+    fi[s, FI_LIST] = L_SHORT
+    fi[s, FI_ACTIVE_MARK] = ts
+    fi[s, FI_HASH] = np.int64(h)
+    fi[s, FI_SEQ] = st[S_SEQ]
+    st[S_SEQ] += 1
+    for d in range(2):
+        b = FI_DIR0 + d * FI_DSTRIDE
+        fi[s, b + D_ISN] = -1
+    _index_insert(T, h, s)
+    _list_append(T.lprev, T.lnext, T.lhead, T.ltail, L_SHORT, s)
+    _list_append(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
+    return s
+
+
+@kernel
+def _welford(ff, s, im, i2, x, k):
+    """Update mean (ff[s, im]) and M2 (ff[s, i2]) with the k-th value x."""
+    mean = ff[s, im]
+    delta = x - mean
+    mean += delta / k
+    ff[s, im] = mean
+    ff[s, i2] += delta * (x - mean)
+
+
+@kernel
+def _place(dst, s, d, limit, rel, buf, po, cap):
+    """Copy payload bytes at sequence offset ``rel`` into dst[s, d, :limit]; returns the end."""
+    if rel >= limit:
+        return rel
+    k = cap
+    if rel + k > limit:
+        k = limit - rel
+    for j in range(k):
+        dst[s, d, rel + j] = buf[po + j]
+    return rel + k
+
+
+@kernel
+def _try_watch(T, s, buf, po, cap, sport, dport):
+    """Lease a watch to flow ``s`` if its first payload matches a rule and the quota allows."""
+    nr = T.wr_len.shape[0]
+    for r in range(nr):
+        port = T.wr_port[r]
+        if port != 0 and port != sport and port != dport:
+            continue
+        ln = T.wr_len[r]
+        if ln > cap:
+            continue
+        ok = True
+        for j in range(ln):
+            if buf[po + j] != T.wr_prefix[r, j]:
+                ok = False
+                break
+        if ok:
+            return lease_watch(T, s)
+    return -1
+
+
+@kernel
+def lease_watch(T, s):
+    """Give flow ``s`` a slab and a trace (its head copied in); -1 when the quota is spent."""
+    fi = T.fi
+    if fi[s, FI_WATCH] >= 0:
+        return fi[s, FI_WATCH]
+    nw = T.st[S_NWATCH]
+    if nw >= T.wfree.shape[0]:
+        T.st[S_WATCH_FULL] += 1
+        return -1
+    w = T.wfree[nw]
+    T.st[S_NWATCH] = nw + 1
+    T.w_slot[w] = s
+    fi[s, FI_WATCH] = w
+    T.tr_n[w] = 0
+    T.slab[w, :, :] = 0
+    hl = T.head.shape[2]
+    for d in range(2):
+        T.w_fill[w, d] = fi[s, FI_DIR0 + d * FI_DSTRIDE + D_HEAD_LEN]
+        for j in range(hl):
+            T.slab[w, d, j] = T.head[s, d, j]
+    return w
+
+
+@kernel
+def release_slots(T, slots, n):
+    """Return ended flows' slots (and their watches) to the free lists."""
+    fi = T.fi
+    st = T.st
+    for k in range(n):
+        s = slots[k]
+        if not (fi[s, FI_STATE] & FS_ENDED):
+            continue
+        fi[s, FI_STATE] = 0
+        w = fi[s, FI_WATCH]
+        if w >= 0:
+            T.w_slot[w] = -1
+            nw = st[S_NWATCH] - 1
+            T.wfree[nw] = w
+            st[S_NWATCH] = nw
+            fi[s, FI_WATCH] = -1
+        T.free[st[S_NFREE]] = s
+        st[S_NFREE] += 1
+
+
+@kernel
+def reindex(T):
+    """Rebuild the index from the live slots (after growth)."""
+    T.ix_slot[:] = -1
+    fi = T.fi
+    for s in range(fi.shape[0]):
+        if fi[s, FI_STATE] & FS_LIVE:
+            _index_insert(T, np.uint64(fi[s, FI_HASH]), s)
+
+
+@kernel
+def take_dirty(T, out):
+    """Copy the slots touched since the last call into ``out``; returns their count."""
+    n = T.st[S_NDIRTY]
+    for k in range(n):
+        s = T.dirty_list[k]
+        out[k] = s
+        T.dirty[s] = 0
+    T.st[S_NDIRTY] = 0
+    return n
+
+
+@kernel
+def process(
+    T, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
+    sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, buf,
+):
+    """Feed packets ``start..n-1`` of a batch into the table.
+
+    Returns (status, i): K_DONE with i == n, or K_GROW / K_EVENTS with i the packet to resume at
+    once Python has made room (grown or evicted) or drained the events.
+    """
+    st = T.st
+    fi = T.fi
+    ff = T.ff
+    max_flows = T.prm[P_MAX_FLOWS]
+    nsplt = T.splt_ps.shape[1]
+    hlen = T.head.shape[2]
+    slen = T.slab.shape[2]
+    tcap = T.tr_len.shape[1]
+    mask = T.ix_slot.shape[0] - 1
+    for i in range(start, n):
+        if status[i] != ST_OK:
+            continue
+        ts = ts_ns[i]
+        if ts > st[S_CLOCK]:
+            st[S_CLOCK] = ts
+        if _expire(T, st[S_CLOCK]) != K_DONE:
+            return K_EVENTS, i
+        f = fam[i]
+        p = proto[i]
+        sh = src_hi[i]
+        sl = src_lo[i]
+        dh = dst_hi[i]
+        dl = dst_lo[i]
+        sp = sport[i]
+        dp = dport[i]
+        if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
+            from_a = True
+            a_hi, a_lo, b_hi, b_lo, pa, pb = sh, sl, dh, dl, sp, dp
+        else:
+            from_a = False
+            a_hi, a_lo, b_hi, b_lo, pa, pb = dh, dl, sh, sl, dp, sp
+        h = flow_hash(T.hkey, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb)
+        pos = np.int64(h & np.uint64(mask))
+        s = -1
+        while T.ix_slot[pos] >= 0:
+            c = T.ix_slot[pos]
+            if (
+                T.ix_hash[pos] == h
+                and T.ka_lo[c] == a_lo
+                and T.kb_lo[c] == b_lo
+                and T.kpa[c] == pa
+                and T.kpb[c] == pb
+                and T.kproto[c] == p
+                and T.ka_hi[c] == a_hi
+                and T.kb_hi[c] == b_hi
+                and T.kfam[c] == f
+            ):
+                s = c
+                break
+            pos = (pos + 1) & mask
+        flags = tcp_flags[i]
+        new_syn = p == 6 and (flags & (TH_SYN | TH_ACK)) == TH_SYN
+        if s >= 0 and (fi[s, FI_STATE] & FS_CLOSING) and new_syn:
+            if st[S_NEV] >= T.ev_slot.shape[0]:
+                return K_EVENTS, i
+            end_flow(T, s, END_REUSE)
+            st[S_REUSED] += 1
+            s = -1
+        if s < 0:
+            if st[S_NFREE] == 0 or (max_flows > 0 and st[S_NLIVE] >= max_flows):
+                return K_GROW, i
+            icmp_reply = False
+            if (p == 1 or p == 58) and pflags[i] & PF_FRAGMENT == 0:
+                # a reply's type has its request as counterpart in dport: the requester is
+                # the client (Community ID's pairing, schema: sport=type, dport=counterpart)
+                icmp_reply = (
+                    (p == 1 and (sp == 0 or sp == 14 or sp == 16 or sp == 18 or sp == 9))
+                    or (p == 58 and (sp == 129 or sp == 134 or sp == 136 or sp == 131 or sp == 145))
+                )
+            s = _new_flow(T, h, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags,
+                          icmp_reply, ts, vlan[i], tunnel[i])
+        # direction: 0 client to server
+        d = 0 if (T.cli_a[s] == 1) == from_a else 1
+        b = FI_DIR0 + d * FI_DSTRIDE
+        fb = FF_DIR0 + d * FF_DSTRIDE
+        size = np.int64(ip_len[i])
+        pl = np.int64(payload_len[i])
+        xs = np.float64(size)
+
+        # bidirectional
+        bk = fi[s, FI_DIR0 + D_PKTS] + fi[s, FI_DIR0 + FI_DSTRIDE + D_PKTS] + 1
+        if bk == 1:
+            fi[s, FI_BI_MIN_PS] = size
+            fi[s, FI_BI_MAX_PS] = size
+        else:
+            if size < fi[s, FI_BI_MIN_PS]:
+                fi[s, FI_BI_MIN_PS] = size
+            if size > fi[s, FI_BI_MAX_PS]:
+                fi[s, FI_BI_MAX_PS] = size
+            piat = ts - fi[s, FI_PREV_TS]
+            if bk == 2 or piat < fi[s, FI_BI_MIN_PIAT]:
+                fi[s, FI_BI_MIN_PIAT] = piat
+            if bk == 2 or piat > fi[s, FI_BI_MAX_PIAT]:
+                fi[s, FI_BI_MAX_PIAT] = piat
+            _welford(ff, s, FF_BI_MEAN_PIAT, FF_BI_M2_PIAT, piat / 1e6, bk - 1)
+        _welford(ff, s, FF_BI_MEAN_PS, FF_BI_M2_PS, xs, bk)
+        fi[s, FI_PREV_TS] = ts
+        if ts > fi[s, FI_LAST_TS]:
+            fi[s, FI_LAST_TS] = ts
+
+        # this direction
+        k = fi[s, b + D_PKTS] + 1
+        fi[s, b + D_PKTS] = k
+        fi[s, b + D_BYTES] += size
+        fi[s, b + D_PAYLOAD] += pl
+        if k == 1:
+            fi[s, b + D_FIRST] = ts
+            fi[s, b + D_MIN_PS] = size
+            fi[s, b + D_MAX_PS] = size
+        else:
+            if size < fi[s, b + D_MIN_PS]:
+                fi[s, b + D_MIN_PS] = size
+            if size > fi[s, b + D_MAX_PS]:
+                fi[s, b + D_MAX_PS] = size
+            piat = ts - fi[s, b + D_LAST]
+            if k == 2 or piat < fi[s, b + D_MIN_PIAT]:
+                fi[s, b + D_MIN_PIAT] = piat
+            if k == 2 or piat > fi[s, b + D_MAX_PIAT]:
+                fi[s, b + D_MAX_PIAT] = piat
+            _welford(ff, s, fb + DF_MEAN_PIAT, fb + DF_M2_PIAT, piat / 1e6, k - 1)
+        _welford(ff, s, fb + DF_MEAN_PS, fb + DF_M2_PS, xs, k)
+        fi[s, b + D_LAST] = ts
+        if pflags[i] & PF_FRAGMENT:
+            fi[s, FI_FRAGMENTS] += 1
+
+        # first packets
+        ns = fi[s, FI_SPLT_N]
+        if ns < nsplt:
+            T.splt_ps[s, ns] = size if d == 0 else -size
+            T.splt_t[s, ns] = np.float32((ts - fi[s, FI_FIRST_TS]) / 1e6)
+            fi[s, FI_SPLT_N] = ns + 1
+
+        # TCP flags and state
+        state = fi[s, FI_STATE]
+        if p == 6:
+            if flags & TH_SYN:
+                fi[s, b + D_SYN] += 1
+                if flags & TH_ACK:
+                    if d == 1:
+                        state |= FS_SYNACK
+                elif d == 0:
+                    state |= FS_SYN
+            if flags & TH_CWR:
+                fi[s, b + D_CWR] += 1
+            if flags & TH_ECE:
+                fi[s, b + D_ECE] += 1
+            if flags & TH_URG:
+                fi[s, b + D_URG] += 1
+            if flags & TH_ACK:
+                fi[s, b + D_ACK] += 1
+            if flags & TH_PSH:
+                fi[s, b + D_PSH] += 1
+            if flags & TH_RST:
+                fi[s, b + D_RST] += 1
+                state |= FS_RST
+            if flags & TH_FIN:
+                fi[s, b + D_FIN] += 1
+                state |= FS_FIN0 if d == 0 else FS_FIN1
+
+        # payload: heads (all flows) and slabs (watched), by sequence offset for TCP
+        if p == 6 and (flags & TH_SYN):
+            fi[s, b + D_ISN] = (np.int64(seq[i]) + 1) & 0xFFFFFFFF
+        retrans = False
+        cap = np.int64(pay_cap[i])
+        po = pay_off[i]
+        w = fi[s, FI_WATCH]
+        if pl > 0 and not (pflags[i] & PF_FRAGMENT):
+            if fi[s, b + D_DATA_PKTS] == 0 and w < 0 and T.wr_len.shape[0] > 0:
+                w = _try_watch(T, s, buf, po, cap, sp, dp)
+            fi[s, b + D_DATA_PKTS] += 1
+            rel = np.int64(-1)
+            if p == 6:
+                sq = np.int64(seq[i])
+                if flags & TH_SYN:  # TCP Fast Open: the data follows the SYN's sequence number
+                    sq = (sq + 1) & 0xFFFFFFFF
+                if fi[s, b + D_ISN] < 0:
+                    fi[s, b + D_ISN] = sq
+                rel = (sq - fi[s, b + D_ISN]) & 0xFFFFFFFF
+                if rel >= 0x80000000:
+                    retrans = True  # before the stream's start: an old segment
+                    rel = -1
+                else:
+                    e = rel + pl
+                    if e <= fi[s, b + D_NEXT]:
+                        retrans = True
+                        fi[s, b + D_RETRANS] += 1
+                        st[S_RETRANS] += 1
+                    else:
+                        fi[s, b + D_NEXT] = e
+            else:
+                rel = fi[s, b + D_HEAD_LEN]
+            if rel >= 0:
+                he = _place(T.head, s, d, hlen, rel, buf, po, cap)
+                if he > fi[s, b + D_HEAD_LEN]:
+                    fi[s, b + D_HEAD_LEN] = he
+                if w >= 0:
+                    if p != 6:
+                        rel = T.w_fill[w, d]  # datagrams: appended in arrival order
+                    we = _place(T.slab, w, d, slen, rel, buf, po, cap)
+                    if we > T.w_fill[w, d]:
+                        T.w_fill[w, d] = we
+
+        if w >= 0:
+            k = T.tr_n[w]
+            j = k % tcap
+            T.tr_len[w, j] = pl
+            fl = TR_DIR if d == 1 else 0
+            if retrans:
+                fl |= TR_RETRANS
+            if p == 6:
+                if flags & TH_SYN:
+                    fl |= TR_SYN
+                if flags & TH_FIN:
+                    fl |= TR_FIN
+                if flags & TH_RST:
+                    fl |= TR_RST
+                if pl == 0 and (flags & (TH_SYN | TH_FIN | TH_RST)) == 0:
+                    fl |= TR_ACK_ONLY
+            T.tr_flags[w, j] = fl
+            T.tr_ts[w, j] = ts
+            T.tr_n[w] = k + 1
+
+        # lists: established TCP idles long, closing flows linger briefly
+        if p == 6:
+            if (state & FS_RST) or ((state & FS_FIN0) and (state & FS_FIN1)):
+                state = (state | FS_CLOSING) & ~FS_ESTABLISHED
+            elif fi[s, FI_DIR0 + D_PKTS] > 0 and fi[s, FI_DIR0 + FI_DSTRIDE + D_PKTS] > 0:
+                state |= FS_ESTABLISHED
+        fi[s, FI_STATE] = state
+        target = L_SHORT
+        if state & FS_CLOSING:
+            target = L_CLOSING
+        elif state & FS_ESTABLISHED:
+            target = L_EST
+        cur = fi[s, FI_LIST]
+        _list_unlink(T.lprev, T.lnext, T.lhead, T.ltail, cur, s)
+        _list_append(T.lprev, T.lnext, T.lhead, T.ltail, target, s)
+        fi[s, FI_LIST] = target
+        if T.dirty[s] == 0:
+            T.dirty[s] = 1
+            T.dirty_list[st[S_NDIRTY]] = s
+            st[S_NDIRTY] += 1
+    return K_DONE, n

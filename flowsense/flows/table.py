@@ -1,0 +1,286 @@
+"""FlowTable: allocation, growth, eviction and export around the numba kernels.
+
+The kernels never allocate; this wrapper owns every array, checks inputs, grows the table by
+doubling (flow slots never move, the index is rebuilt), evicts the least recently seen flows in
+bounded mode, and turns the kernels' event lists into FeatureFrames for a sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowsense.capture.reader import PacketBatch
+from flowsense.config import FlowConfig
+from flowsense.flows import kernels as K
+from flowsense.flows.features import FeatureFrame, gather
+from flowsense.schema import (
+    END_ACTIVE,
+    END_EOF,
+    END_EVICTED,
+    FF_NFIELDS,
+    FI_NFIELDS,
+    FI_STATE,
+    FI_WATCH,
+    FS_LIVE,
+    K_DONE,
+    K_EVENTS,
+    K_GROW,
+    L_CLOSING,
+    L_EST,
+    L_SHORT,
+    P_ACTIVE_NS,
+    P_CLOSE_NS,
+    P_EST_IDLE_NS,
+    P_IDLE_NS,
+    P_MAX_FLOWS,
+    P_NFIELDS,
+    S_EVICTED,
+    S_NEV,
+    S_NFIELDS,
+    S_NFREE,
+    S_NLIVE,
+    S_NWATCH,
+    S_RETRANS,
+    S_REUSED,
+    S_SEQ,
+    S_WATCH_FULL,
+)
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[FeatureFrame], None]
+EVENT_CAPACITY = 65536
+
+_PER_SLOT = {  # one value per slot: name -> dtype
+    "kfam": np.uint8, "kproto": np.uint8, "ka_hi": np.uint64, "ka_lo": np.uint64,
+    "kb_hi": np.uint64, "kb_lo": np.uint64, "kpa": np.uint16, "kpb": np.uint16,
+    "cli_a": np.uint8, "lprev": np.int32, "lnext": np.int32, "aprev": np.int32,
+    "anext": np.int32, "dirty": np.uint8,
+}
+
+
+@dataclass(frozen=True)
+class WatchRule:
+    """Lease a watch when a direction's first payload starts with ``prefix`` (at most 8 bytes)
+    and, unless ``port`` is 0, either port equals ``port``. Detectors supply these as data."""
+
+    prefix: bytes
+    port: int = 0
+
+
+def _null_sink(frame: FeatureFrame) -> None:
+    pass
+
+
+class FlowTable:
+    def __init__(self, cfg: FlowConfig, watch_rules: Sequence[WatchRule] = ()) -> None:
+        self.cfg = cfg
+        cap = max(16, cfg.initial_flows)
+        if cfg.max_flows:
+            cap = min(cap, cfg.max_flows)
+        self.capacity = 1 << (cap - 1).bit_length()
+        seed = cfg.hash_seed or secrets.randbits(63)
+        rng = np.random.default_rng(seed)
+        hkey = rng.integers(0, 2**63, size=2, dtype=np.int64).astype(np.uint64)
+        prm = np.zeros(P_NFIELDS, dtype=np.int64)
+        prm[P_IDLE_NS] = int(cfg.idle_timeout_s * 1e9)
+        prm[P_EST_IDLE_NS] = int(cfg.established_idle_timeout_s * 1e9)
+        prm[P_ACTIVE_NS] = int(cfg.active_timeout_s * 1e9)
+        prm[P_CLOSE_NS] = int(cfg.close_delay_s * 1e9)
+        prm[P_MAX_FLOWS] = cfg.max_flows
+        rules = [r for r in watch_rules if 0 < len(r.prefix) <= 8 or r.port]
+        wr_prefix = np.zeros((len(rules), 8), dtype=np.uint8)
+        wr_len = np.zeros(len(rules), dtype=np.uint8)
+        wr_port = np.zeros(len(rules), dtype=np.uint16)
+        for i, r in enumerate(rules):
+            wr_prefix[i, : len(r.prefix)] = np.frombuffer(r.prefix[:8], dtype=np.uint8)
+            wr_len[i] = len(r.prefix[:8])
+            wr_port[i] = r.port
+        w = max(1, cfg.watch_quota)
+        self.T = self._allocate(self.capacity, None)
+        self.T = self.T._replace(
+            w_slot=np.full(w, -1, np.int32),
+            wfree=np.arange(w, dtype=np.int32),
+            w_fill=np.zeros((w, 2), np.int64),
+            slab=np.zeros((w, 2, max(cfg.slab_bytes, cfg.head_bytes)), np.uint8),
+            tr_len=np.zeros((w, cfg.trace_packets), np.int32),
+            tr_flags=np.zeros((w, cfg.trace_packets), np.uint8),
+            tr_ts=np.zeros((w, cfg.trace_packets), np.int64),
+            tr_n=np.zeros(w, np.int64),
+            wr_prefix=wr_prefix, wr_len=wr_len, wr_port=wr_port,
+            prm=prm, hkey=hkey,
+        )
+        self._dirty_out = np.empty(self.capacity, dtype=np.int64)
+
+    # --- allocation ---------------------------------------------------------------------------
+    def _allocate(self, cap: int, old: K.TableArrays | None) -> K.TableArrays:
+        cfg = self.cfg
+        a: dict[str, np.ndarray] = {}
+        for name, dt in _PER_SLOT.items():
+            a[name] = np.zeros(cap, dtype=dt)
+        a["fi"] = np.zeros((cap, FI_NFIELDS), dtype=np.int64)
+        a["ff"] = np.zeros((cap, FF_NFIELDS), dtype=np.float64)
+        a["splt_ps"] = np.zeros((cap, cfg.splt_packets), dtype=np.int32)
+        a["splt_t"] = np.zeros((cap, cfg.splt_packets), dtype=np.float32)
+        a["head"] = np.zeros((cap, 2, cfg.head_bytes), dtype=np.uint8)
+        a["dirty_list"] = np.zeros(cap, dtype=np.int32)
+        a["free"] = np.zeros(cap, dtype=np.int32)
+        a["ix_slot"] = np.full(2 * cap, -1, dtype=np.int32)
+        a["ix_hash"] = np.zeros(2 * cap, dtype=np.uint64)
+        if old is None:
+            a["lprev"][:] = -1
+            a["lnext"][:] = -1
+            a["aprev"][:] = -1
+            a["anext"][:] = -1
+            a["free"][:] = np.arange(cap - 1, -1, -1, dtype=np.int32)
+            st = np.zeros(S_NFIELDS, dtype=np.int64)
+            st[S_NFREE] = cap
+            return K.TableArrays(
+                **a, lhead=np.full(4, -1, np.int32), ltail=np.full(4, -1, np.int32),
+                ev_slot=np.zeros(EVENT_CAPACITY, np.int32),
+                ev_kind=np.zeros(EVENT_CAPACITY, np.uint8),
+                w_slot=np.zeros(0, np.int32), wfree=np.zeros(0, np.int32),
+                w_fill=np.zeros((0, 2), np.int64), slab=np.zeros((0, 2, 0), np.uint8),
+                tr_len=np.zeros((0, 0), np.int32), tr_flags=np.zeros((0, 0), np.uint8),
+                tr_ts=np.zeros((0, 0), np.int64), tr_n=np.zeros(0, np.int64),
+                wr_prefix=np.zeros((0, 8), np.uint8), wr_len=np.zeros(0, np.uint8),
+                wr_port=np.zeros(0, np.uint16), st=st, prm=np.zeros(P_NFIELDS, np.int64),
+                hkey=np.zeros(2, np.uint64),
+            )
+        n_old = old.fi.shape[0]
+        for name in (*_PER_SLOT, "fi", "ff", "splt_ps", "splt_t", "head", "dirty_list"):
+            a[name][:n_old] = getattr(old, name)
+        for name in ("lprev", "lnext", "aprev", "anext"):
+            a[name][n_old:] = -1
+        nfree = int(old.st[S_NFREE])
+        a["free"][:nfree] = old.free[:nfree]
+        new_slots = np.arange(cap - 1, n_old - 1, -1, dtype=np.int32)
+        a["free"][nfree:nfree + len(new_slots)] = new_slots
+        old.st[S_NFREE] = nfree + len(new_slots)
+        T = old._replace(**a)
+        K.reindex(T)
+        return T
+
+    def _grow(self) -> None:
+        new_cap = self.capacity * 2
+        if self.cfg.max_flows:
+            new_cap = min(new_cap, 1 << (self.cfg.max_flows - 1).bit_length())
+        if new_cap <= self.capacity:
+            raise RuntimeError("flow table cannot grow past max_flows")
+        log.debug("flow table grows to %d slots", new_cap)
+        self.T = self._allocate(new_cap, self.T)
+        self.capacity = new_cap
+        self._dirty_out = np.empty(new_cap, dtype=np.int64)
+
+    # --- feeding ------------------------------------------------------------------------------
+    def feed(self, batch: PacketBatch, sink: Sink = _null_sink) -> None:
+        """Aggregate one batch; ended flows and interim records go to ``sink`` as they occur."""
+        c = batch.cols
+        i = 0
+        while True:
+            status, i = K.process(
+                self.T, i, batch.n, c["ts_ns"], c["status"], c["pflags"], c["fam"], c["proto"],
+                c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["sport"], c["dport"],
+                c["tcp_flags"], c["ip_len"], c["payload_len"], c["pay_off"], c["pay_cap"],
+                c["seq"], c["vlan"], c["tunnel"], batch.buf,
+            )
+            if status == K_DONE:
+                break
+            self.drain(sink)
+            if status == K_GROW:
+                self._make_room(sink)
+            elif status != K_EVENTS:
+                raise RuntimeError(f"flow kernel returned status {status}")
+        self.drain(sink)
+
+    def tick(self, now_ns: int, sink: Sink = _null_sink) -> None:
+        """Expire by wall clock (the sidecar on a quiet link)."""
+        while K.expire_until(self.T, now_ns) != K_DONE:
+            self.drain(sink)
+        self.drain(sink)
+
+    def _make_room(self, sink: Sink) -> None:
+        st = self.T.st
+        at_bound = self.cfg.max_flows and st[S_NLIVE] >= self.cfg.max_flows
+        if st[S_NFREE] > 0 and not at_bound:
+            return
+        if self.cfg.max_flows and (at_bound or self.capacity >= self.cfg.max_flows):
+            self._evict(max(1, self.cfg.max_flows // 64), sink)
+        else:
+            self._grow()
+
+    def _evict(self, want: int, sink: Sink) -> None:
+        """End the least recently seen flows: short-lived first, watched flows last."""
+        T = self.T
+        done = 0
+        for spare_watched in (True, False):
+            for li in (L_SHORT, L_CLOSING, L_EST):
+                s = int(T.lhead[li])
+                while s >= 0 and done < want:
+                    nxt = int(T.lnext[s])
+                    if not (spare_watched and T.fi[s, FI_WATCH] >= 0):
+                        if T.st[S_NEV] >= EVENT_CAPACITY:
+                            self.drain(sink)
+                        K.end_flow(T, s, END_EVICTED)
+                        T.st[S_EVICTED] += 1
+                        done += 1
+                    s = nxt
+            if done >= want:
+                break
+        self.drain(sink)
+
+    def drain(self, sink: Sink) -> None:
+        """Export queued events: interim records and ended flows (whose slots are then freed)."""
+        T = self.T
+        n = int(T.st[S_NEV])
+        if n == 0:
+            return
+        slots = T.ev_slot[:n].astype(np.int64)
+        kinds = T.ev_kind[:n].copy()
+        T.st[S_NEV] = 0
+        interim = kinds == END_ACTIVE
+        if interim.any():
+            sink(gather(T, slots[interim], kinds[interim], interim=True))
+        ended = ~interim
+        if ended.any():
+            sink(gather(T, slots[ended], kinds[ended], interim=False))
+            rel = slots[ended]
+            K.release_slots(T, rel, len(rel))
+
+    def flush(self, sink: Sink) -> None:
+        """End every live flow (end of input)."""
+        T = self.T
+        live = np.flatnonzero(T.fi[:, FI_STATE] & FS_LIVE)
+        for start in range(0, len(live), EVENT_CAPACITY):
+            for s in live[start:start + EVENT_CAPACITY]:
+                K.end_flow(T, int(s), END_EOF)
+            self.drain(sink)
+
+    # --- detectors' view ----------------------------------------------------------------------
+    def snapshot(self) -> FeatureFrame:
+        """Records of the live flows touched since the last snapshot (flows stay in the table)."""
+        n = K.take_dirty(self.T, self._dirty_out)
+        slots = self._dirty_out[:n]
+        slots = slots[(self.T.fi[slots, FI_STATE] & FS_LIVE) != 0]
+        return gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False)
+
+    def lease_watch(self, slot: int) -> int:
+        return int(K.lease_watch(self.T, slot))
+
+    def stats(self) -> dict[str, int]:
+        st = self.T.st
+        return {
+            "flows_live": int(st[S_NLIVE]),
+            "flows_created": int(st[S_SEQ]),
+            "flows_evicted": int(st[S_EVICTED]),
+            "flows_reused_tuple": int(st[S_REUSED]),
+            "tcp_retransmissions": int(st[S_RETRANS]),
+            "watches_active": int(st[S_NWATCH]),
+            "watches_refused": int(st[S_WATCH_FULL]),
+            "table_capacity": self.capacity,
+        }

@@ -1,0 +1,61 @@
+"""Alerts out as EVE JSON lines (ALERTS.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+
+from flowsense import __version__
+from flowsense.config import Config
+from flowsense.detect.base import Alert
+
+
+def iso_ts(ns: int) -> str:
+    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, tz=dt.UTC)
+    return t.replace(microsecond=(ns // 1000) % 1_000_000).isoformat()
+
+
+def direction(src: str, dst: str, home_net: tuple[str, ...]) -> str:
+    nets = [ipaddress.ip_network(n, strict=False) for n in home_net]
+
+    def inside(a: str) -> bool:
+        ip = ipaddress.ip_address(a)
+        return any(ip.version == n.version and ip in n for n in nets)
+
+    s, d = inside(src), inside(dst)
+    if s and d:
+        return "internal"
+    if s:
+        return "outbound"
+    if d:
+        return "inbound"
+    return "external"
+
+
+def eve_record(alert: Alert, cfg: Config) -> str:
+    f = alert.flow
+    rec = {
+        "timestamp": iso_ts(alert.timestamp_ns),
+        "event_type": "alert",
+        "flow_id": f["flow_id"],
+        "community_id": f["community_id"],
+        "src_ip": f["src_ip"], "src_port": f["src_port"],
+        "dest_ip": f["dst_ip"], "dest_port": f["dst_port"],
+        "proto": {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}.get(f["protocol"],
+                                                                     str(f["protocol"])),
+        "app_proto": alert.app_proto,
+        "direction": direction(f["src_ip"], f["dst_ip"], cfg.home_net),
+        "alert": {
+            "signature_id": alert.signature_id, "rev": alert.rev, "signature": alert.signature,
+            "category": alert.category, "variant": alert.variant, "severity": alert.severity,
+            "confidence": round(alert.confidence, 3),
+        },
+        "evidence": alert.evidence,
+        "flow": f.get("eve_flow", {}),
+        "source": f.get("source", {}),
+        "flowsense": {"version": __version__},
+    }
+    if alert.update:
+        rec["update"] = True
+    return json.dumps(rec, ensure_ascii=False)
