@@ -100,11 +100,14 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     n = len(slots)
     fi = T.fi[slots]
     ff = T.ff[slots]
-    cli_a = T.cli_a[slots] == 1
-    fam = T.kfam[slots]
-    proto = T.kproto[slots]
-    a_hi, a_lo, b_hi, b_lo = T.ka_hi[slots], T.ka_lo[slots], T.kb_hi[slots], T.kb_lo[slots]
-    pa, pb = T.kpa[slots], T.kpb[slots]
+    key = T.key[slots]
+    k0 = key[:, 0]
+    fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
+    proto = ((k0 >> np.uint64(8)) & np.uint64(0xFF)).astype(np.uint8)
+    pa = ((k0 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
+    pb = ((k0 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
+    cli_a = ((k0 >> np.uint64(48)) & np.uint64(1)) == 1
+    a_hi, a_lo, b_hi, b_lo = key[:, 1], key[:, 2], key[:, 3], key[:, 4]
     s_hi = np.where(cli_a, a_hi, b_hi)
     s_lo = np.where(cli_a, a_lo, b_lo)
     d_hi = np.where(cli_a, b_hi, a_hi)

@@ -4,17 +4,23 @@ Layout (all arrays preallocated by ``flows/table.py``; F flow slots, IC = 2F ind
 
 * index: ``ix_slot`` int32[IC] (-1 empty) and ``ix_hash`` uint64[IC]; linear probing, deletion
   by backward shift (no tombstones). Flow data never moves: the index points at slots.
-* keys: ``kfam kproto`` uint8[F], ``ka_hi ka_lo kb_hi kb_lo`` uint64[F], ``kpa kpb`` uint16[F];
-  the endpoints in canonical order (a <= b by address, then port); ``cli_a`` uint8[F] says
-  whether endpoint a is the client.
+* keys: ``key`` uint64[F, 5], one cache line a flow: [0] packs family | protocol << 8 |
+  port a << 16 | port b << 32 | (a is the client) << 48, then address a (hi, lo) and b (hi, lo);
+  endpoints in canonical order (a <= b by address, then port).
 * hot: ``fi`` int64[F, FI_NFIELDS] and ``ff`` float64[F, FF_NFIELDS] (``schema.FI_*/FF_*``).
 * cold: ``splt_ps`` int32[F, N] signed sizes (+ client to server), ``splt_t`` float32[F, N] ms
   from the flow's first packet; ``head`` uint8[F, 2, H] first payload bytes by direction, placed
   by TCP sequence offset.
-* lists: three idle lists (short, established TCP, closing) in ``lprev/lnext``, ordered by last
-  packet; one active-timeout list in ``aprev/anext``; heads and tails in ``lhead/ltail`` [4].
-  Expiry pops list heads, so its cost is the number of flows that expire, never the capacity.
-* ``free`` int32[F] slot stack; ``dirty``/``dirty_list``: flows touched since the last snapshot;
+* lists: three idle lists (short, established TCP, closing) in ``lprev/lnext``, ordered by the
+  time a flow was queued (FI_ENQ_TS); one active-timeout list in ``aprev/anext``; heads and
+  tails in ``lhead/ltail`` [4]. The idle lists are lazy: a packet does not move its flow; expiry
+  looks at a head queued a timeout ago and either ends it (idle indeed) or queues it again at
+  the tail. A packet that arrives for a flow already past its timeout ends it first, so records
+  are exact; only the moment a silent flow is exported may be up to one timeout late. Expiry
+  costs the number of flows examined, never the capacity, and runs only when the earliest
+  deadline (``st[S_DEADLINE]``) has passed.
+* ``free`` int32[F] slot stack; ``dirty_list``: flows touched since the last snapshot
+  (FS_DIRTY marks them);
   ``ev_slot``/``ev_kind``: ended flows (and interim records) for Python to export.
 * watches (leased to flows that match a watch rule or that Python marks): ``w_slot`` int32[W],
   ``wfree`` int32[W], ``w_fill`` int64[W, 2] bytes filled, ``slab`` uint8[W, 2, S] payload by
@@ -76,7 +82,7 @@ from flowsense.schema import (
     FI_BI_MIN_PS,
     FI_DIR0,
     FI_DSTRIDE,
-    FI_END_REASON,
+    FI_ENQ_TS,
     FI_FIRST_TS,
     FI_FRAGMENTS,
     FI_HASH,
@@ -92,6 +98,7 @@ from flowsense.schema import (
     FI_VLAN,
     FI_WATCH,
     FS_CLOSING,
+    FS_DIRTY,
     FS_ENDED,
     FS_ESTABLISHED,
     FS_FIN0,
@@ -116,6 +123,7 @@ from flowsense.schema import (
     P_MAX_FLOWS,
     PF_FRAGMENT,
     S_CLOCK,
+    S_DEADLINE,
     S_NDIRTY,
     S_NEV,
     S_NFREE,
@@ -124,6 +132,7 @@ from flowsense.schema import (
     S_RETRANS,
     S_REUSED,
     S_SEQ,
+    S_TOUCH,
     S_WATCH_FULL,
     ST_OK,
     TH_ACK,
@@ -137,6 +146,9 @@ from flowsense.schema import (
 )
 
 A_LIST = 3  # index of the active-timeout list in lhead/ltail
+KEY0_MASK = np.uint64((1 << 48) - 1)  # key[:, 0] without the client bit
+PF_FAR = 16  # how far ahead the index cells are touched
+PF_NEAR = 8  # how far ahead the flow rows are touched
 
 # trace flag bits
 TR_DIR = 1  # server to client
@@ -148,15 +160,7 @@ TR_ACK_ONLY = 32  # TCP, no payload, no SYN/FIN/RST
 
 
 class TableArrays(NamedTuple):
-    kfam: np.ndarray
-    kproto: np.ndarray
-    ka_hi: np.ndarray
-    ka_lo: np.ndarray
-    kb_hi: np.ndarray
-    kb_lo: np.ndarray
-    kpa: np.ndarray
-    kpb: np.ndarray
-    cli_a: np.ndarray
+    key: np.ndarray
     fi: np.ndarray
     ff: np.ndarray
     splt_ps: np.ndarray
@@ -171,7 +175,6 @@ class TableArrays(NamedTuple):
     lhead: np.ndarray
     ltail: np.ndarray
     free: np.ndarray
-    dirty: np.ndarray
     dirty_list: np.ndarray
     ev_slot: np.ndarray
     ev_kind: np.ndarray
@@ -202,11 +205,16 @@ def _mix(h, k):
 
 
 @kernel
+def _pack(fam, proto, pa, pb):
+    return (np.uint64(fam) | (np.uint64(proto) << np.uint64(8))
+            | (np.uint64(pa) << np.uint64(16)) | (np.uint64(pb) << np.uint64(32)))
+
+
+@kernel
 def flow_hash(hkey, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
     """Keyed hash of a canonical key (the key is drawn per run: flow floods cannot aim)."""
     h = hkey[0]
-    h = _mix(h, np.uint64(fam) | (np.uint64(proto) << np.uint64(8))
-             | (np.uint64(pa) << np.uint64(16)) | (np.uint64(pb) << np.uint64(32)))
+    h = _mix(h, _pack(fam, proto, pa, pb))
     h = _mix(h, a_hi ^ hkey[1])
     h = _mix(h, a_lo)
     h = _mix(h, b_hi)
@@ -297,7 +305,6 @@ def end_flow(T, s, reason):
     _list_unlink(T.lprev, T.lnext, T.lhead, T.ltail, fi[s, FI_LIST], s)
     _list_unlink(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
     fi[s, FI_STATE] = (fi[s, FI_STATE] & ~FS_LIVE) | FS_ENDED
-    fi[s, FI_END_REASON] = reason
     T.st[S_NLIVE] -= 1
     e = T.st[S_NEV]
     T.ev_slot[e] = s
@@ -306,46 +313,67 @@ def end_flow(T, s, reason):
 
 
 @kernel
+def _timeout(prm, li):
+    if li == L_SHORT:
+        return prm[P_IDLE_NS]
+    if li == L_EST:
+        return prm[P_EST_IDLE_NS]
+    return prm[P_CLOSE_NS]
+
+
+@kernel
+def _end_reason(fi, s, li):
+    if li == L_CLOSING:
+        return END_RST if fi[s, FI_STATE] & FS_RST else END_FIN
+    return END_IDLE
+
+
+@kernel
 def _expire(T, now):
     """End flows idle past their list's timeout; queue an interim record when one is due.
 
     Returns K_EVENTS when Python must drain events first (the list is full, or an interim
-    record must be taken at exactly this moment), else K_DONE.
+    record must be taken at exactly this moment), else K_DONE. Sets st[S_DEADLINE].
     """
     st = T.st
     prm = T.prm
     fi = T.fi
     cap = T.ev_slot.shape[0]
+    deadline = np.int64(0x7FFFFFFFFFFFFFFF)
     for li in range(3):
-        if li == L_SHORT:
-            tmo = prm[P_IDLE_NS]
-        elif li == L_EST:
-            tmo = prm[P_EST_IDLE_NS]
-        else:
-            tmo = prm[P_CLOSE_NS]
+        tmo = _timeout(prm, li)
         while T.lhead[li] >= 0:
             s = T.lhead[li]
-            if now - fi[s, FI_LAST_TS] < tmo:
+            if now - fi[s, FI_ENQ_TS] < tmo:
+                if fi[s, FI_ENQ_TS] + tmo < deadline:
+                    deadline = fi[s, FI_ENQ_TS] + tmo
                 break
+            if now - fi[s, FI_LAST_TS] >= tmo:
+                if st[S_NEV] >= cap:
+                    return K_EVENTS
+                end_flow(T, s, _end_reason(fi, s, li))
+            else:  # seen since it was queued: queue it again from its last packet
+                _list_unlink(T.lprev, T.lnext, T.lhead, T.ltail, li, s)
+                _list_append(T.lprev, T.lnext, T.lhead, T.ltail, li, s)
+                fi[s, FI_ENQ_TS] = fi[s, FI_LAST_TS]
+    s = T.lhead[A_LIST]
+    if s >= 0:
+        if now - fi[s, FI_ACTIVE_MARK] >= prm[P_ACTIVE_NS]:
             if st[S_NEV] >= cap:
                 return K_EVENTS
-            reason = END_IDLE
-            if li == L_CLOSING:
-                reason = END_RST if fi[s, FI_STATE] & FS_RST else END_FIN
-            end_flow(T, s, reason)
-    s = T.lhead[A_LIST]
-    if s >= 0 and now - fi[s, FI_ACTIVE_MARK] >= prm[P_ACTIVE_NS]:
-        if st[S_NEV] >= cap:
+            fi[s, FI_ACTIVE_MARK] = now
+            fi[s, FI_INTERIMS] += 1
+            _list_unlink(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
+            _list_append(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
+            e = st[S_NEV]
+            T.ev_slot[e] = s
+            T.ev_kind[e] = END_ACTIVE
+            st[S_NEV] = e + 1
+            st[S_DEADLINE] = now  # look again before the next packet
             return K_EVENTS
-        fi[s, FI_ACTIVE_MARK] = now
-        fi[s, FI_INTERIMS] += 1
-        _list_unlink(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
-        _list_append(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
-        e = st[S_NEV]
-        T.ev_slot[e] = s
-        T.ev_kind[e] = END_ACTIVE
-        st[S_NEV] = e + 1
-        return K_EVENTS
+        if fi[s, FI_ACTIVE_MARK] + prm[P_ACTIVE_NS] < deadline:
+            deadline = fi[s, FI_ACTIVE_MARK] + prm[P_ACTIVE_NS]
+    st[S_DEADLINE] = deadline
     return K_DONE
 
 
@@ -365,14 +393,10 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
     s = T.free[nf]
     st[S_NFREE] = nf
     st[S_NLIVE] += 1
-    T.kfam[s] = fam
-    T.kproto[s] = proto
-    T.ka_hi[s] = a_hi
-    T.ka_lo[s] = a_lo
-    T.kb_hi[s] = b_hi
-    T.kb_lo[s] = b_lo
-    T.kpa[s] = pa
-    T.kpb[s] = pb
+    T.key[s, 1] = a_hi
+    T.key[s, 2] = a_lo
+    T.key[s, 3] = b_hi
+    T.key[s, 4] = b_lo
     # who is the client: a SYN's sender, a SYN-ACK's receiver, else the first sender
     orient = OR_GUESSED
     client_is_sender = True
@@ -384,19 +408,22 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
             orient = OR_SYN
     elif icmp_reply:
         client_is_sender = False
-    T.cli_a[s] = 1 if client_is_sender == from_a else 0
+    cli_a = np.uint64(1) if client_is_sender == from_a else np.uint64(0)
+    T.key[s, 0] = _pack(fam, proto, pa, pb) | (cli_a << np.uint64(48))
     fi = T.fi
+    dirty = fi[s, FI_STATE] & FS_DIRTY  # a reused slot may still be on the dirty list
     fi[s, :] = 0
     T.ff[s, :] = 0.0
     fi[s, FI_FIRST_TS] = ts
     fi[s, FI_LAST_TS] = ts
     fi[s, FI_PREV_TS] = ts
-    fi[s, FI_STATE] = FS_LIVE
+    fi[s, FI_STATE] = FS_LIVE | dirty
     fi[s, FI_ORIENT] = orient
     fi[s, FI_VLAN] = vlan
     fi[s, FI_TUNNEL] = tun
     fi[s, FI_WATCH] = -1
     fi[s, FI_LIST] = L_SHORT
+    fi[s, FI_ENQ_TS] = ts
     fi[s, FI_ACTIVE_MARK] = ts
     fi[s, FI_HASH] = np.int64(h)
     fi[s, FI_SEQ] = st[S_SEQ]
@@ -407,6 +434,11 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
     _index_insert(T, h, s)
     _list_append(T.lprev, T.lnext, T.lhead, T.ltail, L_SHORT, s)
     _list_append(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
+    dl = ts + T.prm[P_IDLE_NS]
+    if ts + T.prm[P_ACTIVE_NS] < dl:
+        dl = ts + T.prm[P_ACTIVE_NS]
+    if dl < st[S_DEADLINE]:
+        st[S_DEADLINE] = dl
     return s
 
 
@@ -487,7 +519,7 @@ def release_slots(T, slots, n):
         s = slots[k]
         if not (fi[s, FI_STATE] & FS_ENDED):
             continue
-        fi[s, FI_STATE] = 0
+        fi[s, FI_STATE] &= FS_DIRTY  # it may still be on the dirty list
         w = fi[s, FI_WATCH]
         if w >= 0:
             T.w_slot[w] = -1
@@ -516,20 +548,28 @@ def take_dirty(T, out):
     for k in range(n):
         s = T.dirty_list[k]
         out[k] = s
-        T.dirty[s] = 0
+        T.fi[s, FI_STATE] &= ~FS_DIRTY
     T.st[S_NDIRTY] = 0
     return n
 
 
 @kernel
+def _packet_hash(hkey, f, p, sh, sl, dh, dl, sp, dp):
+    if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
+        return flow_hash(hkey, f, p, sh, sl, dh, dl, sp, dp)
+    return flow_hash(hkey, f, p, dh, dl, sh, sl, dp, sp)
+
+
+@kernel
 def process(
-    T, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
+    T, hs, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
     sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, buf,
 ):
     """Feed packets ``start..n-1`` of a batch into the table.
 
     Returns (status, i): K_DONE with i == n, or K_GROW / K_EVENTS with i the packet to resume at
     once Python has made room (grown or evicted) or drained the events.
+    hs: uint64[>= n] scratch for the packets' hashes.
     """
     st = T.st
     fi = T.fi
@@ -540,14 +580,33 @@ def process(
     slen = T.slab.shape[2]
     tcap = T.tr_len.shape[1]
     mask = T.ix_slot.shape[0] - 1
+    # pass 1: every packet's canonical-key hash (sequential, no cache misses)
     for i in range(start, n):
+        if status[i] != ST_OK:
+            continue
+        hs[i] = _packet_hash(T.hkey, fam[i], proto[i], src_hi[i], src_lo[i], dst_hi[i],
+                             dst_lo[i], sport[i], dport[i])
+    # pass 2: aggregate, touching the index PF_FAR packets ahead and the flow rows PF_NEAR
+    # packets ahead, so the cache misses of several packets overlap (numba has no prefetch)
+    touched = np.uint64(0)
+    for i in range(start, n):
+        j = i + PF_FAR
+        if j < n:
+            touched += np.uint64(T.ix_slot[np.int64(hs[j] & np.uint64(mask))])
+        j = i + PF_NEAR
+        if j < n:
+            c = T.ix_slot[np.int64(hs[j] & np.uint64(mask))]
+            if c >= 0:
+                touched += T.key[c, 0] + np.uint64(T.fi[c, 0]) + np.uint64(T.fi[c, FI_DIR0])
+                touched += np.uint64(T.fi[c, FI_DIR0 + FI_DSTRIDE])
         if status[i] != ST_OK:
             continue
         ts = ts_ns[i]
         if ts > st[S_CLOCK]:
             st[S_CLOCK] = ts
-        if _expire(T, st[S_CLOCK]) != K_DONE:
-            return K_EVENTS, i
+        if st[S_CLOCK] >= st[S_DEADLINE]:
+            if _expire(T, st[S_CLOCK]) != K_DONE:
+                return K_EVENTS, i
         f = fam[i]
         p = proto[i]
         sh = src_hi[i]
@@ -562,33 +621,38 @@ def process(
         else:
             from_a = False
             a_hi, a_lo, b_hi, b_lo, pa, pb = dh, dl, sh, sl, dp, sp
-        h = flow_hash(T.hkey, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb)
+        h = hs[i]
         pos = np.int64(h & np.uint64(mask))
         s = -1
+        k0 = _pack(f, p, pa, pb)
         while T.ix_slot[pos] >= 0:
             c = T.ix_slot[pos]
             if (
                 T.ix_hash[pos] == h
-                and T.ka_lo[c] == a_lo
-                and T.kb_lo[c] == b_lo
-                and T.kpa[c] == pa
-                and T.kpb[c] == pb
-                and T.kproto[c] == p
-                and T.ka_hi[c] == a_hi
-                and T.kb_hi[c] == b_hi
-                and T.kfam[c] == f
+                and (T.key[c, 0] & KEY0_MASK) == k0
+                and T.key[c, 2] == a_lo
+                and T.key[c, 4] == b_lo
+                and T.key[c, 1] == a_hi
+                and T.key[c, 3] == b_hi
             ):
                 s = c
                 break
             pos = (pos + 1) & mask
         flags = tcp_flags[i]
-        new_syn = p == 6 and (flags & (TH_SYN | TH_ACK)) == TH_SYN
-        if s >= 0 and (fi[s, FI_STATE] & FS_CLOSING) and new_syn:
-            if st[S_NEV] >= T.ev_slot.shape[0]:
-                return K_EVENTS, i
-            end_flow(T, s, END_REUSE)
-            st[S_REUSED] += 1
-            s = -1
+        if s >= 0:
+            # a flow past its timeout ends before this packet (the idle lists are lazy)
+            li = fi[s, FI_LIST]
+            new_syn = p == 6 and (flags & (TH_SYN | TH_ACK)) == TH_SYN
+            idle = st[S_CLOCK] - fi[s, FI_LAST_TS] >= _timeout(T.prm, li)
+            if idle or ((fi[s, FI_STATE] & FS_CLOSING) and new_syn):
+                if st[S_NEV] >= T.ev_slot.shape[0]:
+                    return K_EVENTS, i
+                if idle:
+                    end_flow(T, s, _end_reason(fi, s, li))
+                else:
+                    end_flow(T, s, END_REUSE)
+                    st[S_REUSED] += 1
+                s = -1
         if s < 0:
             if st[S_NFREE] == 0 or (max_flows > 0 and st[S_NLIVE] >= max_flows):
                 return K_GROW, i
@@ -603,7 +667,8 @@ def process(
             s = _new_flow(T, h, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags,
                           icmp_reply, ts, vlan[i], tunnel[i])
         # direction: 0 client to server
-        d = 0 if (T.cli_a[s] == 1) == from_a else 1
+        cli_a = (T.key[s, 0] >> np.uint64(48)) & np.uint64(1)
+        d = 0 if (cli_a == 1) == from_a else 1
         b = FI_DIR0 + d * FI_DSTRIDE
         fb = FF_DIR0 + d * FF_DSTRIDE
         size = np.int64(ip_len[i])
@@ -766,11 +831,17 @@ def process(
         elif state & FS_ESTABLISHED:
             target = L_EST
         cur = fi[s, FI_LIST]
-        _list_unlink(T.lprev, T.lnext, T.lhead, T.ltail, cur, s)
-        _list_append(T.lprev, T.lnext, T.lhead, T.ltail, target, s)
-        fi[s, FI_LIST] = target
-        if T.dirty[s] == 0:
-            T.dirty[s] = 1
+        if target != cur:
+            _list_unlink(T.lprev, T.lnext, T.lhead, T.ltail, cur, s)
+            _list_append(T.lprev, T.lnext, T.lhead, T.ltail, target, s)
+            fi[s, FI_LIST] = target
+            fi[s, FI_ENQ_TS] = ts
+            dl = ts + _timeout(T.prm, target)
+            if dl < st[S_DEADLINE]:
+                st[S_DEADLINE] = dl
+        if not (state & FS_DIRTY):
+            fi[s, FI_STATE] = state | FS_DIRTY
             T.dirty_list[st[S_NDIRTY]] = s
             st[S_NDIRTY] += 1
+    T.st[S_TOUCH] = np.int64(touched & np.uint64(0xFFFF))
     return K_DONE, n

@@ -22,11 +22,15 @@ from flowsense.schema import (
     END_ACTIVE,
     END_EOF,
     END_EVICTED,
+    END_FIN,
+    END_RST,
     FF_NFIELDS,
     FI_NFIELDS,
     FI_STATE,
     FI_WATCH,
+    FS_CLOSING,
     FS_LIVE,
+    FS_RST,
     K_DONE,
     K_EVENTS,
     K_GROW,
@@ -57,10 +61,7 @@ Sink = Callable[[FeatureFrame], None]
 EVENT_CAPACITY = 65536
 
 _PER_SLOT = {  # one value per slot: name -> dtype
-    "kfam": np.uint8, "kproto": np.uint8, "ka_hi": np.uint64, "ka_lo": np.uint64,
-    "kb_hi": np.uint64, "kb_lo": np.uint64, "kpa": np.uint16, "kpb": np.uint16,
-    "cli_a": np.uint8, "lprev": np.int32, "lnext": np.int32, "aprev": np.int32,
-    "anext": np.int32, "dirty": np.uint8,
+    "lprev": np.int32, "lnext": np.int32, "aprev": np.int32, "anext": np.int32,
 }
 
 
@@ -116,6 +117,7 @@ class FlowTable:
             prm=prm, hkey=hkey,
         )
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
+        self._hs = np.empty(0, dtype=np.uint64)
 
     # --- allocation ---------------------------------------------------------------------------
     def _allocate(self, cap: int, old: K.TableArrays | None) -> K.TableArrays:
@@ -123,6 +125,7 @@ class FlowTable:
         a: dict[str, np.ndarray] = {}
         for name, dt in _PER_SLOT.items():
             a[name] = np.zeros(cap, dtype=dt)
+        a["key"] = np.zeros((cap, 5), dtype=np.uint64)
         a["fi"] = np.zeros((cap, FI_NFIELDS), dtype=np.int64)
         a["ff"] = np.zeros((cap, FF_NFIELDS), dtype=np.float64)
         a["splt_ps"] = np.zeros((cap, cfg.splt_packets), dtype=np.int32)
@@ -153,7 +156,7 @@ class FlowTable:
                 hkey=np.zeros(2, np.uint64),
             )
         n_old = old.fi.shape[0]
-        for name in (*_PER_SLOT, "fi", "ff", "splt_ps", "splt_t", "head", "dirty_list"):
+        for name in (*_PER_SLOT, "key", "fi", "ff", "splt_ps", "splt_t", "head", "dirty_list"):
             a[name][:n_old] = getattr(old, name)
         for name in ("lprev", "lnext", "aprev", "anext"):
             a[name][n_old:] = -1
@@ -183,8 +186,11 @@ class FlowTable:
         c = batch.cols
         i = 0
         while True:
+            if len(self._hs) < batch.n:
+                self._hs = np.empty(batch.n, dtype=np.uint64)
             status, i = K.process(
-                self.T, i, batch.n, c["ts_ns"], c["status"], c["pflags"], c["fam"], c["proto"],
+                self.T, self._hs, i, batch.n, c["ts_ns"], c["status"], c["pflags"], c["fam"],
+                c["proto"],
                 c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["sport"], c["dport"],
                 c["tcp_flags"], c["ip_len"], c["payload_len"], c["pay_off"], c["pay_cap"],
                 c["seq"], c["vlan"], c["tunnel"], batch.buf,
@@ -256,9 +262,14 @@ class FlowTable:
         """End every live flow (end of input)."""
         T = self.T
         live = np.flatnonzero(T.fi[:, FI_STATE] & FS_LIVE)
+        state = T.fi[live, FI_STATE]
+        # a flow already closed by FIN or RST ends for that reason, the rest because input ended
+        closed = np.where(state & FS_RST, END_RST, END_FIN)
+        reason = np.where(state & FS_CLOSING, closed, END_EOF)
         for start in range(0, len(live), EVENT_CAPACITY):
-            for s in live[start:start + EVENT_CAPACITY]:
-                K.end_flow(T, int(s), END_EOF)
+            for s, r in zip(live[start:start + EVENT_CAPACITY].tolist(),
+                            reason[start:start + EVENT_CAPACITY].tolist()):
+                K.end_flow(T, s, r)
             self.drain(sink)
 
     # --- detectors' view ----------------------------------------------------------------------

@@ -73,7 +73,7 @@ def write_parquet(frame: FeatureFrame, path: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ConfigError("--format parquet needs pyarrow: pip install flowsense[parquet]") from None
+        raise ConfigError("--format parquet needs pyarrow (the parquet extra)") from None
     cols = {k: v if isinstance(v, list) else np.asarray(v) for k, v in frame.cols.items()}
     table = pa.table(cols)
     pq.write_table(table, path)

@@ -1,0 +1,203 @@
+"""The flow table's behaviour on small captures built to exercise one rule each (docs/flows.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from flowsense.capture.reader import iter_batches
+from flowsense.config import Config, FlowConfig
+from flowsense.flows.features import FeatureFrame
+from flowsense.flows.table import FlowTable, WatchRule
+from flowsense.pipeline import compute_flows
+from tests.pcapgen import ACK, PSH, SYN, tcp, tcp_session, udp, write_pcap
+
+C, S = "10.1.1.1", "198.51.100.7"
+
+
+def flows(path: Path, **flow_kw: object) -> dict[str, list]:
+    cfg = Config()
+    if flow_kw:
+        cfg = dataclasses.replace(cfg, flows=dataclasses.replace(cfg.flows, **flow_kw))
+    res = compute_flows([str(path)], cfg)
+    assert not res.errors
+    return {k: list(v) for k, v in res.frame.cols.items()}
+
+
+def test_orientation_from_syn_synack_or_guess(tmp_path: Path) -> None:
+    pk = tcp_session(C, S, 40000, 22, 1.0, [(0, b"a"), (1, b"b")])
+    # a capture that starts at the SYN-ACK names its receiver the client
+    synack_first = tcp_session(C, S, 40001, 22, 2.0, [(0, b"a")])[1:]
+    # one that starts mid-flow, with the server speaking first, guesses the sender
+    mid = [(3.0, tcp(S, C, 22, 40002, PSH | ACK, 9, b"x")), (3.1, tcp(C, S, 40002, 22, ACK, 5))]
+    f = flows(write_pcap(tmp_path / "o.pcap", pk + synack_first + mid))
+    by_port = {max(sp, dp): i for i, (sp, dp) in enumerate(zip(f["src_port"], f["dst_port"]))}
+    assert len(f["src_ip"]) == 3
+    i = f["src_port"].index(40000)
+    assert (f["orientation"][i], f["src_ip"][i], f["dst_port"][i]) == ("syn", C, 22)
+    i = f["src_port"].index(40001)
+    assert (f["orientation"][i], f["src_ip"][i]) == ("syn-ack", C)
+    i = by_port[40002]
+    assert (f["orientation"][i], f["src_ip"][i], f["src_port"][i]) == ("guessed", S, 22)
+
+
+def test_idle_timeouts_udp_short_established_tcp_long(tmp_path: Path) -> None:
+    pk = [(0.0, udp(C, S, 5000, 53, b"q")), (1.0, udp(S, C, 53, 5000, b"r")),
+          (200.0, udp(C, S, 5000, 53, b"q2"))]
+    sess = tcp_session(C, S, 41000, 22, 0.0, [(0, b"ls\n"), (1, b"out")], close=False)
+    pk += sess + [(1000.0, tcp(C, S, 41000, 22, PSH | ACK, 1004, b"late"))]
+    pk.sort(key=lambda x: x[0])
+    path = write_pcap(tmp_path / "t.pcap", pk)
+    f = flows(path)
+    udp_rows = [i for i, p in enumerate(f["protocol"]) if p == 17]
+    tcp_rows = [i for i, p in enumerate(f["protocol"]) if p == 6]
+    assert len(udp_rows) == 2, "UDP idle 199 s > 120 s: two flows"
+    # the second UDP flow idles out too, when the clock reaches t=1000
+    assert [f["expiration"][i] for i in udp_rows] == ["idle", "idle"]
+    assert len(tcp_rows) == 1, "established TCP idles 3600 s"
+    assert f["bidirectional_packets"][tcp_rows[0]] == len(sess) + 1
+    # --idle-timeout sets both
+    res = compute_flows([str(path)], Config().with_timeouts(idle_s=100.0))
+    assert sum(1 for p in res.frame.cols["protocol"] if p == 6) == 2
+
+
+def test_active_timeout_interim_records_keep_identity(tmp_path: Path) -> None:
+    pk = tcp_session(C, S, 42000, 443, 0.0, [], close=False)
+    seq = 1001
+    for k in range(1, 50):
+        pk.append((k * 100.0, tcp(C, S, 42000, 443, PSH | ACK, seq, b"k")))
+        seq += 1
+    res = compute_flows([str(write_pcap(tmp_path / "a.pcap", pk))],
+                        Config().with_timeouts(active_s=1800.0))
+    c = res.frame.cols
+    interim = [i for i in range(res.n_flows) if c["interim"][i]]
+    final = [i for i in range(res.n_flows) if not c["interim"][i]]
+    assert len(final) == 1 and len(interim) == 2  # 4900 s of flow: interims at 1800 and 3600
+    ids = {c["flow_id"][i] for i in interim + final}
+    assert len(ids) == 1
+    counts = sorted(c["bidirectional_packets"][i] for i in interim)
+    assert counts[0] < counts[1] < c["bidirectional_packets"][final[0]] == len(pk)
+    assert all(c["expiration"][i] == "active" for i in interim)
+
+
+def test_fin_linger_and_port_reuse(tmp_path: Path) -> None:
+    first = tcp_session(C, S, 43000, 80, 0.0, [(0, b"GET"), (1, b"200")])
+    late_ack = [(first[-1][0] + 1.0, tcp(S, C, 80, 43000, ACK, 7000, ack=1))]
+    second = tcp_session(C, S, 43000, 80, first[-1][0] + 2.0, [(0, b"GET")])
+    f = flows(write_pcap(tmp_path / "r.pcap", first + late_ack + second))
+    assert len(f["flow_id"]) == 2
+    assert f["bidirectional_packets"][0] == len(first) + 1, "the trailing ACK stays in the flow"
+    assert f["expiration"][0] == "reuse" and f["expiration"][1] == "fin"
+    assert f["flow_id"][0] != f["flow_id"][1]
+
+
+def test_heads_in_sequence_order_and_retransmissions(tmp_path: Path) -> None:
+    pk = tcp_session(C, S, 44000, 9999, 0.0, [], close=False)
+    t = 1.0
+    # second segment first, then the first, then the first again (a retransmission)
+    pk.append((t, tcp(C, S, 44000, 9999, PSH | ACK, 1001 + 5, b"WORLD")))
+    pk.append((t + 0.1, tcp(C, S, 44000, 9999, PSH | ACK, 1001, b"HELLO")))
+    pk.append((t + 0.2, tcp(C, S, 44000, 9999, PSH | ACK, 1001, b"HELLO")))
+    res = compute_flows([str(write_pcap(tmp_path / "h.pcap", pk))])
+    fr = res.frame
+    assert bytes(fr.head[0, 0, : fr.head_len[0, 0]]) == b"HELLOWORLD"
+    assert fr.head_len[0, 1] == 0
+    # HELLO after WORLD ends below the highest end seen: counted, as is its copy
+    assert fr.cols["src2dst_retransmissions"][0] == 2
+    assert fr.cols["src2dst_payload_bytes"][0] == 15
+
+
+def test_growth_keeps_every_flow(tmp_path: Path) -> None:
+    pk = [(i * 0.001, udp(C, S, 1024 + i, 53, b"x")) for i in range(3000)]
+    res = compute_flows([str(write_pcap(tmp_path / "g.pcap", pk))],
+                        dataclasses.replace(Config(), flows=FlowConfig(initial_flows=16)))
+    assert res.n_flows == 3000
+    assert res.counters["table_capacity"] >= 3000
+    assert sorted(res.frame.cols["src_port"]) == list(range(1024, 4024))
+
+
+def test_bounded_table_evicts_but_keeps_watched_flow(tmp_path: Path) -> None:
+    ssh = tcp_session(C, S, 45000, 22, 0.0, [(1, b"SSH-2.0-OpenSSH_9.2\r\n")], close=False)
+    scans = [(1.0 + i * 0.0001, tcp(C, S, 2000 + i, 80, SYN)) for i in range(5000)]
+    tail = [(2.0, tcp(S, C, 22, 45000, PSH | ACK, 5001 + 21, b"more"))]
+    path = write_pcap(tmp_path / "b.pcap", ssh + scans + tail)
+    cfg = dataclasses.replace(Config(), flows=FlowConfig(max_flows=256, initial_flows=64))
+    ended: list[FeatureFrame] = []
+    from flowsense.pipeline import Pipeline
+
+    pipe = Pipeline(cfg, ended.append, [WatchRule(b"SSH-")])
+    pipe.run_file(str(path))
+    stats = pipe.table.stats()
+    assert stats["flows_evicted"] >= 5000 - 256
+    assert stats["flows_live"] <= 256
+    assert stats["watches_active"] == 1
+    pipe.finish()
+    ssh_rows = [(f, i) for f in ended for i in range(f.n) if f.cols["dst_port"][i] == 22]
+    assert len(ssh_rows) == 1, "the watched SSH flow was never evicted"
+    f, i = ssh_rows[0]
+    assert f.cols["bidirectional_packets"][i] == len(ssh) + 1
+
+
+def test_watch_rule_leases_slab_and_trace(tmp_path: Path) -> None:
+    banner = b"SSH-2.0-OpenSSH_9.2p1\r\n"
+    big = bytes(range(256)) * 8  # 2 KiB, past the 512-byte head
+    pk = tcp_session(C, S, 46000, 2222, 0.0, [(1, banner), (0, b"SSH-2.0-x\r\n"), (1, big)],
+                     close=False)
+    table = FlowTable(FlowConfig(), [WatchRule(b"SSH-")])
+    for batch in iter_batches(str(write_pcap(tmp_path / "w.pcap", pk))):
+        table.feed(batch)
+    snap = table.snapshot()
+    assert snap.n == 1 and snap.watch[0] >= 0, "live flow visible before it ends, and watched"
+    w = int(snap.watch[0])
+    T = table.T
+    server = bytes(T.slab[w, 1, : T.w_fill[w, 1]])
+    assert server == banner + big
+    n = int(T.tr_n[w])
+    assert n == 3, "the trace starts with the packet that matched the rule (splt has the rest)"
+    sizes = T.tr_len[w, :n].tolist()
+    dirs = (T.tr_flags[w, :n] & 1).tolist()
+    assert sizes[-3:] == [len(banner), 11, len(big)] and dirs[-3:] == [1, 0, 1]
+    assert table.snapshot().n == 0, "nothing touched since the last snapshot"
+
+
+def test_flow_id_stable_across_hash_seeds_and_runs(tmp_path: Path) -> None:
+    pk = tcp_session(C, S, 47000, 22, 0.0, [(0, b"a")]) + [(0.5, udp(C, S, 1, 2, b"u"))]
+    path = str(write_pcap(tmp_path / "s.pcap", pk))
+    ids = []
+    for seed in (1, 2):
+        cfg = dataclasses.replace(Config(), flows=FlowConfig(hash_seed=seed))
+        ids.append(sorted(compute_flows([path], cfg).frame.cols["flow_id"].tolist()))
+    assert ids[0] == ids[1] and len(set(ids[0])) == 2
+    assert all(0 < i < 2**63 for i in ids[0])
+
+
+def test_flows_carry_across_files(tmp_path: Path) -> None:
+    pk = tcp_session(C, S, 48000, 22, 0.0, [(0, b"a"), (1, b"b"), (0, b"c")])
+    a = write_pcap(tmp_path / "1.pcap", pk[:4])
+    b = write_pcap(tmp_path / "2.pcap", pk[4:])
+    res = compute_flows([str(a), str(b)])
+    assert res.n_flows == 1 and res.frame.cols["bidirectional_packets"][0] == len(pk)
+    assert res.counters["files"] == 2
+
+
+def test_ipv6_and_icmp_pairing(tmp_path: Path) -> None:
+    import dpkt
+
+    def icmp(src: str, dst: str, type_: int) -> bytes:
+        import socket
+
+        m = dpkt.icmp.ICMP(type=type_, data=dpkt.icmp.ICMP.Echo(id=7, seq=1, data=b"ping"))
+        ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=1, data=m)
+        ip.len = 20 + len(bytes(m))
+        return bytes(dpkt.ethernet.Ethernet(type=0x0800, data=ip))
+
+    pk = [(0.0, icmp(C, S, 8)), (0.1, icmp(S, C, 0)), (0.2, icmp(C, S, 8)),
+          (0.3, udp("2001:db8::1", "2001:db8::2", 5353, 5353, b"v6"))]
+    f = flows(write_pcap(tmp_path / "i.pcap", pk))
+    assert f["protocol"] == [1, 17]
+    assert f["bidirectional_packets"] == [3, 1]
+    assert (f["src_ip"][0], f["src_port"][0], f["dst_port"][0]) == (C, 8, 0)
+    assert f["ip_version"][1] == 6 and f["src_ip"][1] == "2001:db8::1"
+    assert np.all(np.array(f["bidirectional_bytes"]) > 0)
