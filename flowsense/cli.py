@@ -14,7 +14,7 @@ from flowsense import __version__
 from flowsense.config import Config, load_config, parse_home_net
 from flowsense.errors import ConfigError, FlowsenseError
 from flowsense.flows.features import FeatureFrame, concat
-from flowsense.pipeline import Pipeline, expand_inputs
+from flowsense.pipeline import Pipeline, expand_inputs, order_by_time
 from flowsense.report import flows as flows_out
 from flowsense.report.summary import write_summary
 
@@ -79,7 +79,7 @@ def _run(pipe: Pipeline, paths: list[str]) -> int:
 
 def cmd_flows(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    paths = expand_inputs(args.paths)
+    paths = order_by_time(expand_inputs(args.paths), cfg)
     if args.format == "parquet":
         if not args.output or args.output == "-":
             raise ConfigError("--format parquet needs -o FILE")
@@ -119,7 +119,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from flowsense.report.alerts import eve_record
 
     cfg = _config(args)
-    paths = expand_inputs(args.paths)
+    paths = order_by_time(expand_inputs(args.paths), cfg)
     detectors = [cls() for cls in DETECTORS.values()]
     rules = [r for d in detectors for r in d.watch_rules()]
     out = _open_out(args.output)

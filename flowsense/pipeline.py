@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from flowsense.capture.reader import Decoder, ReaderStats, is_capture_magic, iter_batches
+from flowsense.capture.reader import (
+    Decoder,
+    ReaderStats,
+    first_timestamp,
+    is_capture_magic,
+    iter_batches,
+)
 from flowsense.config import Config
 from flowsense.errors import CaptureError, InputMissingError
 from flowsense.flows.features import FeatureFrame, concat
@@ -100,6 +106,12 @@ class Pipeline:
     def run_file(self, path: str) -> None:
         c = self.counters
         c.files += 1
+        first = first_timestamp(path, self.config.capture)
+        if first is not None and first < self.table.clock_ns:
+            # this file goes back in time: it cannot continue the stream, so the flows so
+            # far end here and its own start afresh
+            log.info("%s starts before the previous input ended: flows restart", path)
+            self.table.flush(self.sink)
         try:
             for batch in iter_batches(path, self.config.capture, self.reader_stats, self.decoder):
                 c.packets += batch.n
@@ -128,12 +140,21 @@ def iter_inputs(paths: Iterable[str]) -> Iterator[str]:
     yield from expand_inputs(paths)
 
 
+def order_by_time(paths: list[str], config: Config | None = None) -> list[str]:
+    """Inputs in the order of their first packet (a ring buffer's files, whatever their names);
+    stdin and unreadable files keep their place at the end."""
+    cap = (config or Config()).capture
+    keyed = [(first_timestamp(p, cap), i, p) for i, p in enumerate(paths)]
+    timed = sorted((t, i, p) for t, i, p in keyed if t is not None)
+    return [p for _, _, p in timed] + [p for t, _, p in keyed if t is None]
+
+
 def compute_flows(paths: list[str], config: Config | None = None) -> FlowsResult:
     """Flow records of ``paths`` (one stream), sorted by first packet then creation order."""
     config = config or Config()
     frames: list[FeatureFrame] = []
     pipe = Pipeline(config, frames.append)
-    for path in expand_inputs(paths):
+    for path in order_by_time(expand_inputs(paths), config):
         pipe.run_file(path)
     pipe.finish()
     frame = concat(frames)

@@ -9,6 +9,7 @@ Batches reuse their arrays: a batch is valid until the next one is requested.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -329,3 +330,17 @@ def iter_batches(
     decoder = decoder or Decoder(cfg)
     for rb in iter_records(path, cfg, stats):
         yield decoder.decode(rb, path)
+
+
+def first_timestamp(path: str, cfg: CaptureConfig | None = None) -> int | None:
+    """Capture time of the first record (ns), or None when there is none, it is unreadable, or
+    the input is a stream (reading it would consume it)."""
+    if path == "-" or not os.path.isfile(path):
+        return None
+    try:
+        for rb in iter_records(path, cfg or CaptureConfig(), ReaderStats()):
+            if rb.n:
+                return int(rb.cols["ts_ns"][0])
+    except CaptureError:
+        return None
+    return None

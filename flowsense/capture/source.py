@@ -116,14 +116,7 @@ class StreamSource(ByteSource):
 def open_source(path: str, cfg: CaptureConfig) -> ByteSource:
     """Open ``path`` (or ``-`` for stdin), choosing a memory map where possible."""
     if path == "-":
-        stdin = sys.stdin.buffer
-        head = _read_exact(stdin, 2)
-        if head == GZIP_MAGIC:
-            # gzip over stdin: hand the consumed magic back through a small chained reader
-            chained = _Prefixed(head, stdin)
-            gz = gzip.GzipFile(fileobj=chained, mode="rb")
-            return StreamSource("<stdin>", gz, cfg, raw=chained)  # type: ignore[arg-type]
-        return StreamSource("<stdin>", stdin, cfg, prefix=head)
+        return _stream_source("<stdin>", sys.stdin.buffer, cfg)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -134,8 +127,7 @@ def open_source(path: str, cfg: CaptureConfig) -> ByteSource:
         raise InputMissingError(f"{path}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            head = f.read(2)
+        head = os.pread(fd, 2, 0) if stat.S_ISREG(st.st_mode) else b""
         if head == GZIP_MAGIC:
             raw = os.fdopen(fd, "rb")
             fd = -1
@@ -143,14 +135,24 @@ def open_source(path: str, cfg: CaptureConfig) -> ByteSource:
             return StreamSource(path, gz, cfg, raw=raw)  # type: ignore[arg-type]
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
             raise CaptureError(path, 0, "empty file")
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a character device
             raw = os.fdopen(fd, "rb")
             fd = -1
-            return StreamSource(path, raw, cfg)
+            return _stream_source(path, raw, cfg)
         return MappedSource(path, fd, st.st_size)
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _stream_source(name: str, stream: BinaryIO, cfg: CaptureConfig) -> StreamSource:
+    """A pipe: peek for the gzip magic, then hand the peeked bytes back to whoever reads."""
+    head = _read_exact(stream, 2)
+    if head == GZIP_MAGIC:
+        chained = _Prefixed(head, stream)
+        gz = gzip.GzipFile(fileobj=chained, mode="rb")
+        return StreamSource(name, gz, cfg, raw=chained)  # type: ignore[arg-type]
+    return StreamSource(name, stream, cfg, prefix=head)
 
 
 class _Prefixed:

@@ -43,6 +43,8 @@ from flowsense.schema import (
     P_IDLE_NS,
     P_MAX_FLOWS,
     P_NFIELDS,
+    S_CLOCK,
+    S_DEADLINE,
     S_EVICTED,
     S_NEV,
     S_NFIELDS,
@@ -271,6 +273,8 @@ class FlowTable:
                             reason[start:start + EVENT_CAPACITY].tolist()):
                 K.end_flow(T, s, r)
             self.drain(sink)
+        T.st[S_CLOCK] = 0
+        T.st[S_DEADLINE] = 0
 
     # --- detectors' view ----------------------------------------------------------------------
     def snapshot(self) -> FeatureFrame:
@@ -282,6 +286,11 @@ class FlowTable:
 
     def lease_watch(self, slot: int) -> int:
         return int(K.lease_watch(self.T, slot))
+
+    @property
+    def clock_ns(self) -> int:
+        """The latest packet time seen (0 before the first packet)."""
+        return int(self.T.st[S_CLOCK])
 
     def stats(self) -> dict[str, int]:
         st = self.T.st
