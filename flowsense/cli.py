@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+import numpy as np
+
 from flowsense import __version__
 from flowsense.config import Config, load_config, parse_home_net
 from flowsense.errors import ConfigError, FlowsenseError
@@ -101,7 +103,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
     try:
         rc = _run(Pipeline(cfg, sink), paths)
         if args.format == "csv" and first[0]:
-            flows_out.write_csv(FeatureFrame(cols={k: [] for k in _flow_names()}), out)
+            empty = {k: np.empty(0, dtype=object) for k in _flow_names()}
+            flows_out.write_csv(FeatureFrame(cols=empty), out)
     finally:
         if out is not sys.stdout:
             out.close()

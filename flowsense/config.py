@@ -50,8 +50,8 @@ class FlowConfig:
     """Interim record after this long; the flow keeps its identity and state."""
     close_delay_s: float = 5.0
     """How long a flow lingers after FIN both ways or RST, for the trailing ACKs."""
-    initial_flows: int = 16384
-    """Initial table capacity (grows by doubling)."""
+    initial_flows: int = 65536
+    """Initial table capacity (grows by doubling; untouched slots cost no resident memory)."""
     max_flows: int = 0
     """Bound on live flows; 0 grows without bound. Past it the least recently seen are evicted."""
     splt_packets: int = 32

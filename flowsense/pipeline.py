@@ -166,10 +166,7 @@ def compute_flows(paths: list[str], config: Config | None = None) -> FlowsResult
 
 def take(frame: FeatureFrame, idx: np.ndarray) -> FeatureFrame:
     """Rows ``idx`` of a frame."""
-    cols: dict[str, np.ndarray | list] = {}
-    lst = idx.tolist()
-    for k, v in frame.cols.items():
-        cols[k] = [v[i] for i in lst] if isinstance(v, list) else v[idx]
+    cols = {k: v[idx] for k, v in frame.cols.items()}
 
     def pick(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a[idx]

@@ -104,6 +104,10 @@ def icmp_counterpart(fam, t):
         return 131
     if t == 131:
         return 130
+    if t == 139:
+        return 140
+    if t == 140:
+        return 139
     if t == 144:
         return 145
     if t == 145:

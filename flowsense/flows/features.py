@@ -63,13 +63,16 @@ from flowsense.schema import (
 )
 
 _NS_PER_MS = 1_000_000
+_TUNNEL = np.array(TUNNEL_NAMES, dtype=object)
+_ORIENT = np.array(ORIENT_NAMES, dtype=object)
+_END = np.array(END_NAMES, dtype=object)
 
 
 @dataclass
 class FeatureFrame:
     """Flow records as columns. ``cols`` hold the FLOW_COLUMNS; the rest is for detectors."""
 
-    cols: dict[str, np.ndarray | list] = field(default_factory=dict)
+    cols: dict[str, np.ndarray] = field(default_factory=dict)  # text columns: object arrays
     n: int = 0
     # cold data, row-aligned with cols
     head: np.ndarray | None = None  # uint8[n, 2, H] payload heads (0: src2dst, 1: dst2src)
@@ -115,7 +118,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     sp = np.where(cli_a, pa, pb)
     dp = np.where(cli_a, pb, pa)
     first = fi[:, FI_FIRST_TS]
-    c: dict[str, np.ndarray | list] = {}
+    c: dict[str, np.ndarray] = {}
     c["flow_id"] = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first)
     c["community_id"] = community_ids(fam, proto, s_hi, s_lo, d_hi, d_lo, sp, dp)
     c["src_ip"] = addr_text(fam, s_hi, s_lo)
@@ -125,10 +128,10 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     c["protocol"] = proto.astype(np.int64)
     c["ip_version"] = fam.astype(np.int64)
     c["vlan_id"] = fi[:, FI_VLAN]
-    c["tunnel"] = [TUNNEL_NAMES[t] for t in fi[:, FI_TUNNEL].tolist()]
-    c["orientation"] = [ORIENT_NAMES[o] for o in fi[:, FI_ORIENT].tolist()]
-    c["app_proto"] = [""] * n
-    c["expiration"] = [END_NAMES[r] for r in np.asarray(reasons).tolist()]
+    c["tunnel"] = _TUNNEL[fi[:, FI_TUNNEL]]
+    c["orientation"] = _ORIENT[fi[:, FI_ORIENT]]
+    c["app_proto"] = np.full(n, "", dtype=object)
+    c["expiration"] = _END[np.asarray(reasons, dtype=np.int64)]
     c["interim"] = np.full(n, interim)
 
     last = fi[:, FI_LAST_TS]
@@ -213,15 +216,7 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
         return FeatureFrame()
     if len(frames) == 1:
         return frames[0]
-    cols: dict[str, np.ndarray | list] = {}
-    for key, first in frames[0].cols.items():
-        if isinstance(first, list):
-            merged: list = []
-            for f in frames:
-                merged.extend(f.cols[key])  # type: ignore[arg-type]
-            cols[key] = merged
-        else:
-            cols[key] = np.concatenate([f.cols[key] for f in frames])
+    cols = {key: np.concatenate([f.cols[key] for f in frames]) for key in frames[0].cols}
 
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(f, name) for f in frames])

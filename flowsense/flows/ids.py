@@ -9,30 +9,32 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
 import struct
 
 import numpy as np
 
+from flowsense.flows import text_kernels as TK
+
 _ICMP = {1, 58}
 _ICMP_PAIRED = {
     1: {0, 8, 9, 10, 13, 14, 15, 16, 17, 18},
-    58: {128, 129, 130, 131, 133, 134, 135, 136, 144, 145},
+    58: {128, 129, 130, 131, 133, 134, 135, 136, 139, 140, 144, 145},
 }
 
 
-def addr_text(fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> list[str]:
-    """Addresses as text: dotted quad for IPv4, RFC 5952 for IPv6."""
-    out: list[str] = []
-    fam_l = fam.tolist()
-    hi_l = hi.tolist()
-    lo_l = lo.tolist()
-    for f, h, low in zip(fam_l, hi_l, lo_l):
-        if f == 4:
-            out.append(f"{low >> 24}.{(low >> 16) & 255}.{(low >> 8) & 255}.{low & 255}")
-        else:
-            out.append(socket.inet_ntop(socket.AF_INET6, struct.pack(">QQ", h, low)))
-    return out
+def addr_text(fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Addresses as text (object array): dotted quad for IPv4, inet_ntop's form for IPv6."""
+    out = np.zeros((len(fam), TK.ADDR_WIDTH), dtype=np.uint8)
+    TK.format_addrs(np.ascontiguousarray(fam), np.ascontiguousarray(hi),
+                    np.ascontiguousarray(lo), out, TK._HEX)
+    return _rows_text(out)
+
+
+def _rows_text(out: np.ndarray) -> np.ndarray:
+    """NUL-padded ASCII rows to an object array of str."""
+    if len(out) == 0:
+        return np.empty(0, dtype=object)
+    return out.view(f"S{out.shape[1]}").ravel().astype("U").astype(object)
 
 
 def _addr_bytes(f: int, h: int, low: int) -> bytes:
@@ -63,14 +65,13 @@ def community_id(
 def community_ids(
     fam: np.ndarray, proto: np.ndarray, s_hi: np.ndarray, s_lo: np.ndarray, d_hi: np.ndarray,
     d_lo: np.ndarray, sport: np.ndarray, dport: np.ndarray, seed: int = 0,
-) -> list[str]:
-    return [
-        community_id(*row, seed=seed)
-        for row in zip(
-            fam.tolist(), proto.tolist(), s_hi.tolist(), s_lo.tolist(), d_hi.tolist(),
-            d_lo.tolist(), sport.tolist(), dport.tolist(),
-        )
-    ]
+) -> np.ndarray:
+    """Community ID v1 of many flows (object array); ``community_id`` is its one-flow twin."""
+    out = np.zeros((len(fam), TK.CID_WIDTH), dtype=np.uint8)
+    c = np.ascontiguousarray
+    TK.community_ids(c(fam), c(proto), c(s_hi), c(s_lo), c(d_hi), c(d_lo), c(sport), c(dport),
+                     seed, out, TK._B64)
+    return _rows_text(out)
 
 
 def _fmix(x: np.ndarray) -> np.ndarray:

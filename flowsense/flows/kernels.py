@@ -65,6 +65,7 @@ from flowsense.schema import (
     DF_MEAN_PIAT,
     DF_MEAN_PS,
     END_ACTIVE,
+    END_EOF,
     END_FIN,
     END_IDLE,
     END_REUSE,
@@ -378,6 +379,28 @@ def _expire(T, now):
 
 
 @kernel
+def end_live(T):
+    """End live flows (end of input) until the event list is full; returns how many remain.
+
+    A flow already closed by FIN or RST ends for that reason, the rest with END_EOF.
+    """
+    fi = T.fi
+    cap = T.ev_slot.shape[0]
+    for s in range(fi.shape[0]):
+        if T.st[S_NLIVE] == 0:
+            break
+        if not (fi[s, FI_STATE] & FS_LIVE):
+            continue
+        if T.st[S_NEV] >= cap:
+            break
+        reason = END_EOF
+        if fi[s, FI_STATE] & FS_CLOSING:
+            reason = END_RST if fi[s, FI_STATE] & FS_RST else END_FIN
+        end_flow(T, s, reason)
+    return T.st[S_NLIVE]
+
+
+@kernel
 def expire_until(T, now):
     """Advance the table's clock to ``now`` (live capture on a quiet link) and expire."""
     if now > T.st[S_CLOCK]:
@@ -662,7 +685,8 @@ def process(
                 # the client (Community ID's pairing, schema: sport=type, dport=counterpart)
                 icmp_reply = (
                     (p == 1 and (sp == 0 or sp == 14 or sp == 16 or sp == 18 or sp == 9))
-                    or (p == 58 and (sp == 129 or sp == 134 or sp == 136 or sp == 131 or sp == 145))
+                    or (p == 58 and (sp == 129 or sp == 134 or sp == 136 or sp == 131 or sp == 140
+                                     or sp == 145))
                 )
             s = _new_flow(T, h, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags,
                           icmp_reply, ts, vlan[i], tunnel[i])

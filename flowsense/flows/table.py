@@ -20,17 +20,12 @@ from flowsense.flows import kernels as K
 from flowsense.flows.features import FeatureFrame, gather
 from flowsense.schema import (
     END_ACTIVE,
-    END_EOF,
     END_EVICTED,
-    END_FIN,
-    END_RST,
     FF_NFIELDS,
     FI_NFIELDS,
     FI_STATE,
     FI_WATCH,
-    FS_CLOSING,
     FS_LIVE,
-    FS_RST,
     K_DONE,
     K_EVENTS,
     K_GROW,
@@ -263,16 +258,9 @@ class FlowTable:
     def flush(self, sink: Sink) -> None:
         """End every live flow (end of input)."""
         T = self.T
-        live = np.flatnonzero(T.fi[:, FI_STATE] & FS_LIVE)
-        state = T.fi[live, FI_STATE]
-        # a flow already closed by FIN or RST ends for that reason, the rest because input ended
-        closed = np.where(state & FS_RST, END_RST, END_FIN)
-        reason = np.where(state & FS_CLOSING, closed, END_EOF)
-        for start in range(0, len(live), EVENT_CAPACITY):
-            for s, r in zip(live[start:start + EVENT_CAPACITY].tolist(),
-                            reason[start:start + EVENT_CAPACITY].tolist()):
-                K.end_flow(T, s, r)
+        while K.end_live(T) > 0:
             self.drain(sink)
+        self.drain(sink)
         T.st[S_CLOCK] = 0
         T.st[S_DEADLINE] = 0
 

@@ -30,10 +30,10 @@ def splt_columns(frame: FeatureFrame) -> dict[str, list[list]]:
 
 def _text_values(name: str, col: np.ndarray | list) -> list[str]:
     dt = FLOW_COLUMNS.get(name, "")
-    if isinstance(col, list):
-        if col and isinstance(col[0], list):
-            return [json.dumps(v) for v in col]
-        return [json.dumps(v, ensure_ascii=False) for v in col]
+    if isinstance(col, list):  # splt lists
+        return [json.dumps(v) for v in col]
+    if col.dtype == object:
+        return [json.dumps(v, ensure_ascii=False) for v in col.tolist()]
     if dt == "?":
         return ["true" if v else "false" for v in col.tolist()]
     if dt == "f8":
@@ -59,8 +59,8 @@ def write_csv(frame: FeatureFrame, out: TextIO, header: bool = True) -> None:
     values = []
     for k in names:
         col = frame.cols[k]
-        if isinstance(col, list):
-            values.append([csv_cell(str(v)) for v in col])
+        if col.dtype == object:
+            values.append([csv_cell(str(v)) for v in col.tolist()])
         elif FLOW_COLUMNS.get(k) == "f8":
             values.append([repr(round(v, 6)) for v in col.tolist()])
         else:
@@ -74,6 +74,6 @@ def write_parquet(frame: FeatureFrame, path: str) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError("--format parquet needs pyarrow (the parquet extra)") from None
-    cols = {k: v if isinstance(v, list) else np.asarray(v) for k, v in frame.cols.items()}
+    cols = {k: v.tolist() if v.dtype == object else v for k, v in frame.cols.items()}
     table = pa.table(cols)
     pq.write_table(table, path)
