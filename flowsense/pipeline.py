@@ -123,7 +123,8 @@ class Pipeline:
                 self.table.feed(batch, self.sink)
         except CaptureError as exc:
             c.files_damaged += 1
-            self.errors.append(exc)
+            # keep the error, not its traceback: the frames would pin the reader's buffers
+            self.errors.append(exc.with_traceback(None))
             log.warning("%s", exc)
 
     def finish(self) -> None:

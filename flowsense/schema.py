@@ -210,6 +210,7 @@ P_NFIELDS = 8
 K_DONE = 0
 K_GROW = 1  # the table is full: grow (or evict) and resume at the returned index
 K_EVENTS = 2  # the event list is full or an interim record is due: drain and resume
+K_TIMEJUMP = 3  # time went back by more than the idle timeout: end every flow, then resume
 
 # --- flow records (FeatureFrame columns, nfstream names; units in the names) --------------------
 _DIR_STATS = (

@@ -21,7 +21,6 @@ for hand-made fixtures the result must also equal what the construction says it 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -79,8 +78,17 @@ def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
     return src + dst + struct.pack("!IxxxB", length, proto)
 
 
-def tcp(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: str,
-        payload: bytes = b"", options: bytes = b"") -> bytes:
+def tcp(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: str,
+    payload: bytes = b"",
+    options: bytes = b"",
+) -> bytes:
     """A TCP segment (checksummed against src/dst); flags from 'FSRPAU'."""
     bits = sum(1 << "FSRPAU".index(c) for c in flags)
     options += b"\0" * (-len(options) % 4)
@@ -102,14 +110,25 @@ def icmp4(typ: int, code: int, ident: int, seq: int, payload: bytes) -> bytes:
     return msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
 
 
-def icmp6(src: bytes, dst: bytes, typ: int, code: int, ident: int, seq: int, payload: bytes) -> bytes:
+def icmp6(
+    src: bytes, dst: bytes, typ: int, code: int, ident: int, seq: int, payload: bytes
+) -> bytes:
     msg = struct.pack("!BBHHH", typ, code, 0, ident, seq) + payload
     c = csum(_pseudo(src, dst, 58, len(msg)) + msg)
     return msg[:2] + struct.pack("!H", c) + msg[4:]
 
 
-def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 1, mf: bool = False,
-         frag_off: int = 0, options: bytes = b"", total_len: int | None = None) -> bytes:
+def ipv4(
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    payload: bytes,
+    ident: int = 1,
+    mf: bool = False,
+    frag_off: int = 0,
+    options: bytes = b"",
+    total_len: int | None = None,
+) -> bytes:
     """An IPv4 header and payload; frag_off in bytes (multiple of 8)."""
     options += b"\0" * (-len(options) % 4)
     ihl = 5 + len(options) // 4
@@ -146,8 +165,13 @@ MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
 
 
-def eth(payload: bytes, ethertype: int, src: bytes = MAC_A, dst: bytes = MAC_B,
-        tags: Sequence[tuple[int, int]] = ()) -> bytes:
+def eth(
+    payload: bytes,
+    ethertype: int,
+    src: bytes = MAC_A,
+    dst: bytes = MAC_B,
+    tags: Sequence[tuple[int, int]] = (),
+) -> bytes:
     """Ethernet II; tags is a list of (TPID, VID) outermost first."""
     out = dst + src
     for tpid, vid in tags:
@@ -159,7 +183,9 @@ def ethertype_of(ip: bytes) -> int:
     return 0x0800 if ip[0] >> 4 == 4 else 0x86DD
 
 
-ARP_REQUEST = bytes.fromhex("0001080006040001") + MAC_A + ip4("10.0.0.1") + b"\0" * 6 + ip4("10.0.0.2")
+ARP_REQUEST = (
+    bytes.fromhex("0001080006040001") + MAC_A + ip4("10.0.0.1") + b"\0" * 6 + ip4("10.0.0.2")
+)
 
 # =============================================================================================
 # The "mini" traffic: six flows, IPv4 and IPv6, TCP/UDP/ICMP, no FIN/RST (no close semantics)
@@ -184,16 +210,24 @@ class FlowSpec:
     dst_ip: str
     dst_port: int | None
     protocol: int
-    src2dst_packets: int = 0
-    dst2src_packets: int = 0
+    src2dst_packets: int | None = 0  # None: no direction (a host talking ICMP to itself)
+    dst2src_packets: int | None = 0
     first_ns: int | None = None
+    last_ns: int | None = None
+    bidirectional_packets: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "src_ip": self.src_ip, "src_port": self.src_port, "dst_ip": self.dst_ip,
-            "dst_port": self.dst_port, "protocol": self.protocol,
-            "src2dst_packets": self.src2dst_packets, "dst2src_packets": self.dst2src_packets,
+            "src_ip": self.src_ip,
+            "src_port": self.src_port,
+            "dst_ip": self.dst_ip,
+            "dst_port": self.dst_port,
+            "protocol": self.protocol,
+            "bidirectional_packets": self.bidirectional_packets,
+            "src2dst_packets": self.src2dst_packets,
+            "dst2src_packets": self.dst2src_packets,
             "first_seen_ns": self.first_ns,
+            "last_seen_ns": self.last_ns,
         }
 
 
@@ -208,15 +242,31 @@ def mini(net: int, base_ns: int, v4: bool = True, v6: bool = True) -> list[Pkt]:
             (ipv4(a4, b4, 6, tcp(a4, b4, 40001, 22, c, 0, "S"), 101), True, "tcp4"),
             (ipv4(b4, a4, 6, tcp(b4, a4, 22, 40001, s, c + 1, "SA"), 201), False, "tcp4"),
             (ipv4(a4, b4, 6, tcp(a4, b4, 40001, 22, c + 1, s + 1, "A"), 102), True, "tcp4"),
-            (ipv4(a4, b4, 6, tcp(a4, b4, 40001, 22, c + 1, s + 1, "PA", b"SSH-2.0-mini\r\n"), 103),
-             True, "tcp4"),
-            (ipv4(b4, a4, 6, tcp(b4, a4, 22, 40001, s + 1, c + 15, "PA", b"SSH-2.0-srv\r\n"), 202),
-             False, "tcp4"),
+            (
+                ipv4(
+                    a4, b4, 6, tcp(a4, b4, 40001, 22, c + 1, s + 1, "PA", b"SSH-2.0-mini\r\n"), 103
+                ),
+                True,
+                "tcp4",
+            ),
+            (
+                ipv4(
+                    b4, a4, 6, tcp(b4, a4, 22, 40001, s + 1, c + 15, "PA", b"SSH-2.0-srv\r\n"), 202
+                ),
+                False,
+                "tcp4",
+            ),
             (ipv4(a4, b4, 6, tcp(a4, b4, 40001, 22, c + 15, s + 14, "A"), 104), True, "tcp4"),
-            (ipv4(a4, d4, 17, udp(a4, d4, 53001, 53, b"\x12\x34\x01\x00" + b"\0" * 8), 105),
-             True, "udp4"),
-            (ipv4(d4, a4, 17, udp(d4, a4, 53, 53001, b"\x12\x34\x81\x80" + b"\0" * 8), 301),
-             False, "udp4"),
+            (
+                ipv4(a4, d4, 17, udp(a4, d4, 53001, 53, b"\x12\x34\x01\x00" + b"\0" * 8), 105),
+                True,
+                "udp4",
+            ),
+            (
+                ipv4(d4, a4, 17, udp(d4, a4, 53, 53001, b"\x12\x34\x81\x80" + b"\0" * 8), 301),
+                False,
+                "udp4",
+            ),
             (ipv4(a4, b4, 1, icmp4(8, 0, 7, 1, b"ping" * 8), 106), True, "icmp4"),
             (ipv4(b4, a4, 1, icmp4(0, 0, 7, 1, b"ping" * 8), 203), False, "icmp4"),
         ]
@@ -226,10 +276,21 @@ def mini(net: int, base_ns: int, v4: bool = True, v6: bool = True) -> list[Pkt]:
             (ipv6(a6, b6, 6, tcp(a6, b6, 40002, 443, c, 0, "S")), True, "tcp6"),
             (ipv6(b6, a6, 6, tcp(b6, a6, 443, 40002, s, c + 1, "SA")), False, "tcp6"),
             (ipv6(a6, b6, 6, tcp(a6, b6, 40002, 443, c + 1, s + 1, "A")), True, "tcp6"),
-            (ipv6(a6, b6, 6, tcp(a6, b6, 40002, 443, c + 1, s + 1, "PA", b"\x16\x03\x01hello")),
-             True, "tcp6"),
-            (ipv6(a6, d6, 17, udp(a6, d6, 53002, 53, b"\x56\x78\x01\x00" + b"\0" * 8)), True, "udp6"),
-            (ipv6(d6, a6, 17, udp(d6, a6, 53, 53002, b"\x56\x78\x81\x80" + b"\0" * 8)), False, "udp6"),
+            (
+                ipv6(a6, b6, 6, tcp(a6, b6, 40002, 443, c + 1, s + 1, "PA", b"\x16\x03\x01hello")),
+                True,
+                "tcp6",
+            ),
+            (
+                ipv6(a6, d6, 17, udp(a6, d6, 53002, 53, b"\x56\x78\x01\x00" + b"\0" * 8)),
+                True,
+                "udp6",
+            ),
+            (
+                ipv6(d6, a6, 17, udp(d6, a6, 53, 53002, b"\x56\x78\x81\x80" + b"\0" * 8)),
+                False,
+                "udp6",
+            ),
             (ipv6(a6, b6, 58, icmp6(a6, b6, 128, 0, 9, 1, b"ping6" * 4)), True, "icmp6"),
             (ipv6(b6, a6, 58, icmp6(b6, a6, 129, 0, 9, 1, b"ping6" * 4)), False, "icmp6"),
         ]
@@ -249,17 +310,22 @@ def mini_specs(net: int, pkts: Sequence[Pkt]) -> dict[str, FlowSpec]:
     return count_specs(all_specs, pkts)
 
 
-def count_specs(specs: dict[str, FlowSpec], pkts: Iterable[Pkt],
-                ts_known: bool = True) -> dict[str, FlowSpec]:
+def count_specs(
+    specs: dict[str, FlowSpec], pkts: Iterable[Pkt], ts_known: bool = True
+) -> dict[str, FlowSpec]:
     used: dict[str, FlowSpec] = {}
     for p in pkts:
         spec = used.setdefault(p.flow, specs[p.flow])
+        assert spec.src2dst_packets is not None and spec.dst2src_packets is not None
         if p.c2s:
             spec.src2dst_packets += 1
         else:
             spec.dst2src_packets += 1
-        if ts_known and spec.first_ns is None:
-            spec.first_ns = p.ts_ns
+        spec.bidirectional_packets += 1
+        if ts_known:
+            if spec.first_ns is None:
+                spec.first_ns = p.ts_ns
+            spec.last_ns = p.ts_ns
     return used
 
 
@@ -279,8 +345,9 @@ class Rec:
     iface: int = 0
 
 
-def pcap_bytes(recs: Iterable[Rec], linktype: int, endian: str = "<", nano: bool = False,
-               snaplen: int = 262144) -> bytes:
+def pcap_bytes(
+    recs: Iterable[Rec], linktype: int, endian: str = "<", nano: bool = False, snaplen: int = 262144
+) -> bytes:
     """A classic pcap file; endian '<' or '>'."""
     magic = MAGIC_NS if nano else MAGIC_US
     out = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
@@ -303,8 +370,8 @@ def read_pcap(path: Path) -> tuple[list[Rec], int, int]:
     _, _, _, _, _, snaplen, linktype = struct.unpack(endian + "IHHiIII", raw[:24])
     recs, off = [], 24
     while off + 16 <= len(raw):
-        sec, frac, caplen, wirelen = struct.unpack(endian + "IIII", raw[off:off + 16])
-        data = raw[off + 16:off + 16 + caplen]
+        sec, frac, caplen, wirelen = struct.unpack(endian + "IIII", raw[off : off + 16])
+        data = raw[off + 16 : off + 16 + caplen]
         assert len(data) == caplen, f"{path}: truncated record at {off}"
         recs.append(Rec(sec * 1_000_000_000 + (frac if nano else frac * 1000), data, wirelen))
         off += 16 + caplen
@@ -326,12 +393,14 @@ class Iface:
 
     def units_per_s(self) -> int:
         r = 6 if self.tsresol is None else self.tsresol
-        return 2 ** (r & 0x7F) if r & 0x80 else 10 ** r
+        return 2 ** (r & 0x7F) if r & 0x80 else 10**r
 
     def ticks(self, ts_ns: int) -> int:
         rel = ts_ns - (self.tsoffset or 0) * 1_000_000_000
         t = Fraction(rel * self.units_per_s(), 1_000_000_000)
-        assert t.denominator == 1, f"timestamp {ts_ns} not exact in units of 1/{self.units_per_s()} s"
+        assert t.denominator == 1, (
+            f"timestamp {ts_ns} not exact in units of 1/{self.units_per_s()} s"
+        )
         return int(t)
 
 
@@ -352,11 +421,15 @@ class NgWriter:
     def block(self, btype: int, body: bytes) -> NgWriter:
         body = _pad4(body)
         total = 12 + len(body)
-        self.blocks.append(struct.pack(self.e + "II", btype, total) + body + struct.pack(self.e + "I", total))
+        self.blocks.append(
+            struct.pack(self.e + "II", btype, total) + body + struct.pack(self.e + "I", total)
+        )
         return self
 
     def shb(self, options: Sequence[bytes] = ()) -> NgWriter:
-        return self.block(0x0A0D0D0A, struct.pack(self.e + "IHHq", 0x1A2B3C4D, 1, 0, -1) + self.opts(options))
+        return self.block(
+            0x0A0D0D0A, struct.pack(self.e + "IHHq", 0x1A2B3C4D, 1, 0, -1) + self.opts(options)
+        )
 
     def idb(self, iface: Iface, extra: Sequence[bytes] = ()) -> int:
         items = list(extra)
@@ -366,13 +439,17 @@ class NgWriter:
             items.append(self.opt(9, bytes([iface.tsresol])))
         if iface.tsoffset is not None:
             items.append(self.opt(14, struct.pack(self.e + "q", iface.tsoffset)))
-        self.block(1, struct.pack(self.e + "HHI", iface.linktype, 0, iface.snaplen) + self.opts(items))
+        self.block(
+            1, struct.pack(self.e + "HHI", iface.linktype, 0, iface.snaplen) + self.opts(items)
+        )
         self.ifaces.append(iface)
         return len(self.ifaces) - 1
 
     def epb(self, r: Rec, options: Sequence[bytes] = ()) -> NgWriter:
         t = self.ifaces[r.iface].ticks(r.ts_ns)
-        body = struct.pack(self.e + "IIIII", r.iface, t >> 32, t & 0xFFFFFFFF, len(r.data), r.wirelen)
+        body = struct.pack(
+            self.e + "IIIII", r.iface, t >> 32, t & 0xFFFFFFFF, len(r.data), r.wirelen
+        )
         return self.block(6, body + _pad4(r.data) + self.opts(options))
 
     def spb(self, r: Rec) -> NgWriter:
@@ -383,7 +460,9 @@ class NgWriter:
 
     def pb(self, r: Rec, drops: int = 0) -> NgWriter:
         t = self.ifaces[r.iface].ticks(r.ts_ns)
-        body = struct.pack(self.e + "HHIIII", r.iface, drops, t >> 32, t & 0xFFFFFFFF, len(r.data), r.wirelen)
+        body = struct.pack(
+            self.e + "HHIIII", r.iface, drops, t >> 32, t & 0xFFFFFFFF, len(r.data), r.wirelen
+        )
         return self.block(2, body + r.data)
 
     def bytes(self) -> bytes:
@@ -404,8 +483,8 @@ def read_pcapng_le(path: Path) -> tuple[list[Rec], list[Iface]]:
     raw = path.read_bytes()
     off, recs, ifaces = 0, [], []
     while off < len(raw):
-        btype, blen = struct.unpack("<II", raw[off:off + 8])
-        body = raw[off + 8:off + blen - 4]
+        btype, blen = struct.unpack("<II", raw[off : off + 8])
+        body = raw[off + 8 : off + blen - 4]
         if btype == 0x0A0D0D0A:
             assert off == 0, "one section only"
         elif btype == 1:
@@ -413,8 +492,8 @@ def read_pcapng_le(path: Path) -> tuple[list[Rec], list[Iface]]:
             iface = Iface(linktype, snaplen)
             o = 8
             while o + 4 <= len(body):
-                code, length = struct.unpack("<HH", body[o:o + 4])
-                val = body[o + 4:o + 4 + length]
+                code, length = struct.unpack("<HH", body[o : o + 4])
+                val = body[o + 4 : o + 4 + length]
                 if code == 0:
                     break
                 if code == 9:
@@ -427,9 +506,11 @@ def read_pcapng_le(path: Path) -> tuple[list[Rec], list[Iface]]:
             if_id, hi, lo, caplen, wirelen = struct.unpack("<IIIII", body[:20])
             iface = ifaces[if_id]
             ticks = (hi << 32) | lo
-            ns = Fraction(ticks * 1_000_000_000, iface.units_per_s()) + (iface.tsoffset or 0) * 10**9
+            ns = (
+                Fraction(ticks * 1_000_000_000, iface.units_per_s()) + (iface.tsoffset or 0) * 10**9
+            )
             assert ns.denominator == 1
-            recs.append(Rec(int(ns), body[20:20 + caplen], wirelen, if_id))
+            recs.append(Rec(int(ns), body[20 : 20 + caplen], wirelen, if_id))
         else:
             raise AssertionError(f"{path}: unexpected block type {btype:#x}")
         off += blen
@@ -447,11 +528,17 @@ def frame_sll(p: Pkt) -> bytes:
     """Linux cooked v1 (DLT 113): packet type, ARPHRD, address length, address (8), protocol."""
     pkttype = 4 if p.c2s else 0  # outgoing / to us
     mac = MAC_A if p.c2s else MAC_B
-    return struct.pack("!HHH", pkttype, 1, 6) + mac + b"\0\0" + struct.pack("!H", ethertype_of(p.ip)) + p.ip
+    return (
+        struct.pack("!HHH", pkttype, 1, 6)
+        + mac
+        + b"\0\0"
+        + struct.pack("!H", ethertype_of(p.ip))
+        + p.ip
+    )
 
 
 def frame_sll2(p: Pkt) -> bytes:
-    """Linux cooked v2 (DLT 276): protocol, reserved, ifindex, ARPHRD, packet type, addr len, addr."""
+    """Linux cooked v2 (DLT 276): protocol, reserved, ifindex, ARPHRD, pkttype, addr len, addr."""
     pkttype = 4 if p.c2s else 0
     mac = MAC_A if p.c2s else MAC_B
     return struct.pack("!HHIHBB", ethertype_of(p.ip), 0, 2, 1, pkttype, 6) + mac + b"\0\0" + p.ip
@@ -464,6 +551,7 @@ def frame_null(endian: str, v6_families: Sequence[int] = (24, 28, 30)) -> Callab
     def f(p: Pkt) -> bytes:
         fam = 2 if p.ip[0] >> 4 == 4 else v6_families[next(counter) % len(v6_families)]
         return struct.pack(endian + "I", fam) + p.ip
+
     return f
 
 
@@ -480,19 +568,60 @@ def recs_of(pkts: Iterable[Pkt], framer: Callable[[Pkt], bytes], iface: int = 0)
 # =============================================================================================
 
 TSHARK_FIELDS = [
-    "frame.time_epoch", "frame.protocols", "ip.src", "ip.dst", "ip.proto", "ip.id",
-    "ip.flags.mf", "ip.frag_offset", "ipv6.src", "ipv6.dst", "ipv6.nxt", "ipv6.fraghdr.offset",
-    "ipv6.fraghdr.more", "ipv6.fraghdr.ident", "tcp.srcport", "tcp.dstport", "tcp.flags",
-    "udp.srcport", "udp.dstport", "icmp.type", "icmpv6.type", "_ws.col.Protocol",
+    "frame.time_epoch",
+    "frame.protocols",
+    "ip.src",
+    "ip.dst",
+    "ip.proto",
+    "ip.id",
+    "ip.flags.mf",
+    "ip.frag_offset",
+    "ipv6.src",
+    "ipv6.dst",
+    "ipv6.nxt",
+    "ipv6.fraghdr.offset",
+    "ipv6.fraghdr.more",
+    "ipv6.fraghdr.ident",
+    "tcp.srcport",
+    "tcp.dstport",
+    "tcp.flags",
+    "udp.srcport",
+    "udp.dstport",
+    "icmp.type",
+    "icmpv6.type",
+    "_ws.col.Protocol",
 ]
-TSHARK_PREFS = ["-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE",
-                "-o", "tcp.analyze_sequence_numbers:FALSE", "-o", "tcp.desegment_tcp_streams:FALSE", "-o", "ip.check_checksum:FALSE"]
+TSHARK_PREFS = [
+    "-o",
+    "ip.defragment:FALSE",
+    "-o",
+    "ipv6.defragment:FALSE",
+    "-o",
+    "tcp.analyze_sequence_numbers:FALSE",
+    "-o",
+    "tcp.desegment_tcp_streams:FALSE",
+    "-o",
+    "ip.check_checksum:FALSE",
+]
 IP_PROTO_NAME = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 
 
 def tshark_rows(path: Path) -> list[dict[str, str]]:
-    cmd = ["tshark", "-n", "-r", str(path), *TSHARK_PREFS, "-T", "fields", "-E", "separator=\t",
-           "-E", "occurrence=a", "-E", "aggregator=|"]
+    cmd = [
+        "tshark",
+        "-n",
+        "-r",
+        str(path),
+        *TSHARK_PREFS,
+        "-T",
+        "fields",
+        "-E",
+        "separator=\t",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+    ]
     for f in TSHARK_FIELDS:
         cmd += ["-e", f]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -520,7 +649,10 @@ def _last(value: str) -> str:
 class RefFlow:
     key: tuple[Any, ...]
     first_ts: int
-    packets: list[tuple[str, int, str, int, int]] = field(default_factory=list)  # (src, sport, dst, dport, flags)
+    last_ts: int
+    packets: list[tuple[str, int, str, int, int]] = field(
+        default_factory=list
+    )  # (src, sport, dst, dport, flags)
     client: tuple[str, int] | None = None
     syn_client: bool = False
 
@@ -546,7 +678,7 @@ def reference_flows(path: Path) -> tuple[int, list[FlowSpec], int]:
             continue
         pos, ver = ip_layers[-1]
         nth = sum(1 for _, t in ip_layers if t == ver) - 1
-        after = [t for t in protos[pos + 1:] if not t.startswith("ipv6.")]
+        after = [t for t in protos[pos + 1 :] if not t.startswith("ipv6.")]
         if ver == "ip":
             src, dst = _nth(row["ip.src"], nth), _nth(row["ip.dst"], nth)
             proto = int(_nth(row["ip.proto"], nth))
@@ -582,9 +714,10 @@ def reference_flows(path: Path) -> tuple[int, list[FlowSpec], int]:
         key = (ver, proto, *ends[0], *ends[1])
         ts = _ns(row["frame.time_epoch"])
         if key not in flows:
-            flows[key] = RefFlow(key, ts)
+            flows[key] = RefFlow(key, ts, ts)
             order.append(key)
         fl = flows[key]
+        fl.last_ts = ts
         fl.packets.append((src, sport, dst, dport, flags))
         if fl.client is None:
             fl.client = (src, sport)
@@ -606,19 +739,21 @@ def reference_flows(path: Path) -> tuple[int, list[FlowSpec], int]:
         spec = FlowSpec(cip, cport if ports else None, sip, sport if ports else None, proto)
         if proto not in (1, 58, 6, 17):
             spec.src_port = spec.dst_port = 0
-        for src, sp, _, _, _ in fl.packets:
-            if (src, sp) == fl.client:
-                spec.src2dst_packets += 1
-            else:
-                spec.dst2src_packets += 1
-        spec.first_ns = fl.first_ts
+        n_c2s = sum(1 for src, sp, _, _, _ in fl.packets if (src, sp) == fl.client)
+        spec.bidirectional_packets = len(fl.packets)
+        if (a, ap) == (b, bp):
+            spec.src2dst_packets = spec.dst2src_packets = None  # no way to tell the sides apart
+        else:
+            spec.src2dst_packets, spec.dst2src_packets = n_c2s, len(fl.packets) - n_c2s
+        spec.first_ns, spec.last_ns = fl.first_ts, fl.last_ts
         specs.append(spec)
     return len(rows), specs, attributed
 
 
 def capinfos_count(path: Path) -> int:
-    out = subprocess.run(["capinfos", "-c", "-M", "-T", "-r", str(path)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["capinfos", "-c", "-M", "-T", "-r", str(path)], check=True, capture_output=True, text=True
+    ).stdout
     return int(out.strip().split("\t")[-1])
 
 
@@ -671,17 +806,61 @@ def make_tool_fixtures() -> None:
     curve = CORPUS / CURVE_SRC
     vx = CORPUS / VXLAN_SRC
     steps: list[tuple[str, list[str], str, str]] = [
-        ("hassh.pcap", ["editcap", "-F", "pcap", str(hassh), str(OUT / "hassh.pcap")], HASSH_SRC, "hassh"),
-        ("hassh.pcapng", ["editcap", "-F", "pcapng", str(hassh), str(OUT / "hassh.pcapng")], HASSH_SRC, "hassh"),
-        ("hassh.nsec.pcap", ["editcap", "-F", "nsecpcap", str(hassh), str(OUT / "hassh.nsec.pcap")],
-         HASSH_SRC, "hassh"),
-        ("hassh.snap96.pcap", ["editcap", "-F", "pcap", "-s", "96", str(hassh), str(OUT / "hassh.snap96.pcap")],
-         HASSH_SRC, "hassh-snap"),
-        ("curve25519.nano.pcap", ["tcpdump", "-r", str(curve), "--time-stamp-precision=nano", "-w",
-                                  str(OUT / "curve25519.nano.pcap")], CURVE_SRC, "curve"),
-        ("curve25519.nano.pcapng", ["editcap", "-F", "pcapng", str(OUT / "curve25519.nano.pcap"),
-                                    str(OUT / "curve25519.nano.pcapng")], CURVE_SRC, "curve"),
-        ("vxlan_mirror.pcap", ["editcap", "-F", "pcap", str(vx), str(OUT / "vxlan_mirror.pcap")], VXLAN_SRC, ""),
+        (
+            "hassh.pcap",
+            ["editcap", "-F", "pcap", str(hassh), str(OUT / "hassh.pcap")],
+            HASSH_SRC,
+            "hassh",
+        ),
+        (
+            "hassh.pcapng",
+            ["editcap", "-F", "pcapng", str(hassh), str(OUT / "hassh.pcapng")],
+            HASSH_SRC,
+            "hassh",
+        ),
+        (
+            "hassh.nsec.pcap",
+            ["editcap", "-F", "nsecpcap", str(hassh), str(OUT / "hassh.nsec.pcap")],
+            HASSH_SRC,
+            "hassh",
+        ),
+        (
+            "hassh.snap96.pcap",
+            ["editcap", "-F", "pcap", "-s", "96", str(hassh), str(OUT / "hassh.snap96.pcap")],
+            HASSH_SRC,
+            "hassh-snap",
+        ),
+        (
+            "curve25519.nano.pcap",
+            [
+                "tcpdump",
+                "-r",
+                str(curve),
+                "--time-stamp-precision=nano",
+                "-w",
+                str(OUT / "curve25519.nano.pcap"),
+            ],
+            CURVE_SRC,
+            "curve",
+        ),
+        (
+            "curve25519.nano.pcapng",
+            [
+                "editcap",
+                "-F",
+                "pcapng",
+                str(OUT / "curve25519.nano.pcap"),
+                str(OUT / "curve25519.nano.pcapng"),
+            ],
+            CURVE_SRC,
+            "curve",
+        ),
+        (
+            "vxlan_mirror.pcap",
+            ["editcap", "-F", "pcap", str(vx), str(OUT / "vxlan_mirror.pcap")],
+            VXLAN_SRC,
+            "",
+        ),
     ]
     for name, cmd, src, group in steps:
         run(cmd)
@@ -689,31 +868,59 @@ def make_tool_fixtures() -> None:
     for name in ("hassh.pcap", "hassh.pcapng"):
         with open(OUT / (name + ".gz"), "wb") as fh:
             subprocess.run(["gzip", "-9", "-n", "-c", str(OUT / name)], check=True, stdout=fh)
-        fixture(name + ".gz", f"gzip -9 -n -c {name} > {name}.gz", derives_from=HASSH_SRC, group="hassh")
+        fixture(
+            name + ".gz", f"gzip -9 -n -c {name} > {name}.gz", derives_from=HASSH_SRC, group="hassh"
+        )
     # big-endian forms: no tool writes them, so the records are re-emitted byte-swapped by hand
     recs, linktype, snaplen = read_pcap(OUT / "hassh.pcap")
     write("hassh.be.pcap", pcap_bytes(recs, linktype, ">", snaplen=snaplen))
-    fixture("hassh.be.pcap", "hand-made: hassh.pcap re-emitted big-endian (pcap_bytes endian='>')",
-            derives_from=HASSH_SRC, group="hassh")
+    fixture(
+        "hassh.be.pcap",
+        "hand-made: hassh.pcap re-emitted big-endian (pcap_bytes endian='>')",
+        derives_from=HASSH_SRC,
+        group="hassh",
+    )
     write("hassh.be.nsec.pcap", pcap_bytes(recs, linktype, ">", nano=True, snaplen=snaplen))
-    fixture("hassh.be.nsec.pcap", "hand-made: hassh.pcap re-emitted big-endian, nanosecond magic",
-            derives_from=HASSH_SRC, group="hassh")
+    fixture(
+        "hassh.be.nsec.pcap",
+        "hand-made: hassh.pcap re-emitted big-endian, nanosecond magic",
+        derives_from=HASSH_SRC,
+        group="hassh",
+    )
     ng_recs, ng_ifaces = read_pcapng_le(OUT / "hassh.pcapng")
     write("hassh.be.pcapng", pcapng_bytes(ng_recs, ng_ifaces, ">"))
-    fixture("hassh.be.pcapng", "hand-made: hassh.pcapng's IDB and EPBs re-emitted big-endian",
-            derives_from=HASSH_SRC, group="hassh")
+    fixture(
+        "hassh.be.pcapng",
+        "hand-made: hassh.pcapng's IDB and EPBs re-emitted big-endian",
+        derives_from=HASSH_SRC,
+        group="hassh",
+    )
 
 
 # ---- hand-made link layers ---------------------------------------------------------------------
 
 
 def make_link_fixtures() -> None:
-    def simple(name: str, net: int, linktype: int, framer: Callable[[Pkt], bytes], how: str,
-               endian: str = "<", v4: bool = True, v6: bool = True, group: str | None = None) -> None:
+    def simple(
+        name: str,
+        net: int,
+        linktype: int,
+        framer: Callable[[Pkt], bytes],
+        how: str,
+        endian: str = "<",
+        v4: bool = True,
+        v6: bool = True,
+        group: str | None = None,
+    ) -> None:
         pk = mini(net, (BASE_S + net * 100) * 10**9, v4, v6)
         write(name, pcap_bytes(recs_of(pk, framer), linktype, endian))
-        fixture(name, "hand-made: " + how, construction=mini_specs(net, pk), construction_packets=len(pk),
-                group=group)
+        fixture(
+            name,
+            "hand-made: " + how,
+            construction=mini_specs(net, pk),
+            construction_packets=len(pk),
+            group=group,
+        )
 
     # QinQ: client frames carry 802.1ad outer (vid 100) + 802.1Q inner (vid 200), server frames a
     # single 802.1Q tag (vid 300): the VLAN id is not part of the flow key. Plus one tagged ARP.
@@ -728,9 +935,13 @@ def make_link_fixtures() -> None:
     arp = eth(ARP_REQUEST, 0x0806, MAC_A, b"\xff" * 6, [(0x88A8, 100), (0x8100, 200)])
     recs.insert(1, Rec(recs[0].ts_ns + 1000, arp, len(arp)))
     write("eth_qinq.pcap", pcap_bytes(recs, 1))
-    fixture("eth_qinq.pcap", "hand-made: Ethernet, client frames 0x88a8 vid 100 + 0x8100 vid 200, "
-            "server frames 0x8100 vid 300, one QinQ-tagged ARP", construction=mini_specs(net, pk),
-            construction_packets=len(recs))
+    fixture(
+        "eth_qinq.pcap",
+        "hand-made: Ethernet, client frames 0x88a8 vid 100 + 0x8100 vid 200, "
+        "server frames 0x8100 vid 300, one QinQ-tagged ARP",
+        construction=mini_specs(net, pk),
+        construction_packets=len(recs),
+    )
 
     # MPLS: two labels (three for IPv6), bottom-of-stack set on the last; payload guessed by nibble
     net = 2
@@ -738,14 +949,20 @@ def make_link_fixtures() -> None:
     recs = []
     for p in pk:
         labels = [16, 17] if p.ip[0] >> 4 == 4 else [16, 17, 18]
-        stack = b"".join(struct.pack("!I", lab << 12 | (i == len(labels) - 1) << 8 | 64)
-                         for i, lab in enumerate(labels))
+        stack = b"".join(
+            struct.pack("!I", lab << 12 | (i == len(labels) - 1) << 8 | 64)
+            for i, lab in enumerate(labels)
+        )
         src, dst = (MAC_A, MAC_B) if p.c2s else (MAC_B, MAC_A)
         d = eth(stack + p.ip, 0x8847, src, dst)
         recs.append(Rec(p.ts_ns, d, len(d)))
     write("eth_mpls.pcap", pcap_bytes(recs, 1))
-    fixture("eth_mpls.pcap", "hand-made: Ethernet 0x8847, MPLS stack of 2 labels (IPv4) or 3 (IPv6)",
-            construction=mini_specs(net, pk), construction_packets=len(recs))
+    fixture(
+        "eth_mpls.pcap",
+        "hand-made: Ethernet 0x8847, MPLS stack of 2 labels (IPv4) or 3 (IPv6)",
+        construction=mini_specs(net, pk),
+        construction_packets=len(recs),
+    )
 
     simple("sll.pcap", 3, 113, frame_sll, "Linux cooked v1 (DLT 113)")
     simple("sll2.pcap", 4, 276, frame_sll2, "Linux cooked v2 (DLT 276)")
@@ -754,13 +971,28 @@ def make_link_fixtures() -> None:
     simple("raw14.pcap", 7, 14, lambda p: p.ip, "raw IP, DLT 14 (DLT_RAW on OpenBSD)")
     simple("ipv4_228.pcap", 8, 228, lambda p: p.ip, "LINKTYPE_IPV4 228, IPv4 only", v6=False)
     simple("ipv6_229.pcap", 9, 229, lambda p: p.ip, "LINKTYPE_IPV6 229, IPv6 only", v4=False)
-    simple("null_le.pcap", 10, 0, frame_null("<"),
-           "BSD loopback DLT 0, little-endian file, family in file order (2; IPv6 24/28/30 in turn)")
-    simple("null_be.pcap", 11, 0, frame_null(">"),
-           "BSD loopback DLT 0, big-endian file, family in file order (2; IPv6 24/28/30 in turn)",
-           endian=">")
-    simple("loop108.pcap", 12, 108, frame_null(">"),
-           "OpenBSD loopback DLT 108, little-endian file, family in network order (2; 24/28/30)")
+    simple(
+        "null_le.pcap",
+        10,
+        0,
+        frame_null("<"),
+        "BSD loopback DLT 0, little-endian file, family in file order (2; IPv6 24/28/30 in turn)",
+    )
+    simple(
+        "null_be.pcap",
+        11,
+        0,
+        frame_null(">"),
+        "BSD loopback DLT 0, big-endian file, family in file order (2; IPv6 24/28/30 in turn)",
+        endian=">",
+    )
+    simple(
+        "loop108.pcap",
+        12,
+        108,
+        frame_null(">"),
+        "OpenBSD loopback DLT 108, little-endian file, family in network order (2; 24/28/30)",
+    )
 
     # FCS bits in the link-type field: Ethernet with a 4-byte FCS on every frame
     net = 13
@@ -770,15 +1002,24 @@ def make_link_fixtures() -> None:
         d = frame_eth(p) + b"\xde\xad\xbe\xef"
         recs.append(Rec(p.ts_ns, d, len(d)))
     write("eth_fcs.pcap", pcap_bytes(recs, 0x10000000 | 2 << 29 | 1))
-    fixture("eth_fcs.pcap", "hand-made: link-type field 0x50000001 (Ethernet, FCS bits: 4-byte FCS present), "
-            "frames carry 4 FCS bytes", construction=mini_specs(net, pk), construction_packets=len(recs))
+    fixture(
+        "eth_fcs.pcap",
+        "hand-made: link-type field 0x50000001 (Ethernet, FCS bits: 4-byte FCS present), "
+        "frames carry 4 FCS bytes",
+        construction=mini_specs(net, pk),
+        construction_packets=len(recs),
+    )
 
     # snaplen in the header smaller than records (real files have caplen > snaplen)
     net = 14
     pk = mini(net, (BASE_S + net * 100) * 10**9)
     write("eth_snaplen_lie.pcap", pcap_bytes(recs_of(pk, frame_eth), 1, snaplen=64))
-    fixture("eth_snaplen_lie.pcap", "hand-made: header snaplen 64, records up to 94 bytes captured",
-            construction=mini_specs(net, pk), construction_packets=len(pk))
+    fixture(
+        "eth_snaplen_lie.pcap",
+        "hand-made: header snaplen 64, records up to 94 bytes captured",
+        construction=mini_specs(net, pk),
+        construction_packets=len(pk),
+    )
 
 
 # ---- hand-made tunnels -------------------------------------------------------------------------
@@ -801,9 +1042,13 @@ def make_tunnel_fixtures() -> None:
         d = eth(outer, 0x0800, MAC_A if p.c2s else MAC_B, MAC_B if p.c2s else MAC_A)
         recs.append(Rec(p.ts_ns, d, len(d)))
     write("vxlan.pcap", pcap_bytes(recs, 1))
-    fixture("vxlan.pcap", "hand-made: Ethernet/IPv4/UDP 4789/VXLAN (VNI 4242)/Ethernet/inner flows; "
-            "outer source port differs per flow and direction", construction=mini_specs(net, pk),
-            construction_packets=len(recs))
+    fixture(
+        "vxlan.pcap",
+        "hand-made: Ethernet/IPv4/UDP 4789/VXLAN (VNI 4242)/Ethernet/inner flows; "
+        "outer source port differs per flow and direction",
+        construction=mini_specs(net, pk),
+        construction_packets=len(recs),
+    )
 
     # GRE, one variant per inner flow
     net = 21
@@ -844,9 +1089,15 @@ def make_tunnel_fixtures() -> None:
         d = eth(outer, ethertype_of(outer), MAC_A if p.c2s else MAC_B, MAC_B if p.c2s else MAC_A)
         recs.append(Rec(p.ts_ns, d, len(d)))
     write("gre.pcap", pcap_bytes(recs, 1))
-    fixture("gre.pcap", "hand-made: GRE over IPv4 (tcp4: 0x0800; udp4: 0x0800 with checksum+key+sequence; "
-            "icmp4 and udp6: 0x6558 transparent Ethernet bridging; tcp6: 0x86dd with key) and over IPv6 "
-            "(icmp6: 0x86dd)", construction=mini_specs(net, pk), construction_packets=len(recs))
+    fixture(
+        "gre.pcap",
+        "hand-made: GRE over IPv4 (tcp4: 0x0800; udp4: 0x0800 with checksum+key+sequence; "
+        "icmp4 and udp6: 0x6558 transparent Ethernet bridging; tcp6: 0x86dd with key) and over "
+        "IPv6 "
+        "(icmp6: 0x86dd)",
+        construction=mini_specs(net, pk),
+        construction_packets=len(recs),
+    )
 
     # IP-in-IP: 4in4 (proto 4), 6in4 (41), 4in6 (nh 4), 6in6 (nh 41)
     net = 22
@@ -868,9 +1119,13 @@ def make_tunnel_fixtures() -> None:
         d = eth(outer, ethertype_of(outer), MAC_A if p.c2s else MAC_B, MAC_B if p.c2s else MAC_A)
         recs.append(Rec(p.ts_ns, d, len(d)))
     write("ipip.pcap", pcap_bytes(recs, 1))
-    fixture("ipip.pcap", "hand-made: tcp4/udp4 IPv4-in-IPv4 (proto 4), icmp4 IPv4-in-IPv6 (nh 4), "
-            "tcp6/icmp6 IPv6-in-IPv4 (proto 41), udp6 IPv6-in-IPv6 (nh 41)",
-            construction=mini_specs(net, pk), construction_packets=len(recs))
+    fixture(
+        "ipip.pcap",
+        "hand-made: tcp4/udp4 IPv4-in-IPv4 (proto 4), icmp4 IPv4-in-IPv6 (nh 4), "
+        "tcp6/icmp6 IPv6-in-IPv4 (proto 41), udp6 IPv6-in-IPv6 (nh 41)",
+        construction=mini_specs(net, pk),
+        construction_packets=len(recs),
+    )
 
 
 # ---- hand-made IP features ---------------------------------------------------------------------
@@ -888,13 +1143,15 @@ def make_ip_fixtures() -> None:
     def frags(src: bytes, dst: bytes, proto: int, l4: bytes, ident: int, size: int) -> list[bytes]:
         out = []
         for off in range(0, len(l4), size):
-            chunk = l4[off:off + size]
+            chunk = l4[off : off + size]
             out.append(ipv4(src, dst, proto, chunk, ident, mf=off + size < len(l4), frag_off=off))
         return out
 
     big = udp(c, s, 5000, 6000, bytes(range(256)) * 12)  # 3080 bytes of UDP
     f1 = frags(c, s, 17, big, 0x1234, 1480)
-    syn = ipv4(c, w, 6, tcp(c, w, 40100, 80, 1, 0, "S"), 0x2001, options=b"\x94\x04\x00\x00")  # router alert
+    syn = ipv4(
+        c, w, 6, tcp(c, w, 40100, 80, 1, 0, "S"), 0x2001, options=b"\x94\x04\x00\x00"
+    )  # router alert
     add(f1[0], True, "udp")
     add(syn, True, "tcp")
     add(f1[1], True, "udp")
@@ -918,9 +1175,13 @@ def make_ip_fixtures() -> None:
         "icmp": FlowSpec("10.30.0.1", None, "10.30.0.3", None, 1),
     }
     write("ipv4_frag_opts.pcap", pcap_bytes(recs_of(pkts, frame_eth), 1))
-    fixture("ipv4_frag_opts.pcap", "hand-made: UDP datagrams in 3 and 2 in-order fragments (same IP id both "
-            "ways), a fragmented ICMP echo pair, TCP with IPv4 options (router alert, record route)",
-            construction=count_specs(specs, pkts), construction_packets=len(pkts))
+    fixture(
+        "ipv4_frag_opts.pcap",
+        "hand-made: UDP datagrams in 3 and 2 in-order fragments (same IP id both "
+        "ways), a fragmented ICMP echo pair, TCP with IPv4 options (router alert, record route)",
+        construction=count_specs(specs, pkts),
+        construction_packets=len(pkts),
+    )
 
     # IPv6 extension headers
     c6, s6, d6 = ip6("2001:db8:31::1"), ip6("2001:db8:31::2"), ip6("2001:db8:31::3")
@@ -932,7 +1193,9 @@ def make_ip_fixtures() -> None:
     add(ipv6(s6, c6, 6, tcp(s6, c6, 22, 40200, 900, 2, "SA")), False, "tcp")
     add(ipv6(c6, s6, 60, ext6(6) + tcp(c6, s6, 40200, 22, 2, 901, "A")), True, "tcp")
     dg = udp(c6, d6, 5300, 53, b"\x01\x02\x01\x00" + b"\0" * 8)
-    add(ipv6(c6, d6, 0, ext6(60) + ext6(44) + frag6(17, 0, False, 0xA1) + dg), True, "udp")  # atomic
+    add(
+        ipv6(c6, d6, 0, ext6(60) + ext6(44) + frag6(17, 0, False, 0xA1) + dg), True, "udp"
+    )  # atomic
     add(ipv6(d6, c6, 17, udp(d6, c6, 53, 5300, b"\x01\x02\x81\x80" + b"\0" * 8)), False, "udp")
     big6 = udp(c6, d6, 5301, 5353, bytes(range(200)) * 10)  # 2008 bytes
     add(ipv6(c6, d6, 0, ext6(44) + frag6(17, 0, True, 0xABCD) + big6[:1232]), True, "udp2")
@@ -947,10 +1210,14 @@ def make_ip_fixtures() -> None:
         "icmp": FlowSpec("2001:db8:31::1", None, "2001:db8:31::2", None, 58),
     }
     write("ipv6_ext.pcap", pcap_bytes(recs_of(pkts, frame_eth), 1))
-    fixture("ipv6_ext.pcap", "hand-made: IPv6 hop-by-hop + destination options + TCP; HBH + dstopts + "
-            "atomic fragment header + UDP; first + non-first fragment of a UDP datagram (HBH on the "
-            "first); ICMPv6 echo behind destination options",
-            construction=count_specs(specs, pkts), construction_packets=len(pkts))
+    fixture(
+        "ipv6_ext.pcap",
+        "hand-made: IPv6 hop-by-hop + destination options + TCP; HBH + dstopts + "
+        "atomic fragment header + UDP; first + non-first fragment of a UDP datagram (HBH on the "
+        "first); ICMPv6 echo behind destination options",
+        construction=count_specs(specs, pkts),
+        construction_packets=len(pkts),
+    )
 
     # ICMP pairing and protocols without ports
     a, b = ip4("10.32.0.1"), ip4("10.32.0.2")
@@ -979,9 +1246,13 @@ def make_ip_fixtures() -> None:
         "p253": FlowSpec("10.32.0.1", 0, "10.32.0.2", 0, 253),
     }
     write("icmp_other.pcap", pcap_bytes(recs_of(pkts, frame_eth), 1))
-    fixture("icmp_other.pcap", "hand-made: two ICMP echo exchanges (one flow), an ICMPv6 echo pair, ESP "
-            "over IPv4 and IPv6, OSPF to 224.0.0.5, IP protocol 253", construction=count_specs(specs, pkts),
-            construction_packets=len(pkts))
+    fixture(
+        "icmp_other.pcap",
+        "hand-made: two ICMP echo exchanges (one flow), an ICMPv6 echo pair, ESP "
+        "over IPv4 and IPv6, OSPF to 224.0.0.5, IP protocol 253",
+        construction=count_specs(specs, pkts),
+        construction_packets=len(pkts),
+    )
 
 
 # ---- hand-made pcapng variants -----------------------------------------------------------------
@@ -998,8 +1269,14 @@ def make_pcapng_fixtures() -> None:
         Iface(0, 0, 0x80 | 10, BASE_S - 86400, "lo0"),  # 2^-10 s, offset a day earlier
     ]
     framers: list[Callable[[Pkt], bytes]] = [frame_eth, lambda p: p.ip, frame_sll2, frame_null("<")]
-    where = {"tcp4": (0, 1), "udp4": (1, 1), "icmp4": (2, 2), "tcp6": (3, 3), "udp6": (2, 0),
-             "icmp6": (0, 3)}
+    where = {
+        "tcp4": (0, 1),
+        "udp4": (1, 1),
+        "icmp4": (2, 2),
+        "tcp6": (3, 3),
+        "udp6": (2, 0),
+        "icmp6": (0, 3),
+    }
     for endian, name in (("<", "ng_multi_if.pcapng"), (">", "ng_multi_if.be.pcapng")):
         w = NgWriter(endian).shb([w_opt(endian, 4, b"flowsense fixtures")])
         for i in ifaces:
@@ -1010,10 +1287,16 @@ def make_pcapng_fixtures() -> None:
             fr = framers[k](p)
             w.epb(Rec(p.ts_ns, fr, len(fr), k))
         write(name, w.bytes())
-        fixture(name, f"hand-made: pcapng ({'big' if endian == '>' else 'little'}-endian), 4 IDBs: Ethernet "
-                "(default us), RAW 101 (if_tsresol 9, if_tsoffset), SLL2 (if_tsresol 2^-20), NULL (if_tsresol "
-                "2^-10, if_tsoffset); tcp4 client on Ethernet and server on RAW", group="ng-multi-if",
-                construction=mini_specs(net, pk), construction_packets=len(pk))
+        fixture(
+            name,
+            f"hand-made: pcapng ({'big' if endian == '>' else 'little'}-endian), 4 IDBs: Ethernet "
+            "(default us), RAW 101 (if_tsresol 9, if_tsoffset), SLL2 (if_tsresol 2^-20), "
+            "NULL (if_tsresol "
+            "2^-10, if_tsoffset); tcp4 client on Ethernet and server on RAW",
+            group="ng-multi-if",
+            construction=mini_specs(net, pk),
+            construction_packets=len(pk),
+        )
 
     # SPB only (no timestamps), snaplen 80 so that the longer frames are cut
     net = 41
@@ -1026,10 +1309,15 @@ def make_pcapng_fixtures() -> None:
     write("ng_spb.pcapng", w.bytes())
     specs = mini_specs(net, pk)
     for sp in specs.values():
-        sp.first_ns = None
-    fixture("ng_spb.pcapng", "hand-made: pcapng, one Ethernet IDB with snaplen 80, every packet a Simple "
-            "Packet Block (no timestamps; frames longer than 80 bytes cut)", construction=specs,
-            construction_packets=len(pk), ts_known=False)
+        sp.first_ns = sp.last_ns = None
+    fixture(
+        "ng_spb.pcapng",
+        "hand-made: pcapng, one Ethernet IDB with snaplen 80, every packet a Simple "
+        "Packet Block (no timestamps; frames longer than 80 bytes cut)",
+        construction=specs,
+        construction_packets=len(pk),
+        ts_known=False,
+    )
 
     # legacy Packet Blocks (type 2) mixed with EPBs, two interfaces
     net = 42
@@ -1043,9 +1331,13 @@ def make_pcapng_fixtures() -> None:
         else:
             w.epb(Rec(p.ts_ns, p.ip, len(p.ip), 1))
     write("ng_legacy_pb.pcapng", w.bytes())
-    fixture("ng_legacy_pb.pcapng", "hand-made: pcapng, odd packets as obsolete Packet Blocks (type 2) on an "
-            "Ethernet IDB, even packets as EPBs on a RAW IDB with if_tsresol 9",
-            construction=mini_specs(net, pk), construction_packets=len(pk))
+    fixture(
+        "ng_legacy_pb.pcapng",
+        "hand-made: pcapng, odd packets as obsolete Packet Blocks (type 2) on an "
+        "Ethernet IDB, even packets as EPBs on a RAW IDB with if_tsresol 9",
+        construction=mini_specs(net, pk),
+        construction_packets=len(pk),
+    )
 
     # blocks a reader must skip: unknown, custom, NRB, ISB, DSB, options everywhere
     net = 43
@@ -1055,7 +1347,12 @@ def make_pcapng_fixtures() -> None:
     w.block(0x0000ABCD, b"unknown block body")
     w.block(0x80000001, b"local use")
     w.idb(Iface(1, 262144, 6, 0, "eth0"), [w.opt(1, b"idb comment"), w.opt(3, b"desc")])
-    nrb = struct.pack("<HH", 1, 4 + 8) + ip4(f"10.{net}.0.2") + b"srv\0\0\0\0\0" + struct.pack("<HH", 0, 0)
+    nrb = (
+        struct.pack("<HH", 1, 4 + 8)
+        + ip4(f"10.{net}.0.2")
+        + b"srv\0\0\0\0\0"
+        + struct.pack("<HH", 0, 0)
+    )
     w.block(4, nrb)
     for i, p in enumerate(pk):
         if i == 5:
@@ -1063,16 +1360,27 @@ def make_pcapng_fixtures() -> None:
             w.block(0x40000BAD, struct.pack("<I", 32473) + b"custom, do not copy")
             w.block(0x0000000A, struct.pack("<II", 0x544C534B, 8) + b"CLIENT_R")  # DSB, TLS key log
         if i == 9:
-            w.block(5, struct.pack("<III", 0, p.ts_ns // 1000 >> 32, p.ts_ns // 1000 & 0xFFFFFFFF)
-                    + w.opts([w.opt(4, struct.pack("<Q", 18)), w.opt(5, struct.pack("<Q", 0))]))
+            w.block(
+                5,
+                struct.pack("<III", 0, p.ts_ns // 1000 >> 32, p.ts_ns // 1000 & 0xFFFFFFFF)
+                + w.opts([w.opt(4, struct.pack("<Q", 18)), w.opt(5, struct.pack("<Q", 0))]),
+            )
         fr = frame_eth(p)
-        opts = [w.opt(2, struct.pack("<I", 1 if p.c2s else 2)), w.opt(1, b"epb comment")] if i % 3 == 0 else []
+        opts = (
+            [w.opt(2, struct.pack("<I", 1 if p.c2s else 2)), w.opt(1, b"epb comment")]
+            if i % 3 == 0
+            else []
+        )
         w.epb(Rec(p.ts_ns, fr, len(fr)), opts)
     w.block(0x00000BAD, struct.pack("<I", 32473))
     write("ng_unknown_blocks.pcapng", w.bytes())
-    fixture("ng_unknown_blocks.pcapng", "hand-made: pcapng with blocks to skip (unknown 0xABCD, local-use "
-            "0x80000001, NRB, custom 0xBAD and 0x40000BAD, DSB, ISB) and options on SHB, IDB and EPBs",
-            construction=mini_specs(net, pk), construction_packets=len(pk))
+    fixture(
+        "ng_unknown_blocks.pcapng",
+        "hand-made: pcapng with blocks to skip (unknown 0xABCD, local-use "
+        "0x80000001, NRB, custom 0xBAD and 0x40000BAD, DSB, ISB) and options on SHB, IDB and EPBs",
+        construction=mini_specs(net, pk),
+        construction_packets=len(pk),
+    )
 
     # two sections (three, in fact): editcap's LE section, a hand-made BE section whose IDB 0 is
     # raw IPv4, a hand-made LE section whose IDB 0 is raw IPv6: interface ids and byte order restart
@@ -1088,10 +1396,14 @@ def make_pcapng_fixtures() -> None:
     for p in pk6:
         w3.epb(Rec(p.ts_ns, p.ip, len(p.ip), 0))
     write("ng_sections.pcapng", (OUT / "hassh.pcapng").read_bytes() + w2.bytes() + w3.bytes())
-    fixture("ng_sections.pcapng", "cat of hassh.pcapng (editcap, LE, Ethernet IDB 0) + a hand-made "
-            "big-endian section (IDB 0 = LINKTYPE_IPV4 228, if_tsresol 9) + a hand-made little-endian "
-            "section (IDB 0 = LINKTYPE_IPV6 229, if_tsresol 2^-20)", derives_from=HASSH_SRC,
-            construction=None)
+    fixture(
+        "ng_sections.pcapng",
+        "cat of hassh.pcapng (editcap, LE, Ethernet IDB 0) + a hand-made "
+        "big-endian section (IDB 0 = LINKTYPE_IPV4 228, if_tsresol 9) + a hand-made little-endian "
+        "section (IDB 0 = LINKTYPE_IPV6 229, if_tsresol 2^-20)",
+        derives_from=HASSH_SRC,
+        construction=None,
+    )
 
 
 def w_opt(endian: str, code: int, value: bytes) -> bytes:
@@ -1102,11 +1414,22 @@ def w_opt(endian: str, code: int, value: bytes) -> bytes:
 
 
 def make_merged() -> None:
-    cmd = ["mergecap", "-F", "pcapng", "-w", str(OUT / "merged.pcapng"), str(OUT / "hassh.pcap"),
-           str(OUT / "sll2.pcap"), str(OUT / "null_le.pcap")]
+    cmd = [
+        "mergecap",
+        "-F",
+        "pcapng",
+        "-w",
+        str(OUT / "merged.pcapng"),
+        str(OUT / "hassh.pcap"),
+        str(OUT / "sll2.pcap"),
+        str(OUT / "null_le.pcap"),
+    ]
     run(cmd)
-    fixture("merged.pcapng", tool_string(cmd) + " (three IDBs: Ethernet, SLL2, NULL)",
-            derives_from=HASSH_SRC)
+    fixture(
+        "merged.pcapng",
+        tool_string(cmd) + " (three IDBs: Ethernet, SLL2, NULL)",
+        derives_from=HASSH_SRC,
+    )
 
 
 # ---- live loopback captures (--live) -------------------------------------------------------------
@@ -1132,6 +1455,7 @@ def loopback_traffic() -> None:
             conn.sendall(b"SSH-2.0-loopback\r\n")
             conn.recv(100)
             conn.close()
+
         th = threading.Thread(target=serve)
         th.start()
         cli = socket.create_connection((host, port))
@@ -1176,9 +1500,13 @@ def register_live() -> None:
     for name, args in LIVE:
         if not (OUT / name).exists():
             sys.exit(f"{name} is missing: run with --live (as root) to capture it")
-        fixture(name, f"tcpdump {' '.join(args)} -U -w {name} '{LIVE_FILTER}' while "
-                "make_format_captures.loopback_traffic() ran (TCP over 127.0.0.1 and ::1, UDP, ICMP echo)",
-                notes="live capture: not reproducible byte for byte; recaptured only with --live")
+        fixture(
+            name,
+            f"tcpdump {' '.join(args)} -U -w {name} '{LIVE_FILTER}' while "
+            "make_format_captures.loopback_traffic() ran (TCP over 127.0.0.1 and ::1, UDP, "
+            "ICMP echo)",
+            notes="live capture: not reproducible byte for byte; recaptured only with --live",
+        )
 
 
 # =============================================================================================
@@ -1190,16 +1518,20 @@ def specs_key(s: FlowSpec) -> tuple[Any, ...]:
     return (s.protocol, *sorted([(s.src_ip, s.src_port or 0), (s.dst_ip, s.dst_port or 0)]))
 
 
-def compare(construction: dict[str, FlowSpec], ref: list[FlowSpec], name: str, ts_known: bool) -> None:
+def compare(
+    construction: dict[str, FlowSpec], ref: list[FlowSpec], name: str, ts_known: bool
+) -> None:
     want = sorted((s.as_json() for s in construction.values()), key=lambda d: json.dumps(d))
     got = [s.as_json() for s in ref]
     if not ts_known:
         for d in got:
-            d["first_seen_ns"] = None
+            d["first_seen_ns"] = d["last_seen_ns"] = None
     got = sorted(got, key=lambda d: json.dumps(d))
     if want != got:
-        raise SystemExit(f"{name}: tshark reference disagrees with the construction:\n"
-                         f"  construction {want}\n  tshark       {got}")
+        raise SystemExit(
+            f"{name}: tshark reference disagrees with the construction:\n"
+            f"  construction {want}\n  tshark       {got}"
+        )
 
 
 def build_expected() -> dict[str, Any]:
@@ -1215,7 +1547,7 @@ def build_expected() -> dict[str, Any]:
             compare(fx.construction, flows, fx.name, fx.ts_known)
         if not fx.ts_known:
             for s in flows:
-                s.first_ns = None
+                s.first_ns = s.last_ns = None
         entries[fx.name] = {
             "packets": packets,
             "ip_packets": attributed,
@@ -1228,29 +1560,56 @@ def build_expected() -> dict[str, Any]:
     return entries
 
 
-def licence_note(src: str | None) -> str:
+def dump_expected(doc: dict[str, Any]) -> str:
+    """JSON with one line per flow fact: small and readable in a diff."""
+    out = ["{", f' "about": {json.dumps(doc["about"])},', ' "fixtures": {']
+    names = list(doc["fixtures"])
+    for i, name in enumerate(names):
+        e = doc["fixtures"][name]
+        head = {k: v for k, v in e.items() if k != "flow_facts"}
+        out.append(f'  {json.dumps(name)}: {json.dumps(head)[:-1]}, "flow_facts": [')
+        facts = [f"   {json.dumps(f)}" for f in e["flow_facts"]]
+        out.append(",\n".join(facts))
+        out.append("  ]}" + ("," if i < len(names) - 1 else ""))
+    out += [" }", "}"]
+    text = "\n".join(out) + "\n"
+    assert json.loads(text) == doc
+    return text
+
+
+def licence_note(src: str | None, how: str = "") -> str:
     if not src:
-        return "none (made from scratch)"
+        return "none (captured on loopback)" if how.startswith("tcpdump -i") else "none (made here)"
     return f"corpus/{src} ({LICENCES[src.split('/')[0]]})"
 
 
 def write_readme_table(entries: dict[str, Any]) -> None:
     readme = OUT / "README.md"
     text = readme.read_text() if readme.exists() else "<!-- BEGIN TABLE -->\n<!-- END TABLE -->\n"
-    lines = ["| file | bytes | packets | IP packets | flows | group | made by | derives from (licence) |",
-             "|---|---:|---:|---:|---:|---|---|---|"]
+    lines = [
+        "| file | bytes | packets | IP packets | flows | group | made by "
+        "| derives from (licence) |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+    ]
     for name, e in entries.items():
         how = e["how"].replace("|", "\\|")
-        lines.append(f"| `{name}` | {(OUT / name).stat().st_size} | {e['packets']} | {e['ip_packets']} | "
-                     f"{e['flows']} | {e['group'] or ''} | {how} | {licence_note(e['derives_from'])} |")
+        licence = licence_note(e["derives_from"], e["how"])
+        lines.append(
+            f"| `{name}` | {(OUT / name).stat().st_size} | {e['packets']} | {e['ip_packets']} | "
+            f"{e['flows']} | {e['group'] or ''} | {how} | {licence} |"
+        )
     head, _, rest = text.partition("<!-- BEGIN TABLE -->")
     _, _, tail = rest.partition("<!-- END TABLE -->")
-    readme.write_text(head + "<!-- BEGIN TABLE -->\n" + "\n".join(lines) + "\n<!-- END TABLE -->" + tail)
+    readme.write_text(
+        head + "<!-- BEGIN TABLE -->\n" + "\n".join(lines) + "\n<!-- END TABLE -->" + tail
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     global CORPUS
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--live", action="store_true", help="recapture the loopback fixtures (root)")
     args = ap.parse_args(argv)
@@ -1274,13 +1633,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = build_expected()
     total = sum((OUT / n).stat().st_size for n in entries)
     doc = {
-        "about": "Expected packets and bidirectional flows per fixture, from tshark's dissection grouped by "
-                 "tests/make_format_captures.py (never by flowsense). flow_facts: src is the client (SYN "
-                 "sender, else first sender); ports null for ICMP (not asserted), 0 for port-less protocols; "
-                 "first_seen_ns null where the container has no timestamps.",
+        "about": "Expected packets and bidirectional flows per fixture, from tshark's "
+        "dissection grouped by "
+        "tests/make_format_captures.py (never by flowsense). flow_facts: src is the client (SYN "
+        "sender, else first sender); ports null for ICMP (not asserted), 0 for port-less "
+        "protocols; "
+        "first_seen_ns null where the container has no timestamps.",
         "fixtures": entries,
     }
-    (OUT / "expected.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (OUT / "expected.json").write_text(dump_expected(doc))
     write_readme_table(entries)
     print(f"{len(entries)} fixtures, {total} bytes")
     return 0

@@ -285,6 +285,7 @@ def decode_batch(
                 else:
                     st = ST_NOT_IP
                     break
+                depth += 1
                 continue
             if etype != 0x0800 and etype != 0x86DD:
                 st = ST_NOT_IP

@@ -223,6 +223,8 @@ def _records_pcapng(w: _Walker) -> Iterator[RecordBatch]:
                         raise w.error(pos, f"if_tsresol {value[0]:#x} is out of range")
                 elif code == 14 and len(value) == 8:
                     off_ns = struct.unpack(e + "q", value)[0] * 1_000_000_000
+                    if abs(off_ns) >= 1 << 62:
+                        raise w.error(pos, "if_tsoffset is out of range")
             if lt not in SUPPORTED_LINKTYPES and deferred is None:
                 deferred = w.error(pos, f"unsupported link type {lt} (its packets are not decoded)")
             w.stats.linktypes.add(lt)

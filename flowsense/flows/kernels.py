@@ -111,6 +111,7 @@ from flowsense.schema import (
     K_DONE,
     K_EVENTS,
     K_GROW,
+    K_TIMEJUMP,
     L_CLOSING,
     L_EST,
     L_SHORT,
@@ -358,10 +359,18 @@ def _expire(T, now):
                 _list_append(T.lprev, T.lnext, T.lhead, T.ltail, li, s)
                 fi[s, FI_ENQ_TS] = fi[s, FI_LAST_TS]
     s = T.lhead[A_LIST]
+    while s >= 0 and now - fi[s, FI_ACTIVE_MARK] >= prm[P_ACTIVE_NS]:
+        if st[S_NEV] >= cap:
+            return K_EVENTS
+        li = fi[s, FI_LIST]
+        if now - fi[s, FI_LAST_TS] >= _timeout(prm, li):
+            # idle past its timeout but not yet reached on its lazy list: it ended already
+            end_flow(T, s, _end_reason(fi, s, li))
+            s = T.lhead[A_LIST]
+            continue
+        break
     if s >= 0:
         if now - fi[s, FI_ACTIVE_MARK] >= prm[P_ACTIVE_NS]:
-            if st[S_NEV] >= cap:
-                return K_EVENTS
             fi[s, FI_ACTIVE_MARK] = now
             fi[s, FI_INTERIMS] += 1
             _list_unlink(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
@@ -393,8 +402,11 @@ def end_live(T):
             continue
         if T.st[S_NEV] >= cap:
             break
+        li = fi[s, FI_LIST]
         reason = END_EOF
-        if fi[s, FI_STATE] & FS_CLOSING:
+        if T.st[S_CLOCK] - fi[s, FI_LAST_TS] >= _timeout(T.prm, li):
+            reason = _end_reason(fi, s, li)  # past its timeout, not yet expired (lazy lists)
+        elif fi[s, FI_STATE] & FS_CLOSING:
             reason = END_RST if fi[s, FI_STATE] & FS_RST else END_FIN
         end_flow(T, s, reason)
     return T.st[S_NLIVE]
@@ -437,6 +449,7 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
     dirty = fi[s, FI_STATE] & FS_DIRTY  # a reused slot may still be on the dirty list
     fi[s, :] = 0
     T.ff[s, :] = 0.0
+    T.head[s, :, :] = 0  # gaps in a head read as zero bytes, never as an old flow's
     fi[s, FI_FIRST_TS] = ts
     fi[s, FI_LAST_TS] = ts
     fi[s, FI_PREV_TS] = ts
@@ -477,9 +490,13 @@ def _welford(ff, s, im, i2, x, k):
 
 @kernel
 def _place(dst, s, d, limit, rel, buf, po, cap):
-    """Copy payload bytes at sequence offset ``rel`` into dst[s, d, :limit]; returns the end."""
-    if rel >= limit:
-        return rel
+    """Copy payload bytes at sequence offset ``rel`` into dst[s, d, :limit].
+
+    Returns the offset just past the last byte written, or -1 when nothing was written (the
+    offset is past the limit, or no payload byte was captured).
+    """
+    if rel >= limit or cap <= 0:
+        return -1
     k = cap
     if rel + k > limit:
         k = limit - rel
@@ -625,6 +642,9 @@ def process(
         if status[i] != ST_OK:
             continue
         ts = ts_ns[i]
+        if ts < st[S_CLOCK] - T.prm[P_IDLE_NS]:
+            # a capture spliced from another time: it cannot continue these flows
+            return K_TIMEJUMP, i
         if ts > st[S_CLOCK]:
             st[S_CLOCK] = ts
         if st[S_CLOCK] >= st[S_DEADLINE]:
@@ -799,7 +819,15 @@ def process(
                     fi[s, b + D_ISN] = sq
                 rel = (sq - fi[s, b + D_ISN]) & 0xFFFFFFFF
                 if rel >= 0x80000000:
-                    retrans = True  # before the stream's start: an old segment
+                    # it starts before the direction's first byte: counted like any segment
+                    # that ends at or below what was seen, but never placed in the head
+                    e = rel - 0x100000000 + pl
+                    if e <= fi[s, b + D_NEXT]:
+                        retrans = True
+                        fi[s, b + D_RETRANS] += 1
+                        st[S_RETRANS] += 1
+                    else:
+                        fi[s, b + D_NEXT] = e
                     rel = -1
                 else:
                     e = rel + pl

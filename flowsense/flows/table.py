@@ -29,6 +29,7 @@ from flowsense.schema import (
     K_DONE,
     K_EVENTS,
     K_GROW,
+    K_TIMEJUMP,
     L_CLOSING,
     L_EST,
     L_SHORT,
@@ -197,6 +198,9 @@ class FlowTable:
             self.drain(sink)
             if status == K_GROW:
                 self._make_room(sink)
+            elif status == K_TIMEJUMP:
+                log.info("time goes back by more than the idle timeout: flows restart")
+                self.flush(sink)
             elif status != K_EVENTS:
                 raise RuntimeError(f"flow kernel returned status {status}")
         self.drain(sink)
