@@ -12,3 +12,9 @@ from flowsense.config import NUMBA_FLAGS
 
 def kernel(fn: Callable[..., Any]) -> Any:
     return numba.njit(**NUMBA_FLAGS)(fn)
+
+
+def inline_kernel(fn: Callable[..., Any]) -> Any:
+    """For small helpers called per packet: inlined into the caller at numba's IR level, so no
+    call, and no reference counting of the arrays passed."""
+    return numba.njit(inline="always", **NUMBA_FLAGS)(fn)

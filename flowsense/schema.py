@@ -86,30 +86,35 @@ TH_URG = 0x20
 TH_ECE = 0x40
 TH_CWR = 0x80
 
-# --- the flow table's hot integer block: fi[slot, field] -----------------------------------------
-# the fields one packet touches come first, so an update touches few cache lines
+# --- the flow table's row: fi[slot, field] (int64) and ff = fi.view(float64) ----------------------
+# One 576-byte row a flow, nine cache lines, laid out so one packet touches five: the flow's
+# first two lines and three of its direction's four. Float fields (FF_*, DF_*) share the row.
 FI_LAST_TS = 0  # ns: the latest packet time (the idle clock)
 FI_PREV_TS = 1  # ns: the flow's previous packet in capture order (for inter-arrival times)
 FI_STATE = 2  # FS_* bits
-FI_LIST = 3  # which idle list the flow is on (L_*)
-FI_WATCH = 4  # watch id, -1 when not watched
-FI_SPLT_N = 5  # packets recorded in the first-N arrays
-FI_BI_MIN_PS = 6
-FI_BI_MAX_PS = 7
-FI_BI_MIN_PIAT = 8
-FI_BI_MAX_PIAT = 9
-FI_FIRST_TS = 10  # ns
-FI_ENQ_TS = 11  # ns: when the flow was (re)queued on its idle list (lists are lazy LRU)
-FI_ACTIVE_MARK = 12  # ns: start of the current active-timeout period
-FI_INTERIMS = 13  # interim records emitted so far
-FI_FRAGMENTS = 14
-FI_ORIENT = 15  # OR_* below
-FI_HASH = 16  # the keyed hash (rehash and delete without recomputing)
-FI_SEQ = 17  # creation order (stable ordering of output)
-FI_VLAN = 18
-FI_TUNNEL = 19
-FI_DIR0 = 20  # first per-direction field
-# per direction, offset from FI_DIR0 + d * FI_DSTRIDE
+FI_SPLT_N = 3  # packets recorded in the first-N arrays
+FI_BI_MIN_PS = 4
+FI_BI_MAX_PS = 5
+FI_BI_MIN_PIAT = 6
+FI_BI_MAX_PIAT = 7
+FF_BI_MEAN_PS = 8
+FF_BI_M2_PS = 9
+FF_BI_MEAN_PIAT = 10
+FF_BI_M2_PIAT = 11
+FI_LIST = 12  # which idle list the flow is on (L_*)
+FI_WATCH = 13  # watch id, -1 when not watched
+FI_FIRST_TS = 14  # ns
+FI_ENQ_TS = 15  # ns: when the flow was (re)queued on its idle list (lists are lazy LRU)
+FI_ACTIVE_MARK = 16  # ns: start of the current active-timeout period
+FI_INTERIMS = 17  # interim records emitted so far
+FI_FRAGMENTS = 18
+FI_ORIENT = 19  # OR_* below
+FI_HASH = 20  # the keyed hash (rehash and delete without recomputing)
+FI_SEQ = 21  # creation order (stable ordering of output)
+FI_VLAN = 22
+FI_TUNNEL = 23
+FI_DIR0 = 24  # first per-direction field; direction d starts at FI_DIR0 + d * FI_DSTRIDE
+FF_DIR0 = FI_DIR0
 D_PKTS = 0
 D_BYTES = 1
 D_PAYLOAD = 2
@@ -118,35 +123,25 @@ D_MIN_PS = 4
 D_MAX_PS = 5
 D_MIN_PIAT = 6
 D_MAX_PIAT = 7
-D_FIRST = 8
-D_DATA_PKTS = 9  # packets carrying payload
-D_ISN = 10  # sequence number of payload byte 0, -1 until known
-D_NEXT = 11  # highest relative sequence end seen
-D_HEAD_LEN = 12  # bytes of payload head filled (highest offset written)
-D_RETRANS = 13  # TCP segments whose payload lay wholly below the highest sequence seen
-D_SYN = 14
-D_ACK = 15
-D_CWR = 16
-D_ECE = 17
-D_URG = 18
-D_PSH = 19
-D_RST = 20
-D_FIN = 21
-FI_DSTRIDE = 22
+DF_MEAN_PS = 8
+DF_M2_PS = 9
+DF_MEAN_PIAT = 10
+DF_M2_PIAT = 11
+D_DATA_PKTS = 12  # packets carrying payload
+D_ISN = 13  # sequence number of payload byte 0, -1 until known
+D_NEXT = 14  # highest relative sequence end seen
+D_HEAD_LEN = 15  # bytes of payload head filled (highest offset written)
+# TCP flag counters, two to a field: the first named in the low 32 bits, the second in the high
+D_SYN_ACK = 16
+D_CWR_ECE = 17
+D_URG_PSH = 18
+D_RST_FIN = 19
+D_FIRST = 20
+D_RETRANS = 21  # TCP segments whose payload lay wholly below the highest sequence seen
+FI_DSTRIDE = 24
+FF_DSTRIDE = FI_DSTRIDE
 FI_NFIELDS = FI_DIR0 + 2 * FI_DSTRIDE
-
-# --- the flow table's hot float block: ff[slot, field] -------------------------------------------
-FF_BI_MEAN_PS = 0
-FF_BI_M2_PS = 1
-FF_BI_MEAN_PIAT = 2
-FF_BI_M2_PIAT = 3
-FF_DIR0 = 4
-DF_MEAN_PS = 0
-DF_M2_PS = 1
-DF_MEAN_PIAT = 2
-DF_M2_PIAT = 3
-FF_DSTRIDE = 4
-FF_NFIELDS = FF_DIR0 + 2 * FF_DSTRIDE
+HIGH = 1 << 32  # one count in the high half of a packed flag field
 
 # flow state bits
 FS_SYN = 1  # SYN without ACK seen from the client
@@ -195,7 +190,6 @@ S_WATCH_FULL = 8  # watch leases refused by the quota
 S_NWATCH = 9  # watches in use
 S_REUSED = 10
 S_DEADLINE = 11  # ns: no idle or active timeout can fire before this
-S_TOUCH = 12  # sink for the look-ahead loads (keeps them from being optimised away)
 S_NFIELDS = 16
 
 # kernel parameters: prm[...]

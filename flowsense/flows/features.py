@@ -13,11 +13,8 @@ import numpy as np
 from flowsense.flows.ids import addr_text, community_ids, flow_ids
 from flowsense.flows.kernels import TableArrays
 from flowsense.schema import (
-    D_ACK,
     D_BYTES,
-    D_CWR,
-    D_ECE,
-    D_FIN,
+    D_CWR_ECE,
     D_FIRST,
     D_HEAD_LEN,
     D_LAST,
@@ -27,11 +24,10 @@ from flowsense.schema import (
     D_MIN_PS,
     D_PAYLOAD,
     D_PKTS,
-    D_PSH,
     D_RETRANS,
-    D_RST,
-    D_SYN,
-    D_URG,
+    D_RST_FIN,
+    D_SYN_ACK,
+    D_URG_PSH,
     DF_M2_PIAT,
     DF_M2_PS,
     DF_MEAN_PIAT,
@@ -63,6 +59,7 @@ from flowsense.schema import (
 )
 
 _NS_PER_MS = 1_000_000
+_LOW = 0xFFFFFFFF
 _TUNNEL = np.array(TUNNEL_NAMES, dtype=object)
 _ORIENT = np.array(ORIENT_NAMES, dtype=object)
 _END = np.array(END_NAMES, dtype=object)
@@ -102,7 +99,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     slots = np.asarray(slots, dtype=np.int64)
     n = len(slots)
     fi = T.fi[slots]
-    ff = T.ff[slots]
+    ff = fi.view(np.float64)
     key = T.key[slots]
     k0 = key[:, 0]
     fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
@@ -164,14 +161,14 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
             "mean_piat_ms": ff[:, fb + DF_MEAN_PIAT],
             "stddev_piat_ms": _stats(ff[:, fb + DF_MEAN_PIAT], ff[:, fb + DF_M2_PIAT], k, 2),
             "max_piat_ms": fi[:, b + D_MAX_PIAT] / _NS_PER_MS,
-            "syn_packets": fi[:, b + D_SYN],
-            "cwr_packets": fi[:, b + D_CWR],
-            "ece_packets": fi[:, b + D_ECE],
-            "urg_packets": fi[:, b + D_URG],
-            "ack_packets": fi[:, b + D_ACK],
-            "psh_packets": fi[:, b + D_PSH],
-            "rst_packets": fi[:, b + D_RST],
-            "fin_packets": fi[:, b + D_FIN],
+            "syn_packets": fi[:, b + D_SYN_ACK] & _LOW,
+            "cwr_packets": fi[:, b + D_CWR_ECE] & _LOW,
+            "ece_packets": fi[:, b + D_CWR_ECE] >> 32,
+            "urg_packets": fi[:, b + D_URG_PSH] & _LOW,
+            "ack_packets": fi[:, b + D_SYN_ACK] >> 32,
+            "psh_packets": fi[:, b + D_URG_PSH] >> 32,
+            "rst_packets": fi[:, b + D_RST_FIN] & _LOW,
+            "fin_packets": fi[:, b + D_RST_FIN] >> 32,
         }
         dir_cols.append(dc)
     c["bidirectional_bytes"] = dir_cols[0]["bytes"] + dir_cols[1]["bytes"]

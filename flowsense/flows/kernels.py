@@ -2,12 +2,14 @@
 
 Layout (all arrays preallocated by ``flows/table.py``; F flow slots, IC = 2F index cells):
 
-* index: ``ix_slot`` int32[IC] (-1 empty) and ``ix_hash`` uint64[IC]; linear probing, deletion
-  by backward shift (no tombstones). Flow data never moves: the index points at slots.
+* index: ``ix`` int64[IC], one word a cell: the hash's high 32 bits, then slot + 1 (0: empty);
+  linear probing from the hash's low bits, deletion by backward shift (no tombstones; a cell's
+  home is recomputed from its flow's FI_HASH). Flow data never moves: the index points at slots.
 * keys: ``key`` uint64[F, 5], one cache line a flow: [0] packs family | protocol << 8 |
   port a << 16 | port b << 32 | (a is the client) << 48, then address a (hi, lo) and b (hi, lo);
   endpoints in canonical order (a <= b by address, then port).
-* hot: ``fi`` int64[F, FI_NFIELDS] and ``ff`` float64[F, FF_NFIELDS] (``schema.FI_*/FF_*``).
+* hot: ``fi`` int64[F, FI_NFIELDS], and ``ff``, a float64 view of the same rows
+  (``schema.FI_*/FF_*/D_*/DF_*`` share one numbering).
 * cold: ``splt_ps`` int32[F, N] signed sizes (+ client to server), ``splt_t`` float32[F, N] ms
   from the flow's first packet; ``head`` uint8[F, 2, H] first payload bytes by direction, placed
   by TCP sequence offset.
@@ -36,14 +38,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from flowsense.jit import kernel
+from flowsense.jit import inline_kernel, kernel
 from flowsense.schema import (
-    D_ACK,
     D_BYTES,
-    D_CWR,
+    D_CWR_ECE,
     D_DATA_PKTS,
-    D_ECE,
-    D_FIN,
     D_FIRST,
     D_HEAD_LEN,
     D_ISN,
@@ -55,11 +54,10 @@ from flowsense.schema import (
     D_NEXT,
     D_PAYLOAD,
     D_PKTS,
-    D_PSH,
     D_RETRANS,
-    D_RST,
-    D_SYN,
-    D_URG,
+    D_RST_FIN,
+    D_SYN_ACK,
+    D_URG_PSH,
     DF_M2_PIAT,
     DF_M2_PS,
     DF_MEAN_PIAT,
@@ -108,6 +106,7 @@ from flowsense.schema import (
     FS_RST,
     FS_SYN,
     FS_SYNACK,
+    HIGH,
     K_DONE,
     K_EVENTS,
     K_GROW,
@@ -134,7 +133,6 @@ from flowsense.schema import (
     S_RETRANS,
     S_REUSED,
     S_SEQ,
-    S_TOUCH,
     S_WATCH_FULL,
     ST_OK,
     TH_ACK,
@@ -149,8 +147,6 @@ from flowsense.schema import (
 
 A_LIST = 3  # index of the active-timeout list in lhead/ltail
 KEY0_MASK = np.uint64((1 << 48) - 1)  # key[:, 0] without the client bit
-PF_FAR = 16  # how far ahead the index cells are touched
-PF_NEAR = 8  # how far ahead the flow rows are touched
 
 # trace flag bits
 TR_DIR = 1  # server to client
@@ -168,8 +164,7 @@ class TableArrays(NamedTuple):
     splt_ps: np.ndarray
     splt_t: np.ndarray
     head: np.ndarray
-    ix_slot: np.ndarray
-    ix_hash: np.ndarray
+    ix: np.ndarray
     lprev: np.ndarray
     lnext: np.ndarray
     aprev: np.ndarray
@@ -196,7 +191,7 @@ class TableArrays(NamedTuple):
     hkey: np.ndarray
 
 
-@kernel
+@inline_kernel
 def _mix(h, k):
     h ^= k
     h *= np.uint64(0x9E3779B97F4A7C15)
@@ -206,13 +201,13 @@ def _mix(h, k):
     return h
 
 
-@kernel
+@inline_kernel
 def _pack(fam, proto, pa, pb):
     return (np.uint64(fam) | (np.uint64(proto) << np.uint64(8))
             | (np.uint64(pa) << np.uint64(16)) | (np.uint64(pb) << np.uint64(32)))
 
 
-@kernel
+@inline_kernel
 def flow_hash(hkey, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
     """Keyed hash of a canonical key (the key is drawn per run: flow floods cannot aim)."""
     h = hkey[0]
@@ -224,7 +219,7 @@ def flow_hash(hkey, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
     return h
 
 
-@kernel
+@inline_kernel
 def _list_unlink(prev, nxt, lhead, ltail, li, s):
     p = prev[s]
     q = nxt[s]
@@ -240,7 +235,7 @@ def _list_unlink(prev, nxt, lhead, ltail, li, s):
     nxt[s] = -1
 
 
-@kernel
+@inline_kernel
 def _list_append(prev, nxt, lhead, ltail, li, s):
     t = ltail[li]
     prev[s] = t
@@ -252,13 +247,18 @@ def _list_append(prev, nxt, lhead, ltail, li, s):
     ltail[li] = s
 
 
+@inline_kernel
+def _cell(h, slot):
+    return np.int64(((h >> np.uint64(32)) << np.uint64(32)) | np.uint64(slot + 1))
+
+
 @kernel
 def _index_find(T, h, slot):
     """Index cell holding ``slot`` (whose hash is ``h``), or -1."""
-    mask = T.ix_slot.shape[0] - 1
+    mask = T.ix.shape[0] - 1
     pos = np.int64(h & np.uint64(mask))
-    while T.ix_slot[pos] >= 0:
-        if T.ix_slot[pos] == slot:
+    while T.ix[pos] != 0:
+        if (T.ix[pos] & 0xFFFFFFFF) == slot + 1:
             return pos
         pos = (pos + 1) & mask
     return -1
@@ -267,34 +267,33 @@ def _index_find(T, h, slot):
 @kernel
 def _index_delete(T, pos):
     """Backward-shift deletion at cell ``pos``."""
-    mask = T.ix_slot.shape[0] - 1
+    mask = T.ix.shape[0] - 1
     i = pos
     j = pos
     while True:
         j = (j + 1) & mask
-        if T.ix_slot[j] < 0:
+        e = T.ix[j]
+        if e == 0:
             break
-        k = np.int64(T.ix_hash[j] & np.uint64(mask))
+        k = np.int64(np.uint64(T.fi[(e & 0xFFFFFFFF) - 1, FI_HASH]) & np.uint64(mask))
         if i <= j:
             stays = i < k <= j
         else:
             stays = k > i or k <= j
         if stays:
             continue
-        T.ix_slot[i] = T.ix_slot[j]
-        T.ix_hash[i] = T.ix_hash[j]
+        T.ix[i] = e
         i = j
-    T.ix_slot[i] = -1
+    T.ix[i] = 0
 
 
 @kernel
 def _index_insert(T, h, slot):
-    mask = T.ix_slot.shape[0] - 1
+    mask = T.ix.shape[0] - 1
     pos = np.int64(h & np.uint64(mask))
-    while T.ix_slot[pos] >= 0:
+    while T.ix[pos] != 0:
         pos = (pos + 1) & mask
-    T.ix_slot[pos] = slot
-    T.ix_hash[pos] = h
+    T.ix[pos] = _cell(h, slot)
 
 
 @kernel
@@ -314,7 +313,7 @@ def end_flow(T, s, reason):
     T.st[S_NEV] = e + 1
 
 
-@kernel
+@inline_kernel
 def _timeout(prm, li):
     if li == L_SHORT:
         return prm[P_IDLE_NS]
@@ -323,7 +322,7 @@ def _timeout(prm, li):
     return prm[P_CLOSE_NS]
 
 
-@kernel
+@inline_kernel
 def _end_reason(fi, s, li):
     if li == L_CLOSING:
         return END_RST if fi[s, FI_STATE] & FS_RST else END_FIN
@@ -447,8 +446,7 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
     T.key[s, 0] = _pack(fam, proto, pa, pb) | (cli_a << np.uint64(48))
     fi = T.fi
     dirty = fi[s, FI_STATE] & FS_DIRTY  # a reused slot may still be on the dirty list
-    fi[s, :] = 0
-    T.ff[s, :] = 0.0
+    fi[s, :] = 0  # floats too: they share the row, and 0 bits are 0.0
     T.head[s, :, :] = 0  # gaps in a head read as zero bytes, never as an old flow's
     fi[s, FI_FIRST_TS] = ts
     fi[s, FI_LAST_TS] = ts
@@ -478,7 +476,7 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
     return s
 
 
-@kernel
+@inline_kernel
 def _welford(ff, s, im, i2, x, k):
     """Update mean (ff[s, im]) and M2 (ff[s, i2]) with the k-th value x."""
     mean = ff[s, im]
@@ -488,7 +486,7 @@ def _welford(ff, s, im, i2, x, k):
     ff[s, i2] += delta * (x - mean)
 
 
-@kernel
+@inline_kernel
 def _place(dst, s, d, limit, rel, buf, po, cap):
     """Copy payload bytes at sequence offset ``rel`` into dst[s, d, :limit].
 
@@ -500,8 +498,7 @@ def _place(dst, s, d, limit, rel, buf, po, cap):
     k = cap
     if rel + k > limit:
         k = limit - rel
-    for j in range(k):
-        dst[s, d, rel + j] = buf[po + j]
+    dst[s, d, rel:rel + k] = buf[po:po + k]
     return rel + k
 
 
@@ -574,7 +571,7 @@ def release_slots(T, slots, n):
 @kernel
 def reindex(T):
     """Rebuild the index from the live slots (after growth)."""
-    T.ix_slot[:] = -1
+    T.ix[:] = 0
     fi = T.fi
     for s in range(fi.shape[0]):
         if fi[s, FI_STATE] & FS_LIVE:
@@ -594,22 +591,14 @@ def take_dirty(T, out):
 
 
 @kernel
-def _packet_hash(hkey, f, p, sh, sl, dh, dl, sp, dp):
-    if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
-        return flow_hash(hkey, f, p, sh, sl, dh, dl, sp, dp)
-    return flow_hash(hkey, f, p, dh, dl, sh, sl, dp, sp)
-
-
-@kernel
 def process(
-    T, hs, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
+    T, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
     sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, buf,
 ):
     """Feed packets ``start..n-1`` of a batch into the table.
 
     Returns (status, i): K_DONE with i == n, or K_GROW / K_EVENTS with i the packet to resume at
     once Python has made room (grown or evicted) or drained the events.
-    hs: uint64[>= n] scratch for the packets' hashes.
     """
     st = T.st
     fi = T.fi
@@ -619,26 +608,8 @@ def process(
     hlen = T.head.shape[2]
     slen = T.slab.shape[2]
     tcap = T.tr_len.shape[1]
-    mask = T.ix_slot.shape[0] - 1
-    # pass 1: every packet's canonical-key hash (sequential, no cache misses)
+    mask = T.ix.shape[0] - 1
     for i in range(start, n):
-        if status[i] != ST_OK:
-            continue
-        hs[i] = _packet_hash(T.hkey, fam[i], proto[i], src_hi[i], src_lo[i], dst_hi[i],
-                             dst_lo[i], sport[i], dport[i])
-    # pass 2: aggregate, touching the index PF_FAR packets ahead and the flow rows PF_NEAR
-    # packets ahead, so the cache misses of several packets overlap (numba has no prefetch)
-    touched = np.uint64(0)
-    for i in range(start, n):
-        j = i + PF_FAR
-        if j < n:
-            touched += np.uint64(T.ix_slot[np.int64(hs[j] & np.uint64(mask))])
-        j = i + PF_NEAR
-        if j < n:
-            c = T.ix_slot[np.int64(hs[j] & np.uint64(mask))]
-            if c >= 0:
-                touched += T.key[c, 0] + np.uint64(T.fi[c, 0]) + np.uint64(T.fi[c, FI_DIR0])
-                touched += np.uint64(T.fi[c, FI_DIR0 + FI_DSTRIDE])
         if status[i] != ST_OK:
             continue
         ts = ts_ns[i]
@@ -664,14 +635,16 @@ def process(
         else:
             from_a = False
             a_hi, a_lo, b_hi, b_lo, pa, pb = dh, dl, sh, sl, dp, sp
-        h = hs[i]
+        h = flow_hash(T.hkey, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb)
         pos = np.int64(h & np.uint64(mask))
         s = -1
         k0 = _pack(f, p, pa, pb)
-        while T.ix_slot[pos] >= 0:
-            c = T.ix_slot[pos]
+        tag = np.int64((h >> np.uint64(32)) << np.uint64(32))
+        while T.ix[pos] != 0:
+            e = T.ix[pos]
+            c = (e & 0xFFFFFFFF) - 1
             if (
-                T.ix_hash[pos] == h
+                (e & ~0xFFFFFFFF) == tag
                 and (T.key[c, 0] & KEY0_MASK) == k0
                 and T.key[c, 2] == a_lo
                 and T.key[c, 4] == b_lo
@@ -776,27 +749,27 @@ def process(
         state = fi[s, FI_STATE]
         if p == 6:
             if flags & TH_SYN:
-                fi[s, b + D_SYN] += 1
+                fi[s, b + D_SYN_ACK] += 1
                 if flags & TH_ACK:
                     if d == 1:
                         state |= FS_SYNACK
                 elif d == 0:
                     state |= FS_SYN
             if flags & TH_CWR:
-                fi[s, b + D_CWR] += 1
+                fi[s, b + D_CWR_ECE] += 1
             if flags & TH_ECE:
-                fi[s, b + D_ECE] += 1
+                fi[s, b + D_CWR_ECE] += HIGH
             if flags & TH_URG:
-                fi[s, b + D_URG] += 1
+                fi[s, b + D_URG_PSH] += 1
             if flags & TH_ACK:
-                fi[s, b + D_ACK] += 1
+                fi[s, b + D_SYN_ACK] += HIGH
             if flags & TH_PSH:
-                fi[s, b + D_PSH] += 1
+                fi[s, b + D_URG_PSH] += HIGH
             if flags & TH_RST:
-                fi[s, b + D_RST] += 1
+                fi[s, b + D_RST_FIN] += 1
                 state |= FS_RST
             if flags & TH_FIN:
-                fi[s, b + D_FIN] += 1
+                fi[s, b + D_RST_FIN] += HIGH
                 state |= FS_FIN0 if d == 0 else FS_FIN1
 
         # payload: heads (all flows) and slabs (watched), by sequence offset for TCP
@@ -895,5 +868,4 @@ def process(
             fi[s, FI_STATE] = state | FS_DIRTY
             T.dirty_list[st[S_NDIRTY]] = s
             st[S_NDIRTY] += 1
-    T.st[S_TOUCH] = np.int64(touched & np.uint64(0xFFFF))
     return K_DONE, n

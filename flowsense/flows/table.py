@@ -21,7 +21,6 @@ from flowsense.flows.features import FeatureFrame, gather
 from flowsense.schema import (
     END_ACTIVE,
     END_EVICTED,
-    FF_NFIELDS,
     FI_NFIELDS,
     FI_STATE,
     FI_WATCH,
@@ -115,7 +114,6 @@ class FlowTable:
             prm=prm, hkey=hkey,
         )
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
-        self._hs = np.empty(0, dtype=np.uint64)
 
     # --- allocation ---------------------------------------------------------------------------
     def _allocate(self, cap: int, old: K.TableArrays | None) -> K.TableArrays:
@@ -125,14 +123,12 @@ class FlowTable:
             a[name] = np.zeros(cap, dtype=dt)
         a["key"] = np.zeros((cap, 5), dtype=np.uint64)
         a["fi"] = np.zeros((cap, FI_NFIELDS), dtype=np.int64)
-        a["ff"] = np.zeros((cap, FF_NFIELDS), dtype=np.float64)
         a["splt_ps"] = np.zeros((cap, cfg.splt_packets), dtype=np.int32)
         a["splt_t"] = np.zeros((cap, cfg.splt_packets), dtype=np.float32)
         a["head"] = np.zeros((cap, 2, cfg.head_bytes), dtype=np.uint8)
         a["dirty_list"] = np.zeros(cap, dtype=np.int32)
         a["free"] = np.zeros(cap, dtype=np.int32)
-        a["ix_slot"] = np.full(2 * cap, -1, dtype=np.int32)
-        a["ix_hash"] = np.zeros(2 * cap, dtype=np.uint64)
+        a["ix"] = np.zeros(2 * cap, dtype=np.int64)
         if old is None:
             a["lprev"][:] = -1
             a["lnext"][:] = -1
@@ -142,7 +138,8 @@ class FlowTable:
             st = np.zeros(S_NFIELDS, dtype=np.int64)
             st[S_NFREE] = cap
             return K.TableArrays(
-                **a, lhead=np.full(4, -1, np.int32), ltail=np.full(4, -1, np.int32),
+                **a, ff=a["fi"].view(np.float64), lhead=np.full(4, -1, np.int32),
+                ltail=np.full(4, -1, np.int32),
                 ev_slot=np.zeros(EVENT_CAPACITY, np.int32),
                 ev_kind=np.zeros(EVENT_CAPACITY, np.uint8),
                 w_slot=np.zeros(0, np.int32), wfree=np.zeros(0, np.int32),
@@ -154,7 +151,7 @@ class FlowTable:
                 hkey=np.zeros(2, np.uint64),
             )
         n_old = old.fi.shape[0]
-        for name in (*_PER_SLOT, "key", "fi", "ff", "splt_ps", "splt_t", "head", "dirty_list"):
+        for name in (*_PER_SLOT, "key", "fi", "splt_ps", "splt_t", "head", "dirty_list"):
             a[name][:n_old] = getattr(old, name)
         for name in ("lprev", "lnext", "aprev", "anext"):
             a[name][n_old:] = -1
@@ -163,7 +160,7 @@ class FlowTable:
         new_slots = np.arange(cap - 1, n_old - 1, -1, dtype=np.int32)
         a["free"][nfree:nfree + len(new_slots)] = new_slots
         old.st[S_NFREE] = nfree + len(new_slots)
-        T = old._replace(**a)
+        T = old._replace(**a, ff=a["fi"].view(np.float64))
         K.reindex(T)
         return T
 
@@ -184,10 +181,8 @@ class FlowTable:
         c = batch.cols
         i = 0
         while True:
-            if len(self._hs) < batch.n:
-                self._hs = np.empty(batch.n, dtype=np.uint64)
             status, i = K.process(
-                self.T, self._hs, i, batch.n, c["ts_ns"], c["status"], c["pflags"], c["fam"],
+                self.T, i, batch.n, c["ts_ns"], c["status"], c["pflags"], c["fam"],
                 c["proto"],
                 c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["sport"], c["dport"],
                 c["tcp_flags"], c["ip_len"], c["payload_len"], c["pay_off"], c["pay_cap"],
