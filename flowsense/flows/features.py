@@ -43,16 +43,14 @@ from flowsense.schema import (
     FI_BI_MAX_PS,
     FI_BI_MIN_PIAT,
     FI_BI_MIN_PS,
+    FI_COUNTS,
     FI_DIR0,
     FI_DSTRIDE,
     FI_FIRST_TS,
-    FI_FRAGMENTS,
     FI_LAST_TS,
-    FI_ORIENT,
+    FI_META,
     FI_SEQ,
     FI_SPLT_N,
-    FI_TUNNEL,
-    FI_VLAN,
     FI_WATCH,
     ORIENT_NAMES,
     TUNNEL_NAMES,
@@ -124,9 +122,10 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     c["dst_port"] = dp.astype(np.int64)
     c["protocol"] = proto.astype(np.int64)
     c["ip_version"] = fam.astype(np.int64)
-    c["vlan_id"] = fi[:, FI_VLAN]
-    c["tunnel"] = _TUNNEL[fi[:, FI_TUNNEL]]
-    c["orientation"] = _ORIENT[fi[:, FI_ORIENT]]
+    meta = fi[:, FI_META]
+    c["vlan_id"] = meta & 0xFFFF
+    c["tunnel"] = _TUNNEL[(meta >> 16) & 0xFF]
+    c["orientation"] = _ORIENT[(meta >> 24) & 0xFF]
     c["app_proto"] = np.full(n, "", dtype=object)
     c["expiration"] = _END[np.asarray(reasons, dtype=np.int64)]
     c["interim"] = np.full(n, interim)
@@ -191,7 +190,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
             c[f"{prefix}_{key}"] = col
     c["src2dst_retransmissions"] = fi[:, FI_DIR0 + D_RETRANS]
     c["dst2src_retransmissions"] = fi[:, FI_DIR0 + FI_DSTRIDE + D_RETRANS]
-    c["fragments"] = fi[:, FI_FRAGMENTS]
+    c["fragments"] = fi[:, FI_COUNTS] >> 32
 
     # heads and first packets, oriented to the client
     # the table already keeps heads by client direction (0: from the client)

@@ -42,7 +42,6 @@ from flowsense.jit import inline_kernel, kernel
 from flowsense.schema import (
     D_BYTES,
     D_CWR_ECE,
-    D_DATA_PKTS,
     D_FIRST,
     D_HEAD_LEN,
     D_ISN,
@@ -79,22 +78,19 @@ from flowsense.schema import (
     FI_BI_MAX_PS,
     FI_BI_MIN_PIAT,
     FI_BI_MIN_PS,
+    FI_COUNTS,
     FI_DIR0,
     FI_DSTRIDE,
     FI_ENQ_TS,
     FI_FIRST_TS,
-    FI_FRAGMENTS,
     FI_HASH,
-    FI_INTERIMS,
     FI_LAST_TS,
     FI_LIST,
-    FI_ORIENT,
+    FI_META,
     FI_PREV_TS,
     FI_SEQ,
     FI_SPLT_N,
     FI_STATE,
-    FI_TUNNEL,
-    FI_VLAN,
     FI_WATCH,
     FS_CLOSING,
     FS_DIRTY,
@@ -371,7 +367,7 @@ def _expire(T, now):
     if s >= 0:
         if now - fi[s, FI_ACTIVE_MARK] >= prm[P_ACTIVE_NS]:
             fi[s, FI_ACTIVE_MARK] = now
-            fi[s, FI_INTERIMS] += 1
+            fi[s, FI_COUNTS] += 1
             _list_unlink(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
             _list_append(T.aprev, T.anext, T.lhead, T.ltail, A_LIST, s)
             e = st[S_NEV]
@@ -452,9 +448,7 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
     fi[s, FI_LAST_TS] = ts
     fi[s, FI_PREV_TS] = ts
     fi[s, FI_STATE] = FS_LIVE | dirty
-    fi[s, FI_ORIENT] = orient
-    fi[s, FI_VLAN] = vlan
-    fi[s, FI_TUNNEL] = tun
+    fi[s, FI_META] = np.int64(vlan) | (np.int64(tun) << 16) | (np.int64(orient) << 24)
     fi[s, FI_WATCH] = -1
     fi[s, FI_LIST] = L_SHORT
     fi[s, FI_ENQ_TS] = ts
@@ -736,7 +730,7 @@ def process(
         _welford(ff, s, fb + DF_MEAN_PS, fb + DF_M2_PS, xs, k)
         fi[s, b + D_LAST] = ts
         if pflags[i] & PF_FRAGMENT:
-            fi[s, FI_FRAGMENTS] += 1
+            fi[s, FI_COUNTS] += 1 << 32
 
         # first packets
         ns = fi[s, FI_SPLT_N]
@@ -780,9 +774,9 @@ def process(
         po = pay_off[i]
         w = fi[s, FI_WATCH]
         if pl > 0 and not (pflags[i] & PF_FRAGMENT):
-            if fi[s, b + D_DATA_PKTS] == 0 and w < 0 and T.wr_len.shape[0] > 0:
+            first_payload = fi[s, b + D_HEAD_LEN] == 0 and fi[s, b + D_NEXT] == 0
+            if first_payload and w < 0 and T.wr_len.shape[0] > 0:
                 w = _try_watch(T, s, buf, po, cap, sp, dp)
-            fi[s, b + D_DATA_PKTS] += 1
             rel = np.int64(-1)
             if p == 6:
                 sq = np.int64(seq[i])
