@@ -21,7 +21,9 @@ DEFAULT_HOME_NET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0
 @dataclass(frozen=True)
 class CaptureConfig:
     batch_packets: int = 65536
-    """Records walked per batch."""
+    """Packets handed to the flow table per batch."""
+    walk_packets: int = 4096
+    """Records walked and then decoded at a time, so decoding finds the frames still in cache."""
     read_chunk_bytes: int = 8 << 20
     """Read size for streams (stdin, .gz) that cannot be memory-mapped."""
     max_record_bytes: int = 262144 * 4

@@ -75,7 +75,8 @@ class _Walker:
         self.src = src
         self.cfg = cfg
         self.stats = stats
-        self.rec = _alloc(RECORD_COLUMNS, cfg.batch_packets)
+        self.chunk = max(1, min(cfg.walk_packets, cfg.batch_packets))
+        self.rec = _alloc(RECORD_COLUMNS, self.chunk)
         self.last_ts = 0
 
     def need(self, pos: int, nbytes: int) -> int:
@@ -115,7 +116,7 @@ def _records_pcap(w: _Walker) -> Iterator[RecordBatch]:
         n, pos, st = K.walk_pcap(
             win, pos, len(win), swapped, frac_ns, cap, linktype,
             r["data_off"], r["caplen"], r["wirelen"], r["ts_ns"], r["linktype"], r["rec_off"],
-            w.cfg.batch_packets,
+            w.chunk,
         )
         if n:
             yield w.batch(n)
@@ -247,7 +248,7 @@ def _records_pcapng(w: _Walker) -> Iterator[RecordBatch]:
             n, pos, st = K.walk_pcapng(
                 win, pos, len(win), section.swapped, MAX_PCAPNG_BLOCK, *arrays, len(section.lt),
                 r["data_off"], r["caplen"], r["wirelen"], r["ts_ns"], r["linktype"], r["rec_off"],
-                w.cfg.batch_packets,
+                w.chunk,
             )
             if n:
                 w.last_ts = K.fill_missing_ts(r["ts_ns"], n, w.last_ts)
@@ -306,9 +307,10 @@ class Decoder:
         )
         self.counters = np.zeros(8, dtype=np.int64)
 
-    def decode(self, rb: RecordBatch, source: str) -> PacketBatch:
+    def decode(self, rb: RecordBatch, at: int) -> None:
+        """Decode a record batch into the packet arrays from index ``at`` on."""
         n = rb.n
-        o = self.out
+        o = {k: v[at:] for k, v in self.out.items()}
         rc = rb.cols
         decode_batch(
             rb.buf, n, rc["data_off"], rc["caplen"], rc["wirelen"], rc["ts_ns"], rc["linktype"],
@@ -319,19 +321,39 @@ class Decoder:
             o["rec_off"], o["wirelen"],
             *self.fr, int(self.cfg.frag_timeout_s * 1e9), self.cfg.max_encap_depth, self.counters,
         )
-        return PacketBatch(rb.buf, n, {k: v[:n] for k, v in o.items()}, source)
+
+    def batch(self, n: int, buf: np.ndarray, source: str) -> PacketBatch:
+        return PacketBatch(buf, n, {k: v[:n] for k, v in self.out.items()}, source)
 
 
 def iter_batches(
     path: str, cfg: CaptureConfig | None = None, stats: ReaderStats | None = None,
     decoder: Decoder | None = None,
 ) -> Iterator[PacketBatch]:
-    """Decoded packet batches of one capture; raises CaptureError after the readable part."""
+    """Decoded packet batches of one capture; raises CaptureError after the readable part.
+
+    Records are walked and decoded a few thousand at a time (the frames are still in cache) and
+    handed on in batches of up to ``batch_packets``; a batch never spans two stream windows.
+    """
     cfg = cfg or CaptureConfig()
     stats = stats if stats is not None else ReaderStats()
     decoder = decoder or Decoder(cfg)
-    for rb in iter_records(path, cfg, stats):
-        yield decoder.decode(rb, path)
+    acc = 0
+    buf = np.empty(0, dtype=np.uint8)
+    try:
+        for rb in iter_records(path, cfg, stats):
+            if acc and (rb.buf is not buf or acc + rb.n > cfg.batch_packets):
+                yield decoder.batch(acc, buf, path)
+                acc = 0
+            buf = rb.buf
+            decoder.decode(rb, acc)
+            acc += rb.n
+    except CaptureError:
+        if acc:  # what was read before the damage still goes out
+            yield decoder.batch(acc, buf, path)
+        raise
+    if acc:
+        yield decoder.batch(acc, buf, path)
 
 
 def first_timestamp(path: str, cfg: CaptureConfig | None = None) -> int | None:
