@@ -22,6 +22,7 @@ KERNEL_SOURCES = (
     "config.py",
     "flows/kernels.py",
     "flows/text_kernels.py",
+    "report/kernels.py",
 )
 
 

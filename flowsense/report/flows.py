@@ -11,6 +11,7 @@ import numpy as np
 from flowsense.encoding import csv_cell
 from flowsense.errors import ConfigError
 from flowsense.flows.features import FeatureFrame
+from flowsense.report import kernels as RK
 from flowsense.schema import FLOW_COLUMNS
 
 
@@ -42,6 +43,71 @@ def _text_values(name: str, col: np.ndarray | list) -> list[str]:
 
 
 def write_jsonl(frame: FeatureFrame, out: TextIO, splt: bool = False) -> None:
+    """One JSON object a flow. Formatted in numba (``report/kernels.py``); frames the kernel
+    cannot take as they are (first packets asked for, a text cell that would need escaping, a
+    float out of its range) go through ``write_jsonl_python``, its plain twin."""
+    if frame.n == 0:
+        return
+    data = None if splt else _jsonl_bytes(frame)
+    if data is None:
+        write_jsonl_python(frame, out, splt)
+    elif hasattr(out, "buffer"):  # a text file over a binary one: skip decoding and re-encoding
+        out.flush()
+        out.buffer.write(data)
+    else:
+        out.write(bytes(data).decode("ascii"))
+
+
+def _jsonl_bytes(frame: FeatureFrame) -> memoryview | None:
+    names = list(frame.cols)
+    kinds = np.empty(len(names), dtype=np.int64)
+    index = np.empty(len(names), dtype=np.int64)
+    ints: list[np.ndarray] = []
+    floats: list[np.ndarray] = []
+    strs: list[np.ndarray] = []
+    for c, name in enumerate(names):
+        col = frame.cols[name]
+        if col.dtype == object:
+            try:
+                b = col.astype("S")
+            except UnicodeEncodeError:
+                return None
+            raw = b.view(np.uint8).reshape(len(b), -1) if b.itemsize else np.zeros((len(b), 1),
+                                                                                 np.uint8)
+            if np.any((raw < 32) & (raw != 0)) or np.any((raw == 34) | (raw == 92) | (raw > 126)):
+                return None
+            kinds[c], index[c] = RK.K_STR, len(strs)
+            strs.append(raw)
+        elif col.dtype == np.bool_:
+            kinds[c], index[c] = RK.K_BOOL, len(ints)
+            ints.append(col.astype(np.int64))
+        elif col.dtype.kind == "f":
+            if not np.all(np.abs(col) < RK.FLOAT_LIMIT):
+                return None
+            kinds[c], index[c] = RK.K_FLOAT, len(floats)
+            floats.append(col)
+        else:
+            kinds[c], index[c] = RK.K_INT, len(ints)
+            ints.append(col.astype(np.int64))
+    n = frame.n
+    width = max([s.shape[1] for s in strs], default=1)
+    str_mat = np.zeros((max(len(strs), 1), n, width), dtype=np.uint8)
+    for i, s in enumerate(strs):
+        str_mat[i, :, : s.shape[1]] = s
+    keys = b"".join(json.dumps(k).encode() + b": " for k in names)
+    key_off = np.cumsum([0] + [len(json.dumps(k)) + 2 for k in names]).astype(np.int64)
+    int_mat = np.array(ints, dtype=np.int64).reshape(len(ints), n) if ints else np.zeros((1, n),
+                                                                                       np.int64)
+    flt_mat = np.array(floats, dtype=np.float64).reshape(len(floats), n) if floats else np.zeros(
+        (1, n), np.float64)
+    per_row = len(keys) + 2 * len(names) + 24 * (len(ints) + len(floats)) + width * len(strs) + 8
+    buf = np.empty(per_row * n, dtype=np.uint8)
+    used = RK.write_jsonl(n, kinds, index, np.frombuffer(keys, dtype=np.uint8), key_off, int_mat,
+                          flt_mat, str_mat, buf)
+    return memoryview(buf[:used])
+
+
+def write_jsonl_python(frame: FeatureFrame, out: TextIO, splt: bool = False) -> None:
     cols = dict(frame.cols)
     if splt:
         cols.update(splt_columns(frame))

@@ -1,0 +1,130 @@
+"""JSON lines in numba: flow records formatted straight into a byte buffer.
+
+Formatting a hundred thousand records of eighty fields in Python costs seconds; here it is one
+pass. Columns arrive as a plan: ``kinds[c]`` (K_INT, K_FLOAT, K_BOOL, K_STR) and ``index[c]``,
+the column's row in ``ints`` (int64[n_int, n]), ``floats`` (float64[n_float, n]) or ``strs``
+(uint8[n_str, n, W], NUL padded, already JSON-safe: the caller checks). ``keys`` holds every
+``"name": `` prefix back to back, ``key_off[c]..key_off[c+1]`` the c-th. Floats are written as
+``repr(round(v, 6))`` would write them for |v| < 1e12 (every float flowsense emits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flowsense.jit import inline_kernel, kernel
+
+K_INT = 0
+K_FLOAT = 1
+K_BOOL = 2
+K_STR = 3
+FLOAT_LIMIT = 1e12
+_TRUE = np.frombuffer(b"true", dtype=np.uint8)
+_FALSE = np.frombuffer(b"false", dtype=np.uint8)
+
+
+@inline_kernel
+def _put_uint(out, pos, v):
+    """Write a non-negative integer; returns the new position."""
+    if v == 0:
+        out[pos] = 48
+        return pos + 1
+    k = 0
+    t = v
+    while t > 0:
+        t //= 10
+        k += 1
+    e = pos + k
+    while v > 0:
+        e -= 1
+        out[e] = 48 + v % 10
+        v //= 10
+    return pos + k
+
+
+@inline_kernel
+def _put_int(out, pos, v):
+    if v < 0:
+        out[pos] = 45
+        pos += 1
+        if v == -9223372036854775808:  # cannot be negated: write -(v + 1) then fix the last digit
+            pos = _put_uint(out, pos, -(v + 1))
+            out[pos - 1] += 1
+            return pos
+        v = -v
+    return _put_uint(out, pos, v)
+
+
+@inline_kernel
+def _put_float(out, pos, x):
+    """round(x, 6) as repr writes it: at least one decimal, trailing zeros dropped."""
+    if x < 0:
+        out[pos] = 45
+        pos += 1
+        x = -x
+    q = np.int64(np.round(x * 1e6))
+    ip = q // 1000000
+    fp = q % 1000000
+    pos = _put_uint(out, pos, ip)
+    out[pos] = 46
+    pos += 1
+    if fp == 0:
+        out[pos] = 48
+        return pos + 1
+    digits = 6
+    while fp % 10 == 0:
+        fp //= 10
+        digits -= 1
+    d = 10 ** (digits - 1)
+    while d > 0:
+        out[pos] = 48 + (fp // d) % 10
+        pos += 1
+        d //= 10
+    return pos
+
+
+@kernel
+def write_jsonl(n, kinds, index, keys, key_off, ints, floats, strs, out):
+    """Format ``n`` records into ``out`` (uint8, sized by the caller); returns bytes written."""
+    pos = 0
+    nc = kinds.shape[0]
+    width = strs.shape[2]
+    for r in range(n):
+        out[pos] = 123  # {
+        pos += 1
+        for c in range(nc):
+            if c:
+                out[pos] = 44  # ,
+                out[pos + 1] = 32
+                pos += 2
+            for j in range(key_off[c], key_off[c + 1]):
+                out[pos] = keys[j]
+                pos += 1
+            k = kinds[c]
+            i = index[c]
+            if k == K_INT:
+                pos = _put_int(out, pos, ints[i, r])
+            elif k == K_FLOAT:
+                pos = _put_float(out, pos, floats[i, r])
+            elif k == K_BOOL:
+                if ints[i, r]:
+                    out[pos:pos + 4] = _TRUE
+                    pos += 4
+                else:
+                    out[pos:pos + 5] = _FALSE
+                    pos += 5
+            else:
+                out[pos] = 34  # "
+                pos += 1
+                for j in range(width):
+                    b = strs[i, r, j]
+                    if b == 0:
+                        break
+                    out[pos] = b
+                    pos += 1
+                out[pos] = 34
+                pos += 1
+        out[pos] = 125  # }
+        out[pos + 1] = 10
+        pos += 2
+    return pos
