@@ -1,16 +1,20 @@
 """The few flowsense library calls the benchmark makes, in one place.
 
 The benchmark codes against ``flowsense.pipeline.compute_flows(paths, config) -> FlowsResult``
-(with ``.n_flows``, ``.counters["packets"]`` and ``.frame``) and ``flowsense.config.Config``. If a
-name changes, this is the only module to adapt.
+(with ``.n_flows`` and ``.counters["packets"]``) and ``flowsense.config.Config`` (its
+``with_timeouts(idle_s, active_s)``, else any ``*idle*timeout*``/``*active*timeout*`` fields).
+If a name changes, this is the only module to adapt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
-# Unit suffixes of timeout fields (house style puts the unit in the name), as multipliers of a second.
+# Unit suffixes of timeout fields (house style puts the unit in the name), in units per second.
 _UNITS = {"_s": 1, "_ms": 1_000, "_us": 1_000_000, "_ns": 1_000_000_000}
 
 
@@ -30,7 +34,9 @@ def _with_timeouts(cfg: Any, idle_s: float, active_s: float) -> tuple[Any, int]:
             continue
         unit = next((m for sfx, m in _UNITS.items() if name.endswith(sfx)), 1)
         seconds = idle_s if "idle" in name else active_s
-        changes[f.name] = type(value)(seconds * unit) if isinstance(value, (int, float)) else seconds * unit
+        changes[f.name] = (
+            type(value)(seconds * unit) if isinstance(value, (int, float)) else seconds * unit
+        )
         found += 1
     return (dataclasses.replace(cfg, **changes) if changes else cfg), found
 
@@ -39,10 +45,14 @@ def make_config(idle_s: float, active_s: float) -> Any:
     """flowsense's default Config with the given idle and active timeouts."""
     from flowsense.config import Config
 
+    if hasattr(Config, "with_timeouts"):  # the CLI's own mapping of --idle/--active-timeout
+        return Config().with_timeouts(idle_s, active_s)
     cfg, found = _with_timeouts(Config(), idle_s, active_s)
     if found < 2:
-        raise RuntimeError("flowsense.config.Config has no idle/active timeout fields the benchmark recognises; "
-                           "adapt benchmarks/fs_api.py")
+        raise RuntimeError(
+            "flowsense.config.Config has no idle/active timeout fields the benchmark recognises; "
+            "adapt benchmarks/fs_api.py"
+        )
     return cfg
 
 
@@ -51,6 +61,40 @@ def compute_flows() -> Callable[[list[str], Any], Any]:
     from flowsense.pipeline import compute_flows as fn
 
     return fn
+
+
+def fill_table(path: str, cfg: Any) -> tuple[Any, dict[str, int]]:
+    """Feed every packet of ``path`` to a flow table without ending the stream: (a handle that
+    keeps the table alive, the table's stats with ``flows_live`` and ``table_capacity``).
+
+    Uses ``flowsense.pipeline.Pipeline(config, sink)`` with ``run_file`` and ``table.stats()``;
+    frames of flows that end on their own go to a sink that drops them."""
+    from flowsense.pipeline import Pipeline
+
+    pipe = Pipeline(cfg, lambda frame: None)
+    pipe.run_file(path)
+    return pipe, dict(pipe.table.stats())
+
+
+@contextlib.contextmanager
+def _environment_kept() -> Iterator[None]:
+    """Importing flowsense sets NUMBA_CACHE_DIR in os.environ; the runner must not pass that on
+    to the children it starts with a cache directory of their own."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def initial_capacity() -> int:
+    """Flow slots of a new table with the default configuration (a power of two)."""
+    with _environment_kept():
+        from flowsense.config import Config
+
+        n = int(getattr(Config().flows, "initial_flows", 16_384))
+    return 1 << max(n - 1, 1).bit_length()
 
 
 def flow_count(result: Any) -> int:
@@ -67,7 +111,8 @@ def packet_count(result: Any) -> int | None:
 def version() -> str | None:
     """flowsense's version, or None when the package cannot be imported."""
     try:
-        import flowsense
+        with _environment_kept():
+            import flowsense
     except ImportError:
         return None
     return str(getattr(flowsense, "__version__", "unknown"))
@@ -75,5 +120,18 @@ def version() -> str | None:
 
 def cli_command(python: str, path: str, idle_s: float, active_s: float, out: str) -> list[str]:
     """The whole-process run: the ``flows`` subcommand writing JSON lines to ``out``."""
-    return [python, "-m", "flowsense", "flows", path, "--format", "jsonl", "-o", out,
-            "--idle-timeout", str(idle_s), "--active-timeout", str(active_s)]
+    return [
+        python,
+        "-m",
+        "flowsense",
+        "flows",
+        path,
+        "--format",
+        "jsonl",
+        "-o",
+        out,
+        "--idle-timeout",
+        str(idle_s),
+        "--active-timeout",
+        str(active_s),
+    ]

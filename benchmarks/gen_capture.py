@@ -25,6 +25,10 @@ from benchmarks.synth_packets import FIN, KINDS, RST, Flows, Packets
 from benchmarks.synth_plan import MixSpec, plan_live, plan_mixed
 
 GENERATOR_VERSION = 1  # bump when the same arguments would give different bytes
+FLOW_KEY_NOTE = (
+    "every flow has its own client (address, port), an ICMP flow its own client address, and a "
+    "host keeps one VLAN id: keying with or without the VLAN id gives the same count"
+)
 
 
 def describe(fl: Flows, pk: Packets) -> dict:
@@ -46,9 +50,15 @@ def describe(fl: Flows, pk: Packets) -> dict:
     return {
         "packets": len(pk),
         "flows": n,
-        "flows_by_kind": {k: int(np.sum(fl.kind == i)) for i, k in enumerate(KINDS) if np.any(fl.kind == i)},
-        "flows_by_protocol": {"tcp": int(np.sum(fl.proto == 6)), "udp": int(np.sum(fl.proto == 17)),
-                              "icmp": int(np.sum(fl.proto == 1)), "icmpv6": int(np.sum(fl.proto == 58))},
+        "flows_by_kind": {
+            k: int(np.sum(fl.kind == i)) for i, k in enumerate(KINDS) if np.any(fl.kind == i)
+        },
+        "flows_by_protocol": {
+            "tcp": int(np.sum(fl.proto == 6)),
+            "udp": int(np.sum(fl.proto == 17)),
+            "icmp": int(np.sum(fl.proto == 1)),
+            "icmpv6": int(np.sum(fl.proto == 58)),
+        },
         "tcp_flows_open_at_end": int(np.sum((fl.proto == 6) & ~closed)),
         "ipv6_share_flows": round(float(fl.v6.mean()), 4),
         "ipv6_share_packets": round(float(v6_pk.mean()), 4),
@@ -59,15 +69,24 @@ def describe(fl: Flows, pk: Packets) -> dict:
         "duration_s": round(float(pk.ts_us.max() - pk.ts_us.min()) / 1e6, 3),
         "max_idle_gap_s": round(float(gaps.max(initial=0)) / 1e6, 3),
         "largest_flow_packets": int(np.max(ends - starts + 1)),
-        "frame_bytes": {"min": int(caplen.min()), "max": int(caplen.max()), "mean": round(float(caplen.mean()), 1)},
+        "frame_bytes": {
+            "min": int(caplen.min()),
+            "max": int(caplen.max()),
+            "mean": round(float(caplen.mean()), 1),
+        },
         "ip_bytes": {"min": int(ip_len.min()), "max": int(ip_len.max())},
         "first_packet_epoch_s": PCAP_EPOCH_S + int(pk.ts_us.min()) // 1_000_000,
     }
 
 
-def generate(out: str, packets: int = 2_000_000, seed: int = 1, live_flows: int | None = None,
-             spec_overrides: dict | None = None) -> dict:
-    """Write the capture ``out`` and its sidecar ``out + '.json'``; returns the sidecar's content."""
+def generate(
+    out: str,
+    packets: int = 2_000_000,
+    seed: int = 1,
+    live_flows: int | None = None,
+    spec_overrides: dict | None = None,
+) -> dict:
+    """Write the capture ``out`` and its sidecar ``out + '.json'``; return the sidecar."""
     t0 = time.perf_counter()
     plan_rng, byte_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     spec = MixSpec(packets=packets, seed=seed, **(spec_overrides or {}))
@@ -82,13 +101,17 @@ def generate(out: str, packets: int = 2_000_000, seed: int = 1, live_flows: int 
     size = write_pcap(tmp, fl, pk, order, book, byte_rng)
     os.replace(tmp, out)  # a capture that exists is a complete one
     meta = {
-        "generator": {"version": GENERATOR_VERSION, "seed": seed, "packets_requested": packets,
-                      "live_flows": live_flows, "spec": {k: v for k, v in vars(spec).items() if k != "seed"}},
+        "generator": {
+            "version": GENERATOR_VERSION,
+            "seed": seed,
+            "packets_requested": packets,
+            "live_flows": live_flows,
+            "spec": {k: v for k, v in vars(spec).items() if k != "seed"},
+        },
         "capture": os.path.basename(out),
         "bytes": size,
         **describe(fl, pk),
-        "flow_key_note": "every flow has its own client (address, port), or for ICMP its own client address; "
-                         "a host keeps one VLAN id: keying with or without the VLAN id gives the same count",
+        "flow_key_note": FLOW_KEY_NOTE,
         "generate_seconds": round(time.perf_counter() - t0, 2),
     }
     with open(out + ".json", "w") as fh:
@@ -98,19 +121,35 @@ def generate(out: str, packets: int = 2_000_000, seed: int = 1, live_flows: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.gen_capture", description=__doc__.split("\n")[0])
-    ap.add_argument("--packets", type=int, default=2_000_000, help="packets in the mixed capture (exact)")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.gen_capture", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--packets", type=int, default=2_000_000, help="packets in the mixed capture (exact)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-o", "--output", default="benchmarks/data/mixed.pcap")
-    ap.add_argument("--live-flows", type=int, default=None,
-                    help="instead of the mix: this many TCP flows, all still open at the end (memory probe)")
-    ap.add_argument("--duration", type=float, default=None, help="capture length in seconds (default 90)")
+    ap.add_argument(
+        "--live-flows",
+        type=int,
+        default=None,
+        help="instead of the mix: this many TCP flows, all still open at the end (memory probe)",
+    )
+    ap.add_argument(
+        "--duration", type=float, default=None, help="capture length in seconds (default 90)"
+    )
     args = ap.parse_args(argv)
     overrides = {"duration_s": args.duration} if args.duration else {}
     meta = generate(args.output, args.packets, args.seed, args.live_flows, overrides)
-    print(f"{args.output}: {meta['packets']} packets, {meta['flows']} flows, "
-          f"max {meta['max_concurrent_flows']} live at once, {meta['bytes'] / 1e6:.1f} MB "
-          f"in {meta['generate_seconds']} s", file=sys.stderr)
+    if args.live_flows:
+        load = f"{meta['tcp_flows_open_at_end']} still open at the end"
+    else:
+        load = f"max {meta['max_concurrent_flows']} live at once"
+    print(
+        f"{args.output}: {meta['packets']} packets, {meta['flows']} flows ({load}), "
+        f"{meta['bytes'] / 1e6:.1f} MB in {meta['generate_seconds']} s",
+        file=sys.stderr,
+    )
     return 0
 
 

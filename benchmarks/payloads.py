@@ -8,6 +8,7 @@ the start of a packet's payload; the packet's payload may be longer (the rest st
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -35,10 +36,22 @@ class TemplateBook:
 
 
 DNS_NAMES = (
-    "www.example.com", "api.github.com", "fonts.gstatic.com", "update.mozilla.org",
-    "cdn.jsdelivr.net", "login.microsoftonline.com", "ocsp.digicert.com", "time.cloudflare.com",
-    "registry.npmjs.org", "pypi.org", "slack.com", "zoom.us",
-    "s3.amazonaws.com", "clients4.google.com", "pool.supportxmr.com", "archive.ubuntu.com",
+    "www.example.com",
+    "api.github.com",
+    "fonts.gstatic.com",
+    "update.mozilla.org",
+    "cdn.jsdelivr.net",
+    "login.microsoftonline.com",
+    "ocsp.digicert.com",
+    "time.cloudflare.com",
+    "registry.npmjs.org",
+    "pypi.org",
+    "slack.com",
+    "zoom.us",
+    "s3.amazonaws.com",
+    "clients4.google.com",
+    "pool.supportxmr.com",
+    "archive.ubuntu.com",
 )
 
 
@@ -60,9 +73,15 @@ def dns_answer(name: str, address: int) -> bytes:
 # NTPv4 client (mode 3) and server (mode 4, stratum 2) packets; timestamps are fixed, which no
 # flow analyser looks at.
 NTP_REQUEST = bytes([0x23, 0, 6, 0xE9]) + bytes(36) + bytes.fromhex("eb0f2a1c5a3b9e00")
-NTP_RESPONSE = (bytes([0x24, 2, 6, 0xE9]) + bytes.fromhex("0000004e000000a8") + b"\xa2\x9f\xc8\x01"
-                + bytes.fromhex("eb0f2a0b1c2d3e4f") + bytes.fromhex("eb0f2a1c5a3b9e00")
-                + bytes.fromhex("eb0f2a1c5b0c1d2e") + bytes.fromhex("eb0f2a1c5b0c9f30"))
+NTP_RESPONSE = (
+    bytes([0x24, 2, 6, 0xE9])
+    + bytes.fromhex("0000004e000000a8")
+    + b"\xa2\x9f\xc8\x01"
+    + bytes.fromhex("eb0f2a0b1c2d3e4f")
+    + bytes.fromhex("eb0f2a1c5a3b9e00")
+    + bytes.fromhex("eb0f2a1c5b0c1d2e")
+    + bytes.fromhex("eb0f2a1c5b0c9f30")
+)
 
 HTTP_REQUEST = (
     b"GET /static/js/app.7f3c2e.js HTTP/1.1\r\nHost: cdn.example.net\r\n"
@@ -77,60 +96,104 @@ SSH_CLIENT_BANNER = b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5\r\n"
 SSH_SERVER_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
 
 
-def _line(text: str) -> bytes:
-    # Stratum is newline-delimited JSON: one message per line, compact separators as miners send.
-    return (text + "\n").encode()
+def _line(message: dict) -> bytes:
+    # Stratum is newline-delimited JSON: one message per line, compact as miners send it.
+    return (json.dumps(message, separators=(",", ":")) + "\n").encode()
+
+
+def _hex(rng: np.random.Generator, n: int) -> str:
+    return rng.bytes(n).hex()
 
 
 def stratum_v1_open(worker: str) -> list[tuple[bool, bytes]]:
     """The opening exchange of a Bitcoin-style Stratum v1 session: (from_client, line) pairs."""
+    subscribed = [
+        [
+            ["mining.set_difficulty", "b4b6693b72a50c7116db18d6497cac52"],
+            ["mining.notify", "ae6812eb4cd7735a302a8a9dd95cf71f"],
+        ],
+        "08000002",
+        4,
+    ]
     return [
-        (True, _line('{"id":1,"method":"mining.subscribe","params":["cgminer/4.12.1"]}')),
-        (False, _line('{"id":1,"result":[[["mining.set_difficulty","b4b6693b72a50c7116db18d6497cac52"],'
-                      '["mining.notify","ae6812eb4cd7735a302a8a9dd95cf71f"]],"08000002",4],"error":null}')),
-        (True, _line('{"id":2,"method":"mining.authorize","params":["%s","x"]}' % worker)),
-        (False, _line('{"id":2,"result":true,"error":null}')),
-        (False, _line('{"id":null,"method":"mining.set_difficulty","params":[16384]}')),
+        (True, _line({"id": 1, "method": "mining.subscribe", "params": ["cgminer/4.12.1"]})),
+        (False, _line({"id": 1, "result": subscribed, "error": None})),
+        (True, _line({"id": 2, "method": "mining.authorize", "params": [worker, "x"]})),
+        (False, _line({"id": 2, "result": True, "error": None})),
+        (False, _line({"id": None, "method": "mining.set_difficulty", "params": [16384]})),
     ]
 
 
 def stratum_v1_notify(job: int, rng: np.random.Generator) -> bytes:
     """A ``mining.notify`` push: a new job with random hashes, about 500 bytes."""
-    def hx(n: int) -> str:
-        return rng.bytes(n).hex()
-    branches = ",".join('"%s"' % hx(32) for _ in range(3))
-    return _line('{"id":null,"method":"mining.notify","params":["%x","%s","%s","%s",[%s],"20000000","1703a8c7","%08x",true]}'
-                 % (job, hx(32), hx(40), hx(24), branches, 0x65A1F2B3 + job))
+    branches = [_hex(rng, 32) for _ in range(3)]
+    params = [
+        f"{job:x}",
+        _hex(rng, 32),
+        _hex(rng, 40),
+        _hex(rng, 24),
+        branches,
+        "20000000",
+        "1703a8c7",
+        f"{0x65A1F2B3 + job:08x}",
+        True,
+    ]
+    return _line({"id": None, "method": "mining.notify", "params": params})
 
 
 def stratum_v1_submit(msg_id: int, worker: str, job: int, rng: np.random.Generator) -> bytes:
     """A share submitted by the miner."""
-    return _line('{"id":%d,"method":"mining.submit","params":["%s","%x","%s","%08x","%s"]}'
-                 % (msg_id, worker, job, rng.bytes(4).hex(), 0x65A1F2B3 + job, rng.bytes(4).hex()))
+    params = [worker, f"{job:x}", _hex(rng, 4), f"{0x65A1F2B3 + job:08x}", _hex(rng, 4)]
+    return _line({"id": msg_id, "method": "mining.submit", "params": params})
 
 
 def stratum_result(msg_id: int) -> bytes:
     """The pool's reply to a submit (or any request)."""
-    return _line('{"id":%d,"result":true,"error":null}' % msg_id)
+    return _line({"id": msg_id, "result": True, "error": None})
+
+
+XMRIG_AGENT = "XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0"
 
 
 def xmr_open(wallet: str) -> list[tuple[bool, bytes]]:
     """The opening of a Monero-style (XMRig) Stratum session: login, then the first job."""
+    login = {"login": wallet, "pass": "x", "agent": XMRIG_AGENT, "algo": ["rx/0"]}
+    job = {
+        "blob": "0e" * 38,
+        "job_id": "1",
+        "target": "b88d0600",
+        "algo": "rx/0",
+        "height": 3012345,
+    }
     return [
-        (True, _line('{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"%s","pass":"x",'
-                     '"agent":"XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0","algo":["rx/0"]}}' % wallet)),
-        (False, _line('{"id":1,"jsonrpc":"2.0","error":null,"result":{"id":"7f1c","job":{"blob":"%s",'
-                      '"job_id":"1","target":"b88d0600","algo":"rx/0","height":3012345},"status":"OK"}}' % ("0e" * 38))),
+        (True, _line({"id": 1, "jsonrpc": "2.0", "method": "login", "params": login})),
+        (
+            False,
+            _line(
+                {
+                    "id": 1,
+                    "jsonrpc": "2.0",
+                    "error": None,
+                    "result": {"id": "7f1c", "job": job, "status": "OK"},
+                }
+            ),
+        ),
     ]
 
 
 def xmr_job(job: int, rng: np.random.Generator) -> bytes:
     """A pushed Monero job."""
-    return _line('{"jsonrpc":"2.0","method":"job","params":{"blob":"%s","job_id":"%d","target":"b88d0600",'
-                 '"algo":"rx/0","height":%d}}' % (rng.bytes(76).hex(), job, 3012345 + job // 4))
+    params = {
+        "blob": _hex(rng, 76),
+        "job_id": str(job),
+        "target": "b88d0600",
+        "algo": "rx/0",
+        "height": 3012345 + job // 4,
+    }
+    return _line({"jsonrpc": "2.0", "method": "job", "params": params})
 
 
 def xmr_submit(msg_id: int, job: int, rng: np.random.Generator) -> bytes:
     """A share submitted by an XMRig miner."""
-    return _line('{"id":%d,"jsonrpc":"2.0","method":"submit","params":{"id":"7f1c","job_id":"%d",'
-                 '"nonce":"%s","result":"%s"}}' % (msg_id, job, rng.bytes(4).hex(), rng.bytes(32).hex()))
+    params = {"id": "7f1c", "job_id": str(job), "nonce": _hex(rng, 4), "result": _hex(rng, 32)}
+    return _line({"id": msg_id, "jsonrpc": "2.0", "method": "submit", "params": params})

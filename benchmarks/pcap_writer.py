@@ -23,7 +23,9 @@ CHUNK = 262_144
 TTL_CLIENT, TTL_SERVER = 64, 52  # the server's replies have crossed a dozen hops
 
 
-def _put(buf: np.ndarray, pos: np.ndarray, value: np.ndarray | int, nbytes: int, little: bool = False) -> None:
+def _put(
+    buf: np.ndarray, pos: np.ndarray, value: np.ndarray | int, nbytes: int, little: bool = False
+) -> None:
     """Write ``value`` as an unsigned ``nbytes`` integer at each byte offset ``pos``."""
     v = np.asarray(value).astype(np.uint64)
     for k in range(nbytes):
@@ -39,15 +41,21 @@ def _ipv4_checksum(words: list[np.ndarray]) -> np.ndarray:
     return ~s & 0xFFFF
 
 
-def write_pcap(path: str, fl: Flows, pk: Packets, order: np.ndarray, book: TemplateBook,
-               rng: np.random.Generator) -> int:
-    """Write the packets ``pk[order]`` to ``path`` (little-endian, microseconds, Ethernet); returns bytes."""
+def write_pcap(
+    path: str,
+    fl: Flows,
+    pk: Packets,
+    order: np.ndarray,
+    book: TemplateBook,
+    rng: np.random.Generator,
+) -> int:
+    """Write ``pk[order]`` to ``path`` (little-endian, microseconds, Ethernet); return its size."""
     with open(path, "wb") as fh:
         header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65_535, 1)
         fh.write(header)
         written = len(header)
         for a in range(0, len(order), CHUNK):
-            buf = _encode(fl, pk, order[a:a + CHUNK], book, rng)
+            buf = _encode(fl, pk, order[a : a + CHUNK], book, rng)
             buf.tofile(fh)
             written += len(buf)
     return written
@@ -63,7 +71,9 @@ def frame_lengths(fl: Flows, pk: Packets) -> tuple[np.ndarray, np.ndarray]:
     return ip_len, np.maximum(frame, MIN_FRAME)
 
 
-def _encode(fl: Flows, pk: Packets, idx: np.ndarray, book: TemplateBook, rng: np.random.Generator) -> np.ndarray:
+def _encode(
+    fl: Flows, pk: Packets, idx: np.ndarray, book: TemplateBook, rng: np.random.Generator
+) -> np.ndarray:
     """One chunk of records, as bytes."""
     f = pk.flow[idx]
     v6, vlan, proto = fl.v6[f], fl.vlan[f].astype(np.int64), fl.proto[f].astype(np.int64)
@@ -114,8 +124,17 @@ def _encode(fl: Flows, pk: Packets, idx: np.ndarray, book: TemplateBook, rng: np
     s4, d4 = src[m4, 1].astype(np.int64), dst[m4, 1].astype(np.int64)
     ip_id = rng.integers(0, 65_536, int(m4.sum()))
     ttl_proto = (ttl[m4] << 8) | proto[m4]
-    words = [np.full(len(p4), 0x4500), ip_len[m4], ip_id, np.full(len(p4), 0x4000), ttl_proto,
-             s4 >> 16, s4 & 0xFFFF, d4 >> 16, d4 & 0xFFFF]
+    words = [
+        np.full(len(p4), 0x4500),
+        ip_len[m4],
+        ip_id,
+        np.full(len(p4), 0x4000),
+        ttl_proto,
+        s4 >> 16,
+        s4 & 0xFFFF,
+        d4 >> 16,
+        d4 & 0xFFFF,
+    ]
     for k, w in enumerate(words[:5]):
         _put(buf, p4 + 2 * k, w, 2)
     _put(buf, p4 + 10, _ipv4_checksum(words), 2)

@@ -10,7 +10,15 @@ import numpy as np
 
 from benchmarks import payloads
 from benchmarks.synth_packets import (
-    ACK, FIN, PSH, RST, SYN, Packets, empty_packets, group_index, strictly_increasing,
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    Packets,
+    empty_packets,
+    group_index,
+    strictly_increasing,
 )
 
 # How TCP connections end.
@@ -21,24 +29,41 @@ _CLOSE_PACKETS = np.array([3, 1, 0], np.int64)  # FIN/FIN/ACK, a lone RST, still
 #   client: P(bare ACK), P(full segment), max size otherwise,
 #   server: P(bare ACK), P(full segment), max size otherwise). Indexed by profile id.
 DOWNLOAD, INTERACTIVE, UPLOAD = 0, 1, 2
-_PROFILES = np.array([
-    [0.40, 0.85, 0.00, 700, 0.02, 0.80, 1460],
-    [0.50, 0.30, 0.00, 300, 0.30, 0.00, 400],
-    [0.62, 0.05, 0.85, 1460, 0.85, 0.00, 300],
-])
+_PROFILES = np.array(
+    [
+        [0.40, 0.85, 0.00, 700, 0.02, 0.80, 1460],
+        [0.50, 0.30, 0.00, 300, 0.30, 0.00, 400],
+        [0.62, 0.05, 0.85, 1460, 0.85, 0.00, 300],
+    ]
+)
 
 
-def _sizes(rng: np.random.Generator, p_ack: np.ndarray, p_big: np.ndarray, small_max: np.ndarray,
-           mss: np.ndarray) -> np.ndarray:
+def _sizes(
+    rng: np.random.Generator,
+    p_ack: np.ndarray,
+    p_big: np.ndarray,
+    small_max: np.ndarray,
+    mss: np.ndarray,
+) -> np.ndarray:
     """Payload sizes: a bare ACK, a full segment, or something in between."""
     r = rng.random(len(p_ack))
     small = 1 + (rng.random(len(p_ack)) * np.minimum(small_max, mss)).astype(np.int64)
     return np.where(r < p_ack, 0, np.where(r < p_ack + p_big, mss, small))
 
 
-def tcp_connections(rng: np.random.Generator, flow_ids: np.ndarray, n_mid: np.ndarray, close: np.ndarray,
-                    start_us: np.ndarray, dur_us: np.ndarray, rtt_us: np.ndarray, profile: np.ndarray,
-                    mss: np.ndarray, http: np.ndarray, book: payloads.TemplateBook) -> Packets:
+def tcp_connections(
+    rng: np.random.Generator,
+    flow_ids: np.ndarray,
+    n_mid: np.ndarray,
+    close: np.ndarray,
+    start_us: np.ndarray,
+    dur_us: np.ndarray,
+    rtt_us: np.ndarray,
+    profile: np.ndarray,
+    mss: np.ndarray,
+    http: np.ndarray,
+    book: payloads.TemplateBook,
+) -> Packets:
     """Handshake, ``n_mid`` (>= 2) data and ACK packets spread over the duration, then the close.
 
     The first mid-flow packet is the client's request and the second the server's first answer;
@@ -56,8 +81,13 @@ def tcp_connections(rng: np.random.Generator, flow_ids: np.ndarray, n_mid: np.nd
     prof = _PROFILES[profile[f]]
 
     from_client = rng.random(len(f)) < prof[:, 0]
-    from_client = np.where(hs, i != 1, np.where(mid, np.where(j < 2, j == 0, from_client),
-                                                ((c != 1) & (cl != CLOSE_RST)) | (c == 0)))
+    from_client = np.where(
+        hs,
+        i != 1,
+        np.where(
+            mid, np.where(j < 2, j == 0, from_client), ((c != 1) & (cl != CLOSE_RST)) | (c == 0)
+        ),
+    )
     pk.from_client = from_client
 
     cli_size = _sizes(rng, prof[:, 1], prof[:, 2], prof[:, 3], m)
@@ -88,15 +118,26 @@ def tcp_connections(rng: np.random.Generator, flow_ids: np.ndarray, n_mid: np.nd
     mid_hi = np.where(cl == CLOSE_FIN, end - rtt - 200, end - 100)
     t_mid = mid_lo + (u * (mid_hi - mid_lo)).astype(np.int64)
     t_hs = start + np.where(i == 0, 0, rtt + np.where(i == 2, 40, 0))
-    t_close = np.where(cl == CLOSE_RST, end, end - np.where(c == 0, rtt + 50, np.where(c == 1, 50, 0)))
+    t_close = np.where(
+        cl == CLOSE_RST, end, end - np.where(c == 0, rtt + 50, np.where(c == 1, 50, 0))
+    )
     ts = np.where(hs, t_hs, np.where(mid, t_mid, t_close))
     pk.ts_us = strictly_increasing(ts, f, i)
     return pk
 
 
-def udp_exchanges(rng: np.random.Generator, flow_ids: np.ndarray, n_pkts: np.ndarray, size_class: np.ndarray,
-                  start_us: np.ndarray, dur_us: np.ndarray, rtt_us: np.ndarray,
-                  query_tmpl: np.ndarray, answer_tmpl: np.ndarray, tmpl_len: np.ndarray) -> Packets:
+def udp_exchanges(
+    rng: np.random.Generator,
+    flow_ids: np.ndarray,
+    n_pkts: np.ndarray,
+    size_class: np.ndarray,
+    start_us: np.ndarray,
+    dur_us: np.ndarray,
+    rtt_us: np.ndarray,
+    query_tmpl: np.ndarray,
+    answer_tmpl: np.ndarray,
+    tmpl_len: np.ndarray,
+) -> Packets:
     """Request, answer, then (for longer flows) packets both ways spread over the duration.
 
     ``size_class``: 0 DNS and 1 NTP (the payloads are the per-flow query and answer templates),
@@ -113,8 +154,11 @@ def udp_exchanges(rng: np.random.Generator, flow_ids: np.ndarray, n_pkts: np.nda
     pk.tmpl = np.where(templated, tmpl, -1).astype(np.int32)
     r = rng.random(len(f))
     small = 30 + (rng.random(len(f)) * 120).astype(np.int64)
-    quic = np.where(i < 2, 1200, np.where(pk.from_client, np.where(r < 0.7, small, 1252),
-                                         np.where(r < 0.7, 1252, small)))
+    quic = np.where(
+        i < 2,
+        1200,
+        np.where(pk.from_client, np.where(r < 0.7, small, 1252), np.where(r < 0.7, 1252, small)),
+    )
     pk.plen = np.where(templated, tmpl_len[np.maximum(tmpl, 0)], quic)
     u = rng.random(len(f))
     u = u[np.lexsort((u, f))]
@@ -125,8 +169,13 @@ def udp_exchanges(rng: np.random.Generator, flow_ids: np.ndarray, n_pkts: np.nda
     return pk
 
 
-def icmp_echoes(flow_ids: np.ndarray, n_pings: np.ndarray, start_us: np.ndarray, rtt_us: np.ndarray,
-                v6: np.ndarray) -> Packets:
+def icmp_echoes(
+    flow_ids: np.ndarray,
+    n_pings: np.ndarray,
+    start_us: np.ndarray,
+    rtt_us: np.ndarray,
+    v6: np.ndarray,
+) -> Packets:
     """``n_pings`` echo requests one second apart, each answered after ``rtt_us``."""
     f, i = group_index(2 * n_pings)
     pk = empty_packets(len(f))

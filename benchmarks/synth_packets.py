@@ -34,7 +34,9 @@ class Flows:
     cli_port: np.ndarray  # u2; the echo identifier for ICMP
     srv_port: np.ndarray  # u2
     cli_mac: np.ndarray  # u8, 48 bits
-    isn_c: np.ndarray  # i8, client's initial sequence number; low 16 bits are the DNS transaction id
+    isn_c: (
+        np.ndarray
+    )  # i8, client's initial sequence number; low 16 bits are the DNS transaction id
     isn_s: np.ndarray  # i8
 
 
@@ -58,20 +60,29 @@ class Packets:
 def empty_packets(n: int) -> Packets:
     """A zeroed packet table of ``n`` rows (template -1)."""
     return Packets(
-        ts_us=np.zeros(n, np.int64), flow=np.zeros(n, np.int64), from_client=np.zeros(n, bool),
-        flags=np.zeros(n, np.uint8), plen=np.zeros(n, np.int64), tmpl=np.full(n, -1, np.int32),
-        seq=np.zeros(n, np.int64), ack=np.zeros(n, np.int64),
+        ts_us=np.zeros(n, np.int64),
+        flow=np.zeros(n, np.int64),
+        from_client=np.zeros(n, bool),
+        flags=np.zeros(n, np.uint8),
+        plen=np.zeros(n, np.int64),
+        tmpl=np.full(n, -1, np.int32),
+        seq=np.zeros(n, np.int64),
+        ack=np.zeros(n, np.int64),
     )
 
 
 def concat_packets(parts: list[Packets]) -> Packets:
     """Concatenate packet tables column by column."""
-    return Packets(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Packets)})
+    return Packets(
+        **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Packets)}
+    )
 
 
 def concat_flows(parts: list[Flows]) -> Flows:
     """Concatenate flow tables column by column."""
-    return Flows(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Flows)})
+    return Flows(
+        **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Flows)}
+    )
 
 
 def group_index(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

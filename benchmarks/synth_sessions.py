@@ -54,13 +54,37 @@ class _Script:
 
 
 # The key exchange and authentication of an OpenSSH session after the banners: (from_client, bytes).
-_SSH_SETUP = [(True, 1448), (True, 88), (False, 1080), (True, 1208), (False, 1448), (False, 132),
-              (True, 16), (True, 44), (False, 44), (True, 68), (False, 52), (True, 612), (False, 28),
-              (True, 112), (False, 680), (True, 400), (False, 92), (False, 504)]
+_SSH_SETUP = [
+    (True, 1448),
+    (True, 88),
+    (False, 1080),
+    (True, 1208),
+    (False, 1448),
+    (False, 132),
+    (True, 16),
+    (True, 44),
+    (False, 44),
+    (True, 68),
+    (False, 52),
+    (True, 612),
+    (False, 28),
+    (True, 112),
+    (False, 680),
+    (True, 400),
+    (False, 92),
+    (False, 504),
+]
 
 
-def ssh_session(rng: np.random.Generator, flow: int, start_us: float, end_us: float, rtt_us: float,
-                mss: int, book: payloads.TemplateBook) -> Packets:
+def ssh_session(
+    rng: np.random.Generator,
+    flow: int,
+    start_us: float,
+    end_us: float,
+    rtt_us: float,
+    mss: int,
+    book: payloads.TemplateBook,
+) -> Packets:
     """An interactive session: banners, key exchange, then keystrokes echoed until ``end_us``.
 
     Each keystroke is a 36-byte encrypted packet (chacha20-poly1305, no TCP options) from the
@@ -91,8 +115,16 @@ def ssh_session(rng: np.random.Generator, flow: int, start_us: float, end_us: fl
     return s.packets()
 
 
-def stratum_session(rng: np.random.Generator, flow: int, start_us: float, end_us: float, rtt_us: float,
-                    book: payloads.TemplateBook, xmr: bool, worker: str) -> Packets:
+def stratum_session(
+    rng: np.random.Generator,
+    flow: int,
+    start_us: float,
+    end_us: float,
+    rtt_us: float,
+    book: payloads.TemplateBook,
+    xmr: bool,
+    worker: str,
+) -> Packets:
     """A miner connected to a pool: subscribe/authorize (or login), then job pushes and shares.
 
     The pool pushes a job every few seconds (the client ACKs it after the delayed-ACK timer);
@@ -115,7 +147,11 @@ def stratum_session(rng: np.random.Generator, flow: int, start_us: float, end_us
             if t > end_us - DELAYED_ACK_US:
                 break
             job += 1
-            s.say(t, False, payloads.xmr_job(job, rng) if xmr else payloads.stratum_v1_notify(job, rng))
+            s.say(
+                t,
+                False,
+                payloads.xmr_job(job, rng) if xmr else payloads.stratum_v1_notify(job, rng),
+            )
             s.send(t + DELAYED_ACK_US, True)
             next_job = t + max(rng.exponential(4e6), 300_000)
         else:
@@ -123,8 +159,11 @@ def stratum_session(rng: np.random.Generator, flow: int, start_us: float, end_us
             if t > end_us - rtt_us - DELAYED_ACK_US:
                 break
             msg_id += 1
-            share = (payloads.xmr_submit(msg_id, job, rng) if xmr
-                     else payloads.stratum_v1_submit(msg_id, worker, job, rng))
+            share = (
+                payloads.xmr_submit(msg_id, job, rng)
+                if xmr
+                else payloads.stratum_v1_submit(msg_id, worker, job, rng)
+            )
             s.say(t, True, share)
             s.say(t + rtt_us, False, payloads.stratum_result(msg_id))
             s.send(t + rtt_us + DELAYED_ACK_US, True)

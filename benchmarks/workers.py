@@ -16,6 +16,19 @@ from typing import Any
 
 from benchmarks import fs_api
 
+# nfstream doing what ``flowsense flows`` does: one meter process, no nDPI dissection,
+# statistical features on, no SPLT. Tunnel decoding is off: the capture holds no tunnels, and
+# nfstream 6.6 looks for a tunnel's UDP header at the IPv6 *payload length* past the IPv6 header
+# instead of its 40-byte header length, so random payload bytes that read as a GTP, TZSP or
+# CAPWAP port (about 1 IPv6 UDP datagram in 10,000) split a flow.
+NFSTREAM_JOB = {
+    "n_meters": 1,
+    "n_dissections": 0,
+    "statistical_analysis": True,
+    "splt_analysis": 0,
+    "decode_tunnels": False,
+}
+
 
 def dpkt_flows(path: str) -> dict[str, Any]:
     """The idiomatic dpkt loop: decode every frame, key by the sorted 5-tuple, keep simple stats.
@@ -45,7 +58,7 @@ def dpkt_flows(path: str) -> dict[str, Any]:
             size = len(buf)
             st = flows.get(key)
             if st is None:
-                # first ts, last ts, packets, bytes, min size, max size, mean size, M2, forward packets
+                # first/last ts, packets, bytes, min/max/mean size, M2, forward packets
                 flows[key] = [ts, ts, 1, size, size, size, float(size), 0.0, int(forward)]
                 continue
             st[1] = ts
@@ -62,11 +75,12 @@ def dpkt_flows(path: str) -> dict[str, Any]:
 
 
 def nfstream_flows(path: str, idle_s: float, active_s: float) -> dict[str, Any]:
-    """nfstream pinned to the same job: one meter, no dissection, statistics on, no SPLT."""
+    """nfstream pinned to the same job as ``flowsense flows`` (see ``NFSTREAM_JOB``)."""
     from nfstream import NFStreamer
 
-    streamer = NFStreamer(source=path, n_meters=1, n_dissections=0, statistical_analysis=True,
-                          splt_analysis=0, idle_timeout=idle_s, active_timeout=active_s)
+    streamer = NFStreamer(
+        source=path, idle_timeout=int(idle_s), active_timeout=int(active_s), **NFSTREAM_JOB
+    )
     flows = packets = 0
     t0 = time.perf_counter()
     for flow in streamer:  # the meter process starts here, so it is timed
@@ -88,8 +102,12 @@ def flowsense_steady(path: str, idle_s: float, active_s: float) -> dict[str, Any
     t0 = time.perf_counter()
     result = compute([path], cfg)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "warmup_seconds": warm, "packets": fs_api.packet_count(result),
-            "flows": fs_api.flow_count(result)}
+    return {
+        "seconds": seconds,
+        "warmup_seconds": warm,
+        "packets": fs_api.packet_count(result),
+        "flows": fs_api.flow_count(result),
+    }
 
 
 def _status_kib() -> dict[str, int]:
@@ -98,25 +116,57 @@ def _status_kib() -> dict[str, int]:
         return {r[0].rstrip(":"): int(r[1]) for r in rows}
 
 
-def flowsense_memory(path: str, warm_path: str, idle_s: float, active_s: float) -> dict[str, Any]:
-    """Resident memory around one compute_flows call, after a warm-up on a small capture so that
-    compiled code and imports are already resident and do not count as per-flow memory."""
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so that the next peak is our own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def flowsense_memory(
+    path: str, warm_path: str, idle_s: float, active_s: float, phase: str
+) -> dict[str, Any]:
+    """Resident memory of flowsense holding the flows of ``path``.
+
+    A warm-up on a small capture first makes compiled code and imports resident, so they do not
+    count as per-flow memory. Phase ``table``: RSS once every packet is in the flow table and no
+    flow has ended (the table at its load, before any export). Phase ``compute``: RSS around a
+    whole ``compute_flows`` call, its peak and what stays resident with the result.
+    """
     compute = fs_api.compute_flows()
     cfg = fs_api.make_config(idle_s, active_s)
     compute([warm_path], cfg)
     gc.collect()
-    try:  # reset VmHWM to the current RSS (Linux >= 4.0), so the peak is this call's
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        peak_reset = True
-    except OSError:
-        peak_reset = False
+    peak_reset = _reset_peak()
     before = _status_kib()
+    out: dict[str, Any] = {
+        "phase": phase,
+        "rss_before_kib": before["VmRSS"],
+        "peak_reset": peak_reset,
+    }
+    if phase == "table":
+        handle, stats = fs_api.fill_table(path, cfg)
+        loaded = _status_kib()
+        out.update(
+            flows=stats.get("flows_live"),
+            table_capacity=stats.get("table_capacity"),
+            rss_after_kib=loaded["VmRSS"],
+            peak_kib=loaded["VmHWM"],
+        )
+        del handle
+        return out
     result = compute([path], cfg)
     after = _status_kib()  # the result is still referenced: its frame counts too
-    return {"flows": fs_api.flow_count(result), "packets": fs_api.packet_count(result),
-            "rss_before_kib": before["VmRSS"], "rss_after_kib": after["VmRSS"],
-            "peak_kib": after["VmHWM"], "peak_reset": peak_reset}
+    out.update(
+        flows=fs_api.flow_count(result),
+        table_capacity=(getattr(result, "counters", None) or {}).get("table_capacity"),
+        rss_after_kib=after["VmRSS"],
+        peak_kib=after["VmHWM"],
+    )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-timeout", type=float, default=3600.0)
     ap.add_argument("--active-timeout", type=float, default=7200.0)
     ap.add_argument("--warm-capture", help="flowsense-memory: small capture for the warm-up")
+    ap.add_argument(
+        "--phase",
+        choices=["table", "compute"],
+        default="compute",
+        help="flowsense-memory: the loaded table, or a whole compute_flows call",
+    )
     args = ap.parse_args(argv)
     if args.tool == "dpkt":
         out = dpkt_flows(args.capture)
@@ -134,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.tool == "flowsense-steady":
         out = flowsense_steady(args.capture, args.idle_timeout, args.active_timeout)
     else:
-        out = flowsense_memory(args.capture, args.warm_capture or args.capture, args.idle_timeout,
-                               args.active_timeout)
+        warm = args.warm_capture or args.capture
+        out = flowsense_memory(
+            args.capture, warm, args.idle_timeout, args.active_timeout, args.phase
+        )
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -1,0 +1,114 @@
+"""Running one measurement in a child process, and summarising repeated ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks import fs_api
+
+CHILD_TIMEOUT_S = 1_800
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; stdout carries only the results table."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_capture(
+    path: str, packets: int | None = None, live_flows: int | None = None, seed: int = 1
+) -> dict | None:
+    """The capture's sidecar, generating capture and sidecar first if the capture is missing."""
+    if not os.path.exists(path):
+        cmd = [sys.executable, "-m", "benchmarks.gen_capture", "--seed", str(seed), "-o", path]
+        cmd += ["--live-flows", str(live_flows)] if live_flows else ["--packets", str(packets)]
+        log(f"generating {path}")
+        subprocess.run(cmd, check=True, cwd=REPO)
+    if not os.path.exists(path + ".json"):
+        return None  # someone else's capture: no expected figures
+    with open(path + ".json") as fh:
+        return json.load(fh)
+
+
+class MeasureError(RuntimeError):
+    """A child process failed; the message carries the end of its stderr."""
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run ``cmd`` to completion; (wall seconds, stdout). Raises MeasureError on a non-zero exit."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        tail = "\n".join(r.stderr.strip().splitlines()[-15:])
+        raise MeasureError(f"{' '.join(cmd)} exited with {r.returncode}:\n{tail}")
+    return wall, r.stdout
+
+
+def worker(
+    tool: str,
+    capture: str,
+    idle_s: int,
+    active_s: int,
+    warm_capture: str | None = None,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
+    """One ``benchmarks.workers`` run; its JSON plus ``wall_seconds`` of the whole child process."""
+    cmd = [sys.executable, "-m", "benchmarks.workers", tool, capture]
+    cmd += ["--idle-timeout", str(idle_s), "--active-timeout", str(active_s)]
+    if warm_capture:
+        cmd += ["--warm-capture", warm_capture]
+    wall, out = _run(cmd + (extra or []))
+    result = json.loads(out.strip().splitlines()[-1])
+    result["wall_seconds"] = wall
+    return result
+
+
+def cache_env(cache_dir: str) -> dict[str, str]:
+    """The environment with numba's (and flowsense's) compiled-kernel cache in ``cache_dir``."""
+    env = dict(os.environ)
+    env["NUMBA_CACHE_DIR"] = cache_dir
+    env["FLOWSENSE_CACHE_DIR"] = cache_dir
+    return env
+
+
+def flowsense_cli(
+    capture: str, idle_s: int, active_s: int, cache_dir: str, out: str = os.devnull
+) -> dict[str, Any]:
+    """Wall time of ``python -m flowsense flows``; with a real ``out`` file, its flow count too."""
+    wall, _ = _run(
+        fs_api.cli_command(sys.executable, capture, idle_s, active_s, out), cache_env(cache_dir)
+    )
+    result: dict[str, Any] = {"seconds": wall}
+    if out != os.devnull:
+        flows = interim = 0
+        with open(out) as fh:
+            for line in fh:
+                if line.strip():
+                    if json.loads(line).get("interim"):
+                        interim += 1
+                    else:
+                        flows += 1
+        result.update(flows=flows, interim_records=interim)
+    return result
+
+
+def summarise(seconds: list[float], packets: int) -> dict[str, Any]:
+    """Median, min and max of the times, and the same as packets per second."""
+    med = statistics.median(seconds)
+    return {
+        "runs": len(seconds),
+        "seconds": [round(s, 4) for s in seconds],
+        "median_s": round(med, 4),
+        "min_s": round(min(seconds), 4),
+        "max_s": round(max(seconds), 4),
+        "pps_median": round(packets / med),
+        "pps_min": round(packets / max(seconds)),
+        "pps_max": round(packets / min(seconds)),
+    }
