@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,10 +135,6 @@ class Pipeline:
         d.update(self.table.stats())
         d["interface_drops"] = self.reader_stats.interface_drops
         return d
-
-
-def iter_inputs(paths: Iterable[str]) -> Iterator[str]:
-    yield from expand_inputs(paths)
 
 
 def order_by_time(paths: list[str], config: Config | None = None) -> list[str]:

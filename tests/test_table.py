@@ -201,3 +201,16 @@ def test_ipv6_and_icmp_pairing(tmp_path: Path) -> None:
     assert (f["src_ip"][0], f["src_port"][0], f["dst_port"][0]) == (C, 8, 0)
     assert f["ip_version"][1] == 6 and f["src_ip"][1] == "2001:db8::1"
     assert np.all(np.array(f["bidirectional_bytes"]) > 0)
+
+
+def test_tick_expires_by_wall_clock_on_a_quiet_link(tmp_path: Path) -> None:
+    pk = [(100.0, udp(C, S, 6000, 53, b"q")), (100.5, udp(S, C, 53, 6000, b"a"))]
+    table = FlowTable(FlowConfig())
+    for batch in iter_batches(str(write_pcap(tmp_path / "q.pcap", pk))):
+        table.feed(batch)
+    ended: list[FeatureFrame] = []
+    table.tick(int(200e9), ended.append)
+    assert not ended, "80 s of silence is within the 120 s idle timeout"
+    table.tick(int(221e9), ended.append)
+    assert sum(f.n for f in ended) == 1 and ended[0].cols["expiration"][0] == "idle"
+    assert table.stats()["flows_live"] == 0
