@@ -147,29 +147,12 @@ def order_by_time(paths: list[str], config: Config | None = None) -> list[str]:
 
 
 def compute_flows(paths: list[str], config: Config | None = None) -> FlowsResult:
-    """Flow records of ``paths`` (one stream), sorted by first packet then creation order."""
+    """Flow records of ``paths`` (one stream), in the order the flows ended (as nfstream and
+    Zeek emit them); ``frame.seq`` gives the order they began."""
     config = config or Config()
     frames: list[FeatureFrame] = []
     pipe = Pipeline(config, frames.append)
     for path in order_by_time(expand_inputs(paths), config):
         pipe.run_file(path)
     pipe.finish()
-    frame = concat(frames)
-    if frame.n:
-        order = np.lexsort((frame.seq, frame.cols["bidirectional_first_seen_ms"]))
-        frame = take(frame, order)
-    return FlowsResult(frame, pipe.counters_dict(), pipe.errors)
-
-
-def take(frame: FeatureFrame, idx: np.ndarray) -> FeatureFrame:
-    """Rows ``idx`` of a frame."""
-    cols = {k: v[idx] for k, v in frame.cols.items()}
-
-    def pick(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[idx]
-
-    return FeatureFrame(
-        cols=cols, n=len(idx), head=pick(frame.head), head_len=pick(frame.head_len),
-        splt_ps=pick(frame.splt_ps), splt_t_ms=pick(frame.splt_t_ms), splt_n=pick(frame.splt_n),
-        seq=pick(frame.seq), slot=pick(frame.slot), watch=pick(frame.watch),
-    )
+    return FlowsResult(concat(frames), pipe.counters_dict(), pipe.errors)
