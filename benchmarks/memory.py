@@ -33,6 +33,7 @@ def _median_run(
             "flowsense-memory", path, idle_s, active_s, warm_capture=warm, extra=["--phase", phase]
         )
         r["growth_kib"] = r["rss_after_kib"] - r["rss_before_kib"]
+        r["anon_growth_kib"] = r["anon_after_kib"] - r["anon_before_kib"]
         r["peak_growth_kib"] = r["peak_kib"] - r["rss_before_kib"]
         runs.append(r)
     runs.sort(key=lambda r: r["growth_kib"])
@@ -74,6 +75,7 @@ def measure_memory(
             "table_capacity": [r["table_capacity"] for r in rows],
             "rss_before_kib": [r["rss_before_kib"] for r in rows],
             "growth_kib": [r["growth_kib"] for r in rows],
+            "anon_growth_kib": [r["anon_growth_kib"] for r in rows],
             "peak_growth_kib": [r["peak_growth_kib"] for r in rows],
             "peak_reset": all(r["peak_reset"] for r in rows),
         }
@@ -82,6 +84,8 @@ def measure_memory(
             res["error"] = f"flowsense holds {res['flows']} flows; the captures have {list(sizes)}"
         else:
             res["bytes_per_flow"] = _slope(rows, "growth_kib")
+            # anonymous memory alone: RSS also counts any pages of the memory-mapped capture
+            res["bytes_per_flow_anon"] = _slope(rows, "anon_growth_kib")
             res["bytes_per_flow_peak"] = _slope(rows, "peak_growth_kib")
         out[phase] = res
         measure.log(f"memory ({phase}): {res.get('bytes_per_flow', res.get('error'))} B per flow")

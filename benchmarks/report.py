@@ -91,6 +91,9 @@ def _memory_lines(mem: dict[str, Any]) -> list[str]:
         f"- memory per live flow (RSS slope between {sizes} live flows, `{mem['basis']}`): "
         f"{_n(mem['bytes_per_flow'])} B (target <= {_n(mem['target_bytes'])} B, {verdict})"
     ]
+    anon = mem.get("table", {}).get("bytes_per_flow_anon")
+    if anon is not None:
+        lines.append(f"- the same slope in anonymous memory alone: {_n(anon)} B")
     comp = mem.get("compute", {})
     if "bytes_per_flow_peak" in comp:
         lines.append(

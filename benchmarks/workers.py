@@ -112,7 +112,8 @@ def flowsense_steady(path: str, idle_s: float, active_s: float) -> dict[str, Any
 
 def _status_kib() -> dict[str, int]:
     with open("/proc/self/status") as fh:
-        rows = (line.split() for line in fh if line.startswith(("VmRSS:", "VmHWM:")))
+        rows = (line.split() for line in fh
+                if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")))
         return {r[0].rstrip(":"): int(r[1]) for r in rows}
 
 
@@ -145,6 +146,7 @@ def flowsense_memory(
     out: dict[str, Any] = {
         "phase": phase,
         "rss_before_kib": before["VmRSS"],
+        "anon_before_kib": before["RssAnon"],
         "peak_reset": peak_reset,
     }
     if phase == "table":
@@ -154,6 +156,7 @@ def flowsense_memory(
             flows=stats.get("flows_live"),
             table_capacity=stats.get("table_capacity"),
             rss_after_kib=loaded["VmRSS"],
+            anon_after_kib=loaded["RssAnon"],
             peak_kib=loaded["VmHWM"],
         )
         del handle
@@ -164,6 +167,7 @@ def flowsense_memory(
         flows=fs_api.flow_count(result),
         table_capacity=(getattr(result, "counters", None) or {}).get("table_capacity"),
         rss_after_kib=after["VmRSS"],
+        anon_after_kib=after["RssAnon"],
         peak_kib=after["VmHWM"],
     )
     return out

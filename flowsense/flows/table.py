@@ -8,6 +8,7 @@ bounded mode, and turns the kernels' event lists into FeatureFrames for a sink.
 from __future__ import annotations
 
 import logging
+import mmap
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,17 @@ def _null_sink(frame: FeatureFrame) -> None:
     pass
 
 
+def zeros(shape: int | tuple[int, ...], dtype: type) -> np.ndarray:
+    """Zeroed memory that goes back to the system when freed: large arrays in their own
+    anonymous map. (From malloc, a grown table's old arrays could stay resident: glibc raises
+    its mmap threshold after the first large free.) Untouched pages cost nothing."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if n < 1 << 20:
+        return np.zeros(shape, dtype=dtype)
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(m, dtype=dtype).reshape(shape)
+
+
 class FlowTable:
     def __init__(self, cfg: FlowConfig, watch_rules: Sequence[WatchRule] = ()) -> None:
         self.cfg = cfg
@@ -105,10 +117,10 @@ class FlowTable:
             w_slot=np.full(w, -1, np.int32),
             wfree=np.arange(w, dtype=np.int32),
             w_fill=np.zeros((w, 2), np.int64),
-            slab=np.zeros((w, 2, max(cfg.slab_bytes, cfg.head_bytes)), np.uint8),
-            tr_len=np.zeros((w, cfg.trace_packets), np.int32),
-            tr_flags=np.zeros((w, cfg.trace_packets), np.uint8),
-            tr_ts=np.zeros((w, cfg.trace_packets), np.int64),
+            slab=zeros((w, 2, max(cfg.slab_bytes, cfg.head_bytes)), np.uint8),
+            tr_len=zeros((w, cfg.trace_packets), np.int32),
+            tr_flags=zeros((w, cfg.trace_packets), np.uint8),
+            tr_ts=zeros((w, cfg.trace_packets), np.int64),
             tr_n=np.zeros(w, np.int64),
             wr_prefix=wr_prefix, wr_len=wr_len, wr_port=wr_port,
             prm=prm, hkey=hkey,
@@ -120,15 +132,15 @@ class FlowTable:
         cfg = self.cfg
         a: dict[str, np.ndarray] = {}
         for name, dt in _PER_SLOT.items():
-            a[name] = np.zeros(cap, dtype=dt)
-        a["key"] = np.zeros((cap, 5), dtype=np.uint64)
-        a["fi"] = np.zeros((cap, FI_NFIELDS), dtype=np.int64)
-        a["splt_ps"] = np.zeros((cap, cfg.splt_packets), dtype=np.int32)
-        a["splt_t"] = np.zeros((cap, cfg.splt_packets), dtype=np.float32)
-        a["head"] = np.zeros((cap, 2, cfg.head_bytes), dtype=np.uint8)
-        a["dirty_list"] = np.zeros(cap, dtype=np.int32)
-        a["free"] = np.zeros(cap, dtype=np.int32)
-        a["ix"] = np.zeros(2 * cap, dtype=np.int64)
+            a[name] = zeros(cap, dt)
+        a["key"] = zeros((cap, 5), np.uint64)
+        a["fi"] = zeros((cap, FI_NFIELDS), np.int64)
+        a["splt_ps"] = zeros((cap, cfg.splt_packets), np.int32)
+        a["splt_t"] = zeros((cap, cfg.splt_packets), np.float32)
+        a["head"] = zeros((cap, 2, cfg.head_bytes), np.uint8)
+        a["dirty_list"] = zeros(cap, np.int32)
+        a["free"] = zeros(cap, np.int32)
+        a["ix"] = zeros(2 * cap, np.int64)
         if old is None:
             a["lprev"][:] = -1
             a["lnext"][:] = -1
