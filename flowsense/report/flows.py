@@ -91,15 +91,13 @@ def _jsonl_bytes(frame: FeatureFrame) -> memoryview | None:
             ints.append(col.astype(np.int64))
     n = frame.n
     width = max([s.shape[1] for s in strs], default=1)
-    str_mat = np.zeros((max(len(strs), 1), n, width), dtype=np.uint8)
+    str_mat = np.zeros((n, max(len(strs), 1), width), dtype=np.uint8)
     for i, s in enumerate(strs):
-        str_mat[i, :, : s.shape[1]] = s
+        str_mat[:, i, : s.shape[1]] = s
     keys = b"".join(json.dumps(k).encode() + b": " for k in names)
     key_off = np.cumsum([0] + [len(json.dumps(k)) + 2 for k in names]).astype(np.int64)
-    int_mat = np.array(ints, dtype=np.int64).reshape(len(ints), n) if ints else np.zeros((1, n),
-                                                                                       np.int64)
-    flt_mat = np.array(floats, dtype=np.float64).reshape(len(floats), n) if floats else np.zeros(
-        (1, n), np.float64)
+    int_mat = np.stack(ints, axis=1) if ints else np.zeros((n, 1), np.int64)
+    flt_mat = np.stack(floats, axis=1) if floats else np.zeros((n, 1), np.float64)
     per_row = len(keys) + 2 * len(names) + 24 * (len(ints) + len(floats)) + width * len(strs) + 8
     buf = np.empty(per_row * n, dtype=np.uint8)
     used = RK.write_jsonl(n, kinds, index, np.frombuffer(keys, dtype=np.uint8), key_off, int_mat,
