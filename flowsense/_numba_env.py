@@ -21,6 +21,7 @@ KERNEL_SOURCES = (
     "jit.py",
     "config.py",
     "flows/kernels.py",
+    "flows/table_kernels.py",
     "flows/text_kernels.py",
     "report/kernels.py",
 )

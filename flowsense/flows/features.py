@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flowsense.flows.ids import addr_text, community_ids, flow_ids
-from flowsense.flows.kernels import TableArrays
+from flowsense.flows.table_kernels import TableArrays
 from flowsense.schema import (
     D_BYTES,
     D_CWR_ECE,

@@ -18,6 +18,7 @@ import numpy as np
 from flowsense.capture.reader import PacketBatch
 from flowsense.config import FlowConfig
 from flowsense.flows import kernels as K
+from flowsense.flows import table_kernels as TK
 from flowsense.flows.features import FeatureFrame, gather
 from flowsense.schema import (
     END_ACTIVE,
@@ -128,7 +129,7 @@ class FlowTable:
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
 
     # --- allocation ---------------------------------------------------------------------------
-    def _allocate(self, cap: int, old: K.TableArrays | None) -> K.TableArrays:
+    def _allocate(self, cap: int, old: TK.TableArrays | None) -> TK.TableArrays:
         cfg = self.cfg
         a: dict[str, np.ndarray] = {}
         for name, dt in _PER_SLOT.items():
@@ -149,7 +150,7 @@ class FlowTable:
             a["free"][:] = np.arange(cap - 1, -1, -1, dtype=np.int32)
             st = np.zeros(S_NFIELDS, dtype=np.int64)
             st[S_NFREE] = cap
-            return K.TableArrays(
+            return TK.TableArrays(
                 **a, ff=a["fi"].view(np.float64), lhead=np.full(4, -1, np.int32),
                 ltail=np.full(4, -1, np.int32),
                 ev_slot=np.zeros(EVENT_CAPACITY, np.int32),
@@ -173,7 +174,7 @@ class FlowTable:
         a["free"][nfree:nfree + len(new_slots)] = new_slots
         old.st[S_NFREE] = nfree + len(new_slots)
         T = old._replace(**a, ff=a["fi"].view(np.float64))
-        K.reindex(T)
+        TK.reindex(T)
         return T
 
     def _grow(self) -> None:
@@ -214,7 +215,7 @@ class FlowTable:
 
     def tick(self, now_ns: int, sink: Sink = _null_sink) -> None:
         """Expire by wall clock (the sidecar on a quiet link)."""
-        while K.expire_until(self.T, now_ns) != K_DONE:
+        while TK.expire_until(self.T, now_ns) != K_DONE:
             self.drain(sink)
         self.drain(sink)
 
@@ -240,7 +241,7 @@ class FlowTable:
                     if not (spare_watched and T.fi[s, FI_WATCH] >= 0):
                         if T.st[S_NEV] >= EVENT_CAPACITY:
                             self.drain(sink)
-                        K.end_flow(T, s, END_EVICTED)
+                        TK.end_flow(T, s, END_EVICTED)
                         T.st[S_EVICTED] += 1
                         done += 1
                     s = nxt
@@ -264,12 +265,12 @@ class FlowTable:
         if ended.any():
             sink(gather(T, slots[ended], kinds[ended], interim=False))
             rel = slots[ended]
-            K.release_slots(T, rel, len(rel))
+            TK.release_slots(T, rel, len(rel))
 
     def flush(self, sink: Sink) -> None:
         """End every live flow (end of input)."""
         T = self.T
-        while K.end_live(T) > 0:
+        while TK.end_live(T) > 0:
             self.drain(sink)
         self.drain(sink)
         T.st[S_CLOCK] = 0
@@ -278,13 +279,13 @@ class FlowTable:
     # --- detectors' view ----------------------------------------------------------------------
     def snapshot(self) -> FeatureFrame:
         """Records of the live flows touched since the last snapshot (flows stay in the table)."""
-        n = K.take_dirty(self.T, self._dirty_out)
+        n = TK.take_dirty(self.T, self._dirty_out)
         slots = self._dirty_out[:n]
         slots = slots[(self.T.fi[slots, FI_STATE] & FS_LIVE) != 0]
         return gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False)
 
     def lease_watch(self, slot: int) -> int:
-        return int(K.lease_watch(self.T, slot))
+        return int(TK.lease_watch(self.T, slot))
 
     @property
     def clock_ns(self) -> int:
