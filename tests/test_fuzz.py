@@ -4,7 +4,7 @@ Properties: the only exception is CaptureError (collected in ``FlowsResult.error
 ends quickly, and no more packets come out than the file can hold. A cut file gives exactly its
 complete records. Once per run, the same kind of inputs go through a child process compiled with
 ``NUMBA_BOUNDSCHECK=1`` (into a private cache, so that the checked code is really compiled), which
-must neither raise nor disagree with the unchecked kernels.
+must neither raise nor disagree with the unchecked kernels, and its memory must stay flat.
 """
 
 from __future__ import annotations
@@ -236,11 +236,20 @@ CHILD = """
 import json, sys
 from flowsense.config import Config
 from flowsense.pipeline import compute_flows
+
+def status_kib(key):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(key))
+
 out = []
-for path in sys.argv[1:]:
+for i, path in enumerate(sys.argv[1:]):
     res = compute_flows([path], Config())
     out.append([res.counters["packets"], res.n_flows, [e.offset for e in res.errors]])
-print(json.dumps(out))
+    if i == 0:  # compiled and warm: from here on, memory must stay flat
+        base = status_kib("VmRSS:")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset the peak to the current RSS
+print(json.dumps({"results": out, "peak_growth_kib": status_kib("VmHWM:") - base}))
 """
 
 
@@ -274,7 +283,10 @@ def test_boundscheck_child(tmp_path: Path) -> None:
         timeout=300,
     )
     assert child.returncode == 0, child.stderr[-4000:]
-    checked = json.loads(child.stdout.strip().splitlines()[-1])
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    checked = report["results"]
+    # every mutated capture is a few KiB: memory stays flat however its length fields lie
+    assert report["peak_growth_kib"] < 256 * 1024, f"peak grew {report['peak_growth_kib']} KiB"
     unchecked = []
     for p in paths:
         res = compute_flows([str(p)], Config())
