@@ -45,3 +45,45 @@ class Detector:
 
     def on_snapshot(self, frame: FeatureFrame) -> list[Alert]:
         return []
+
+
+def flow_fields(frame: FeatureFrame, i: int) -> dict[str, Any]:
+    """The flow part of an alert (ALERTS.md) for row ``i``."""
+    c = frame.cols
+    last_ms = int(c["bidirectional_last_seen_ms"][i])
+    ended = not bool(c["interim"][i]) and c["expiration"][i] != ""
+    return {
+        "flow_id": int(c["flow_id"][i]),
+        "community_id": str(c["community_id"][i]),
+        "src_ip": str(c["src_ip"][i]), "src_port": int(c["src_port"][i]),
+        "dst_ip": str(c["dst_ip"][i]), "dst_port": int(c["dst_port"][i]),
+        "protocol": int(c["protocol"][i]),
+        "eve_flow": {
+            "start_ms": int(c["bidirectional_first_seen_ms"][i]),
+            "end_ms": last_ms if ended else None,
+            "state": "closed" if ended else "open",
+            "orientation": str(c["orientation"][i]),
+            "pkts_toserver": int(c["src2dst_packets"][i]),
+            "pkts_toclient": int(c["dst2src_packets"][i]),
+            "bytes_toserver": int(c["src2dst_bytes"][i]),
+            "bytes_toclient": int(c["dst2src_bytes"][i]),
+        },
+    }
+
+
+def time_at_offset(frame: FeatureFrame, i: int, d: int, offset: int) -> int:
+    """Capture time (ns) of the packet that carried byte ``offset`` of direction ``d``'s
+    payload, from the flow's trace when it is watched; else its last packet's time."""
+    trace = frame.traces.get(i)
+    fallback = int(frame.cols["bidirectional_last_seen_ms"][i]) * 1_000_000
+    if trace is None or trace.dropped:
+        return fallback
+    seen = 0
+    for length, flags, ts in zip(trace.length.tolist(), trace.flags.tolist(),
+                                 trace.ts_ns.tolist()):
+        if (flags & 1) != d or flags & 2 or length == 0:  # other side, retransmission, bare ACK
+            continue
+        seen += length
+        if seen >= offset:
+            return int(ts)
+    return fallback

@@ -3,5 +3,8 @@
 from __future__ import annotations
 
 from flowsense.detect.base import Detector
+from flowsense.detect.stratum import StratumDetector
 
-DETECTORS: dict[str, type[Detector]] = {}
+DETECTORS: dict[str, type[Detector]] = {
+    "stratum": StratumDetector,
+}

@@ -78,9 +78,31 @@ class FeatureFrame:
     seq: np.ndarray | None = None  # creation order, for stable output
     slot: np.ndarray | None = None  # table slot (valid only while the table has not moved on)
     watch: np.ndarray | None = None  # watch id or -1
+    # watched flows only, by row: their payload slabs (client, server) and packet traces
+    slabs: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    traces: dict[int, Trace] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.n
+
+    def payload(self, i: int, d: int) -> bytes:
+        """The payload bytes kept for row ``i``, direction ``d`` (0: from the client): the slab
+        of a watched flow, else the head. TCP bytes sit at their sequence offsets."""
+        if i in self.slabs:
+            return self.slabs[i][d]
+        assert self.head is not None and self.head_len is not None
+        return bytes(self.head[i, d, : self.head_len[i, d]])
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A watched flow's packets since its lease (oldest dropped past the ring's size): payload
+    length, flags (``table_kernels.TR_*``: bit 0 set for server to client) and time in ns."""
+
+    length: np.ndarray
+    flags: np.ndarray
+    ts_ns: np.ndarray
+    dropped: int
 
 
 def _stats(mean: np.ndarray, m2: np.ndarray, k: np.ndarray, ddof: int) -> np.ndarray:
@@ -198,11 +220,28 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     head_len = np.stack(
         [fi[:, FI_DIR0 + D_HEAD_LEN], fi[:, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]], axis=1
     )
+    watch = fi[:, FI_WATCH]
+    slabs: dict[int, tuple[bytes, bytes]] = {}
+    traces: dict[int, Trace] = {}
+    for i in np.flatnonzero(watch >= 0).tolist():
+        w = int(watch[i])
+        slabs[i] = (bytes(T.slab[w, 0, : T.w_fill[w, 0]]), bytes(T.slab[w, 1, : T.w_fill[w, 1]]))
+        traces[i] = _trace(T, w)
     return FeatureFrame(
         cols=c, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
         splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ], slot=slots,
-        watch=fi[:, FI_WATCH],
+        watch=watch, slabs=slabs, traces=traces,
     )
+
+
+def _trace(T: TableArrays, w: int) -> Trace:
+    """The ring of watch ``w`` in packet order."""
+    total = int(T.tr_n[w])
+    cap = T.tr_len.shape[1]
+    k = min(total, cap)
+    order = (np.arange(total - k, total) % cap) if k else np.zeros(0, np.int64)
+    return Trace(T.tr_len[w, order].copy(), T.tr_flags[w, order].copy(), T.tr_ts[w, order].copy(),
+                 total - k)
 
 
 def concat(frames: list[FeatureFrame]) -> FeatureFrame:
@@ -214,11 +253,19 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
         return frames[0]
     cols = {key: np.concatenate([f.cols[key] for f in frames]) for key in frames[0].cols}
 
+    slabs: dict[int, tuple[bytes, bytes]] = {}
+    traces: dict[int, Trace] = {}
+    base = 0
+    for f in frames:
+        slabs.update({base + i: v for i, v in f.slabs.items()})
+        traces.update({base + i: v for i, v in f.traces.items()})
+        base += f.n
+
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(f, name) for f in frames])
 
     return FeatureFrame(
         cols=cols, n=sum(f.n for f in frames), head=cat("head"), head_len=cat("head_len"),
         splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
-        slot=cat("slot"), watch=cat("watch"),
+        slot=cat("slot"), watch=cat("watch"), slabs=slabs, traces=traces,
     )

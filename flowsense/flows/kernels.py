@@ -230,25 +230,24 @@ def _place(dst, s, d, limit, rel, buf, po, cap):
     return rel + k
 
 
-@kernel
-def _try_watch(T, s, buf, po, cap, sport, dport):
-    """Lease a watch to flow ``s`` if its first payload matches a rule and the quota allows."""
-    nr = T.wr_len.shape[0]
-    for r in range(nr):
-        port = T.wr_port[r]
+@inline_kernel
+def _rule_matches(wr_prefix, wr_len, wr_port, buf, po, cap, sport, dport):
+    """Whether a direction's first payload matches a watch rule (prefix, and port unless 0)."""
+    for r in range(wr_len.shape[0]):
+        port = wr_port[r]
         if port != 0 and port != sport and port != dport:
             continue
-        ln = T.wr_len[r]
+        ln = wr_len[r]
         if ln > cap:
             continue
         ok = True
         for j in range(ln):
-            if buf[po + j] != T.wr_prefix[r, j]:
+            if buf[po + j] != wr_prefix[r, j]:
                 ok = False
                 break
         if ok:
-            return lease_watch(T, s)
-    return -1
+            return True
+    return False
 
 
 @kernel
@@ -443,7 +442,8 @@ def process(
         if pl > 0 and not (pflags[i] & PF_FRAGMENT):
             first_payload = fi[s, b + D_HEAD_LEN] == 0 and fi[s, b + D_NEXT] == 0
             if first_payload and w < 0 and T.wr_len.shape[0] > 0:
-                w = _try_watch(T, s, buf, po, cap, sp, dp)
+                if _rule_matches(T.wr_prefix, T.wr_len, T.wr_port, buf, po, cap, sp, dp):
+                    w = lease_watch(T, s)  # a call, but only for the flows that match
             rel = np.int64(-1)
             if p == 6:
                 sq = np.int64(seq[i])

@@ -33,6 +33,15 @@ def direction(src: str, dst: str, home_net: tuple[str, ...]) -> str:
     return "external"
 
 
+def _eve_flow(ef: dict) -> dict:
+    if not ef:
+        return {}
+    out = {"start": iso_ts(ef["start_ms"] * 1_000_000),
+           "end": iso_ts(ef["end_ms"] * 1_000_000) if ef.get("end_ms") is not None else None}
+    out.update({k: v for k, v in ef.items() if k not in ("start_ms", "end_ms")})
+    return out
+
+
 def eve_record(alert: Alert, cfg: Config) -> str:
     f = alert.flow
     rec = {
@@ -52,7 +61,7 @@ def eve_record(alert: Alert, cfg: Config) -> str:
             "confidence": round(alert.confidence, 3),
         },
         "evidence": alert.evidence,
-        "flow": f.get("eve_flow", {}),
+        "flow": _eve_flow(f.get("eve_flow", {})),
         "source": f.get("source", {}),
         "flowsense": {"version": __version__},
     }
