@@ -133,12 +133,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         n_flows[0] += frame.n
         for d in detectors:
             for alert in d.on_frame(frame):
+                last_ns = (alert.flow["eve_flow"]["end_ms"] or alert.timestamp_ns // 10**6) * 10**6
+                alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
                 alerts.append(alert)
                 if args.format == "eve":
                     out.write(eve_record(alert, cfg) + "\n")
 
+    pipe = Pipeline(cfg, sink, rules)
     try:
-        pipe = Pipeline(cfg, sink, rules)
         rc = _run(pipe, paths)
         if args.format == "summary":
             write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors)

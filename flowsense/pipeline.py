@@ -7,6 +7,7 @@ one read; nothing readable is lost.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -102,11 +103,13 @@ class Pipeline:
         self.reader_stats = ReaderStats()
         self.counters = Counters()
         self.errors: list[CaptureError] = []
+        self._starts: list[tuple[int, str]] = []  # (first packet ns, path) of each input read
 
     def run_file(self, path: str) -> None:
         c = self.counters
         c.files += 1
         first = first_timestamp(path, self.config.capture)
+        self._starts.append((first if first is not None else self.table.clock_ns, path))
         if first is not None and first < self.table.clock_ns:
             # this file goes back in time: it cannot continue the stream, so the flows so
             # far end here and its own start afresh
@@ -126,6 +129,11 @@ class Pipeline:
             # keep the error, not its traceback: the frames would pin the reader's buffers
             self.errors.append(exc.with_traceback(None))
             log.warning("%s", exc)
+
+    def source_of(self, ts_ns: int) -> str:
+        """The input a packet of time ``ts_ns`` came from (inputs are read in time order)."""
+        k = bisect.bisect_right(self._starts, (ts_ns, "\U0010ffff")) - 1
+        return self._starts[max(k, 0)][1] if self._starts else ""
 
     def finish(self) -> None:
         self.table.flush(self.sink)

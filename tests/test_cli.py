@@ -120,9 +120,20 @@ def test_analyze_summary_and_eve() -> None:
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
     assert "packets" in text and "flows" in text and "damaged files" in text
+    assert "stratum-mining/xmr 192.168.2.92:55190 -> 178.32.196.217:9050" in text
     r = run("analyze", str(PCAPS), "--format", "eve")
-    assert r.returncode == 0 and all(json.loads(x)["event_type"] == "alert"
-                                     for x in r.stdout.decode().splitlines())
+    assert r.returncode == 0
+    (alert,) = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    # the contract's fields (ALERTS.md)
+    assert alert["event_type"] == "alert" and alert["proto"] == "TCP"
+    assert (alert["src_ip"], alert["dest_ip"], alert["dest_port"]) == (
+        "192.168.2.92", "178.32.196.217", 9050)
+    assert alert["direction"] == "outbound" and alert["community_id"].startswith("1:")
+    assert alert["alert"]["category"] == "stratum-mining" and alert["alert"]["variant"] == "xmr"
+    assert 3300000 <= alert["alert"]["signature_id"] < 3400000
+    assert alert["flow"]["state"] == "closed" and alert["flow"]["pkts_toserver"] == 83
+    assert alert["source"]["pcap"].endswith("ndpi-xmr-stak-monero-stratum.pcap")
+    assert alert["timestamp"].startswith("2017-12-25T10:01:")
 
 
 def test_live_tcpdump_stream_on_loopback(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from typing import TextIO
 from flowsense.detect.base import Alert
 from flowsense.errors import CaptureError
 
+MAX_LISTED = 20
+
 
 def write_summary(
     out: TextIO, paths: list[str], counters: dict[str, int], n_flows: int,
@@ -29,3 +31,18 @@ def write_summary(
     w(f"alerts: {len(alerts)}\n")
     for cat, k in by_cat.most_common():
         w(f"  {cat:<16} {k:>6}\n")
+    w("strongest first:\n")
+    ranked = sorted(alerts, key=lambda a: (a.severity, -a.confidence, a.timestamp_ns))
+    for a in ranked[:MAX_LISTED]:
+        f = a.flow
+        detail = ", ".join(f"{k}={_terminal(v)}" for k, v in a.evidence.items()
+                           if k in ("agent", "worker", "algo", "jobs", "shares"))
+        w(f"  [{a.severity}] {a.category}/{a.variant} {f['src_ip']}:{f['src_port']} -> "
+          f"{f['dst_ip']}:{f['dst_port']} conf {a.confidence:.2f} {detail}\n")
+    if len(alerts) > MAX_LISTED:
+        w(f"  ... and {len(alerts) - MAX_LISTED} more (--format eve lists them all)\n")
+
+
+def _terminal(v: object) -> str:
+    """Evidence for a terminal: already wire-escaped text, with escapes and controls visible."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in str(v))
