@@ -12,6 +12,7 @@ from typing import Any
 
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.table import WatchRule
+from flowsense.signatures import PoolSet
 
 
 @dataclass
@@ -32,10 +33,20 @@ class Alert:
     update: bool = False
 
 
+@dataclass
+class Resources:
+    """What detectors share: the loaded indicators."""
+
+    pools: PoolSet = field(default_factory=PoolSet)
+
+
 class Detector:
     """Base class: override ``on_frame`` (ended flows) and ``on_snapshot`` (live flows)."""
 
     name = "detector"
+
+    def __init__(self, resources: Resources | None = None) -> None:
+        self.resources = resources or Resources()
 
     def watch_rules(self) -> Sequence[WatchRule]:
         return ()
@@ -71,11 +82,14 @@ def flow_fields(frame: FeatureFrame, i: int) -> dict[str, Any]:
     }
 
 
-def time_at_offset(frame: FeatureFrame, i: int, d: int, offset: int) -> int:
+def time_at_offset(frame: FeatureFrame, i: int, d: int, offset: int,
+                   fallback_ns: int | None = None) -> int:
     """Capture time (ns) of the packet that carried byte ``offset`` of direction ``d``'s
-    payload, from the flow's trace when it is watched; else its last packet's time."""
+    payload, from the flow's trace when it is watched; else ``fallback_ns`` (by default the
+    flow's last packet: never earlier than the evidence)."""
     trace = frame.traces.get(i)
-    fallback = int(frame.cols["bidirectional_last_seen_ms"][i]) * 1_000_000
+    fallback = (int(frame.cols["bidirectional_last_seen_ms"][i]) * 1_000_000
+                if fallback_ns is None else fallback_ns)
     if trace is None or trace.dropped:
         return fallback
     seen = 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from flowsense.detect.base import Detector
+from flowsense.detect.pools import PoolDetector
 from flowsense.detect.stratum import StratumDetector
 
 DETECTORS: dict[str, type[Detector]] = {
     "stratum": StratumDetector,
+    "pools": PoolDetector,
 }

@@ -13,6 +13,7 @@ misses and false positives the strictness here answers).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,6 +167,27 @@ def _classify(ev: Evidence, msg: dict, d: int, end: int) -> None:
         if method == "eth_getWork":
             ev.jobs += 1
         _note(ev, method, variant, d, end)
+
+
+_HOSTLIKE = re.compile(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$")
+
+
+def pool_names(client: bytes) -> list[str]:
+    """Host names a miner put in its subscribe or login parameters (EWBF names its pool)."""
+    names = []
+    for _, raw in _lines(client)[:8]:
+        try:
+            msg = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(msg, dict) or msg.get("method") not in ("mining.subscribe", "login"):
+            continue
+        params = msg.get("params")
+        values = params.values() if isinstance(params, dict) else params or []
+        for v in values if isinstance(values, (list, type({}.values()))) else []:
+            if isinstance(v, str) and _HOSTLIKE.match(v) and not v.replace(".", "").isdigit():
+                names.append(v.lower())
+    return names
 
 
 class StratumDetector(Detector):

@@ -36,7 +36,8 @@ def write_summary(
     for a in ranked[:MAX_LISTED]:
         f = a.flow
         detail = ", ".join(f"{k}={_terminal(v)}" for k, v in a.evidence.items()
-                           if k in ("agent", "worker", "algo", "jobs", "shares"))
+                           if k in ("agent", "worker", "algo", "jobs", "shares", "pool",
+                                    "matched"))
         w(f"  [{a.severity}] {a.category}/{a.variant} {f['src_ip']}:{f['src_port']} -> "
           f"{f['dst_ip']}:{f['dst_port']} conf {a.confidence:.2f} {detail}\n")
     if len(alerts) > MAX_LISTED:

@@ -1,0 +1,193 @@
+"""Connections to known mining pools, by how the pool was known.
+
+Strongest first: the pool named inside the mining protocol (``login``), in the TLS ClientHello
+(``sni``: a TLS connection to a pool is encrypted Stratum), in an HTTP Host header
+(``http-host``), in a DNS answer the same client received for the address it then connected to
+(``dns``), and last the address alone (``ip-list``, low confidence: pools sit behind shared CDNs
+and addresses change hands). One alert a flow, the strongest way it was known; the others are in
+the evidence. Indicators come from ``signatures/`` (``flowsense.signatures``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import dpkt
+import numpy as np
+
+from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
+from flowsense.detect.stratum import pool_names
+from flowsense.encoding import wire_text
+from flowsense.flows.features import FeatureFrame
+from flowsense.flows.table import WatchRule
+from flowsense.signatures import PoolEntry, PoolSet
+
+VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidence, signature)
+    "login": (3400001, 1, 0.95, "mining pool named in the miner's own protocol"),
+    "sni": (3400002, 1, 0.9, "TLS to a known mining pool (encrypted Stratum)"),
+    "http-host": (3400003, 1, 0.85, "HTTP to a known mining pool"),
+    "dns": (3400004, 1, 0.8, "connection to an address a known mining pool's name resolved to"),
+    "ip-list": (3400005, 2, 0.5, "connection to a listed mining pool address"),
+}
+DNS_CACHE_ENTRIES = 100_000
+
+
+class DnsAnswers:
+    """Answers each client received: (client, address) -> (name, expiry ns); bounded, LRU."""
+
+    def __init__(self, capacity: int = DNS_CACHE_ENTRIES) -> None:
+        self.capacity = capacity
+        self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
+
+    def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
+        key = (client, addr)
+        self._map[key] = (name, expiry_ns)
+        self._map.move_to_end(key)
+        while len(self._map) > self.capacity:
+            self._map.popitem(last=False)
+
+    def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
+        hit = self._map.get((client, addr))
+        if hit is None or hit[1] < at_ns:
+            return None
+        return hit[0]
+
+
+def dns_answers(query: bytes, response: bytes) -> list[tuple[str, str, int]]:
+    """(name asked, address, ttl s) from a response matched to its query (same id and question)."""
+    try:
+        q = dpkt.dns.DNS(query)
+        r = dpkt.dns.DNS(response)
+    except (dpkt.UnpackError, struct.error, IndexError, ValueError):
+        return []
+    if q.id != r.id or not r.qr or not q.qd or not r.qd or q.qd[0].name != r.qd[0].name:
+        return []
+    out = []
+    for an in r.an:
+        if an.type == dpkt.dns.DNS_A and len(an.rdata) == 4:
+            out.append((q.qd[0].name, ".".join(str(b) for b in an.rdata), an.ttl))
+        elif an.type == dpkt.dns.DNS_AAAA and len(an.rdata) == 16:
+            import ipaddress
+
+            out.append((q.qd[0].name, str(ipaddress.IPv6Address(an.rdata)), an.ttl))
+    return out
+
+
+def tls_sni(data: bytes) -> str | None:
+    """The server_name of a TLS ClientHello at the start of ``data`` (bounds checked)."""
+    if len(data) < 9 or data[0] != 0x16 or data[5] != 0x01:
+        return None
+    end = min(len(data), 5 + struct.unpack(">H", data[3:5])[0])
+    p = 9 + 2 + 32  # handshake header, client_version, random
+    try:
+        p += 1 + data[p]  # session id
+        p += 2 + struct.unpack(">H", data[p:p + 2])[0]  # cipher suites
+        p += 1 + data[p]  # compression methods
+        ext_end = min(end, p + 2 + struct.unpack(">H", data[p:p + 2])[0])
+        p += 2
+        while p + 4 <= ext_end:
+            etype, elen = struct.unpack(">HH", data[p:p + 4])
+            p += 4
+            if etype == 0 and p + 5 <= ext_end:  # server_name: list length, type, name length
+                nlen = struct.unpack(">H", data[p + 3:p + 5])[0]
+                name = data[p + 5:p + 5 + nlen]
+                return wire_text(name) if len(name) == nlen else None
+            p += elen
+    except (IndexError, struct.error):
+        return None
+    return None
+
+
+def http_host(data: bytes) -> str | None:
+    head = data[:2048]
+    if not head[:8].split(b" ", 1)[0].isalpha():
+        return None
+    for line in head.split(b"\r\n")[1:]:
+        if not line:
+            break
+        if line[:5].lower() == b"host:":
+            return wire_text(line[5:].strip().split(b":")[0])
+    return None
+
+
+class PoolDetector(Detector):
+    name = "pools"
+
+    def __init__(self, resources: Resources | None = None) -> None:
+        super().__init__(resources)
+        self.pools: PoolSet = self.resources.pools
+        self.dns = DnsAnswers()
+
+    def watch_rules(self) -> Sequence[WatchRule]:
+        # post-quantum ClientHellos outgrow the 512-byte head: the slab holds the SNI
+        return (WatchRule(b"\x16\x03"),)
+
+    def on_frame(self, frame: FeatureFrame) -> list[Alert]:
+        if frame.n == 0:
+            return []
+        c = frame.cols
+        dns_rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
+        for i in dns_rows.tolist():  # learn answers before judging the flows of this frame
+            for name, addr, ttl in dns_answers(frame.payload(i, 0), frame.payload(i, 1)):
+                expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
+                self.dns.learn(str(c["src_ip"][i]), addr, name, expiry)
+        alerts = []
+        candidates = np.flatnonzero((c["protocol"] == 6) | ((c["protocol"] == 17)
+                                                            & (c["dst_port"] != 53)))
+        for i in candidates.tolist():
+            found = self._judge(frame, i)
+            if found:
+                alerts.append(self._alert(frame, i, found))
+        return alerts
+
+    def _judge(self, frame: FeatureFrame, i: int) -> list[tuple[str, str, PoolEntry]]:
+        """(variant, what matched, entry) for every way row ``i`` is known, strongest first."""
+        c = frame.cols
+        client = frame.payload(i, 0)
+        found: list[tuple[str, str, PoolEntry]] = []
+        if client[:1] == b"{":
+            for name in pool_names(client):
+                e = self.pools.match_name(name)
+                if e is not None:
+                    found.append(("login", name, e))
+                    break
+        sni = tls_sni(client)
+        if sni and (e := self.pools.match_name(sni)) is not None:
+            found.append(("sni", sni, e))
+        host = http_host(client)
+        if host and (e := self.pools.match_name(host)) is not None:
+            found.append(("http-host", host, e))
+        dst = str(c["dst_ip"][i])
+        first_ns = int(c["bidirectional_first_seen_ms"][i]) * 1_000_000
+        name = self.dns.lookup(str(c["src_ip"][i]), dst, first_ns)
+        if name and (e := self.pools.match_name(name)) is not None:
+            found.append(("dns", name, e))
+        if (e := self.pools.match_ip(dst)) is not None:
+            found.append(("ip-list", dst, e))
+        return found
+
+    def _alert(self, frame: FeatureFrame, i: int,
+               found: list[tuple[str, str, PoolEntry]]) -> Alert:
+        variant, matched, entry = found[0]
+        sid, severity, confidence, signature = VARIANTS[variant]
+        pool = entry.domain or str(entry.network)
+        evidence: dict[str, Any] = {"pool": pool, "matched": matched,
+                                    "indicator_source": entry.source, "indicator": entry.origin}
+        if variant == "sni":
+            evidence["encrypted"] = True
+        if len(found) > 1:
+            evidence["also"] = [{"variant": v, "matched": m} for v, m, _ in found[1:]]
+        start_ns = int(frame.cols["bidirectional_first_seen_ms"][i]) * 1_000_000
+        if variant in ("login", "sni", "http-host"):  # the client's first payload named the pool
+            ts = time_at_offset(frame, i, 0, 1, fallback_ns=start_ns)
+        else:
+            ts = start_ns  # the connection itself
+        return Alert(
+            signature_id=sid, signature=signature, category="mining-pool", variant=variant,
+            severity=severity, confidence=confidence, timestamp_ns=ts,
+            flow=flow_fields(frame, i), evidence=evidence,
+            app_proto="tls" if variant == "sni" else "",
+        )

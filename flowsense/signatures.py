@@ -1,0 +1,265 @@
+"""Signature files: mining-pool indicators as data, validated at load.
+
+Two forms are read:
+
+* YAML (``*.yaml``, ``*.yml``): a mapping with ``version`` and ``pools``, a list of entries, each
+  exactly one of ``domain`` (matched as a suffix on label boundaries) or ``cidr`` (an address or
+  network), plus ``source`` and ``date`` (where the indicator came from, and when) and optionally
+  ``ports``, ``coins`` and ``note``. Parsed with PyYAML's safe loader (composed, so every error
+  names its file and line); unknown keys are errors.
+* Plain lists (``*.txt``, ``*.list``): one domain or address a line, ``#`` comments, so users can
+  drop in the lists they already keep.
+
+Files are capped in size and entries; nothing in them is ever executed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from flowsense.errors import SignatureError
+
+MAX_FILE_BYTES = 8 << 20
+MAX_ENTRIES = 200_000
+ENTRY_KEYS = {"domain", "cidr", "ports", "coins", "source", "date", "note"}
+TOP_KEYS = {"version", "pools"}
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+def _bundled() -> Path:
+    """The shipped ``signatures/``: beside the package in a checkout (or editable install),
+    under ``<prefix>/share/flowsense`` in a regular one (pyproject's data-files)."""
+    here = Path(__file__).resolve().parent.parent / "signatures"
+    if here.is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "flowsense" / "signatures"
+
+
+BUNDLED = _bundled()
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    domain: str | None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    ports: tuple[int, ...]
+    coins: tuple[str, ...]
+    source: str
+    date: str
+    origin: str  # file:line
+
+
+@dataclass
+class PoolSet:
+    """Indicators from every loaded file, with fast lookups."""
+
+    entries: list[PoolEntry] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    _domains: dict[str, PoolEntry] = field(default_factory=dict)
+    _nets: dict[int, dict[int, dict[int, PoolEntry]]] = field(default_factory=dict)
+
+    def add(self, e: PoolEntry) -> None:
+        self.entries.append(e)
+        if e.domain is not None:
+            self._domains.setdefault(e.domain, e)
+
+    def freeze(self) -> PoolSet:
+        for e in self.entries:
+            if e.network is not None:
+                net = e.network
+                table = self._nets.setdefault(net.version, {}).setdefault(net.prefixlen, {})
+                table.setdefault(int(net.network_address), e)
+        return self
+
+    def match_name(self, name: str) -> PoolEntry | None:
+        """The entry whose domain is ``name`` or a parent of it (on label boundaries)."""
+        labels = name.lower().rstrip(".").split(".")
+        for k in range(len(labels) - 1):
+            hit = self._domains.get(".".join(labels[k:]))
+            if hit is not None:
+                return hit
+        return None
+
+    def match_ip(self, addr: str) -> PoolEntry | None:
+        """The most specific network holding ``addr``."""
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return None
+        bits = ip.max_prefixlen
+        value = int(ip)
+        by_len = self._nets.get(ip.version, {})
+        for plen in sorted(by_len, reverse=True):
+            shift = bits - plen
+            hit = by_len[plen].get((value >> shift) << shift)
+            if hit is not None:
+                return hit
+        return None
+
+
+def _fail(path: str, node: yaml.Node | None, message: str) -> SignatureError:
+    line = node.start_mark.line + 1 if node is not None else 0
+    return SignatureError(path, line, message)
+
+
+def _scalar(path: str, node: yaml.Node, what: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise _fail(path, node, f"{what} must be a scalar")
+    return str(node.value)
+
+
+def _domain(path: str, node: yaml.Node, text: str) -> str:
+    name = text.strip().lower().rstrip(".")
+    labels = name.split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(lb) for lb in labels):
+        raise _fail(path, node, f"not a domain name: {text!r}")
+    return name
+
+
+def _network(
+    path: str, node: yaml.Node, text: str
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise _fail(path, node, f"not an address or network: {text!r}") from None
+
+
+def _entry(path: str, node: yaml.Node) -> PoolEntry:
+    if not isinstance(node, yaml.MappingNode):
+        raise _fail(path, node, "a pool entry must be a mapping")
+    seen: dict[str, yaml.Node] = {}
+    for k, v in node.value:
+        key = _scalar(path, k, "a key")
+        if key not in ENTRY_KEYS:
+            raise _fail(path, k, f"unknown key {key!r} (known: {', '.join(sorted(ENTRY_KEYS))})")
+        if key in seen:
+            raise _fail(path, k, f"duplicate key {key!r}")
+        seen[key] = v
+    if ("domain" in seen) == ("cidr" in seen):
+        raise _fail(path, node, "an entry needs exactly one of domain or cidr")
+    for req in ("source", "date"):
+        if req not in seen:
+            raise _fail(path, node, f"an entry needs {req}: where and when it was learnt")
+    date = _scalar(path, seen["date"], "date")
+    try:
+        dt.date.fromisoformat(date)
+    except ValueError:
+        raise _fail(path, seen["date"], f"date must be YYYY-MM-DD, got {date!r}") from None
+    ports: tuple[int, ...] = ()
+    if "ports" in seen:
+        pn = seen["ports"]
+        if not isinstance(pn, yaml.SequenceNode):
+            raise _fail(path, pn, "ports must be a list")
+        vals = []
+        for p in pn.value:
+            s = _scalar(path, p, "a port")
+            if not s.isdigit() or not 0 < int(s) < 65536:
+                raise _fail(path, p, f"not a port: {s!r}")
+            vals.append(int(s))
+        ports = tuple(vals)
+    coins: tuple[str, ...] = ()
+    if "coins" in seen:
+        cn = seen["coins"]
+        if not isinstance(cn, yaml.SequenceNode):
+            raise _fail(path, cn, "coins must be a list")
+        coins = tuple(_scalar(path, c, "a coin") for c in cn.value)
+    origin = f"{path}:{node.start_mark.line + 1}"
+    source = _scalar(path, seen["source"], "source")
+    if "domain" in seen:
+        d = _domain(path, seen["domain"], _scalar(path, seen["domain"], "domain"))
+        return PoolEntry(d, None, ports, coins, source, date, origin)
+    net = _network(path, seen["cidr"], _scalar(path, seen["cidr"], "cidr"))
+    return PoolEntry(None, net, ports, coins, source, date, origin)
+
+
+def load_yaml(path: str, text: str, into: PoolSet) -> None:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SignatureError(path, mark.line + 1 if mark else 0, "invalid YAML") from None
+    if root is None:
+        return
+    if not isinstance(root, yaml.MappingNode):
+        raise _fail(path, root, "a signature file is a mapping with version and pools")
+    pools = None
+    for k, v in root.value:
+        key = _scalar(path, k, "a key")
+        if key not in TOP_KEYS:
+            raise _fail(path, k, f"unknown key {key!r} (known: version, pools)")
+        if key == "version":
+            into.versions.append(_scalar(path, v, "version"))
+        else:
+            pools = v
+    if pools is None:
+        return
+    if not isinstance(pools, yaml.SequenceNode):
+        raise _fail(path, pools, "pools must be a list")
+    if len(into.entries) + len(pools.value) > MAX_ENTRIES:
+        raise _fail(path, pools, f"more than {MAX_ENTRIES} entries")
+    for node in pools.value:
+        into.add(_entry(path, node))
+
+
+def load_list(path: str, text: str, into: PoolSet) -> None:
+    """One domain or address a line; the file itself is the source."""
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if len(into.entries) >= MAX_ENTRIES:
+            raise SignatureError(path, n, f"more than {MAX_ENTRIES} entries")
+        origin = f"{path}:{n}"
+        today = dt.date.today().isoformat()
+        try:
+            net = ipaddress.ip_network(line, strict=False)
+        except ValueError:
+            net = None
+        if net is not None:
+            into.add(PoolEntry(None, net, (), (), path, today, origin))
+            continue
+        name = line.lower().rstrip(".")
+        labels = name.split(".")
+        if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(lb) for lb in labels):
+            raise SignatureError(path, n, f"not a domain or address: {line[:80]!r}")
+        into.add(PoolEntry(name, None, (), (), path, today, origin))
+
+
+def signature_files(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*")
+                          if q.suffix in (".yaml", ".yml", ".txt", ".list") and q.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SignatureError(str(p), 0, "no such file or directory")
+    return out
+
+
+def load_pools(paths: Iterable[str | Path] | None = None) -> PoolSet:
+    """Every signature file under ``paths`` (default: the bundled ``signatures/``)."""
+    pools = PoolSet()
+    for f in signature_files([BUNDLED] if paths is None else paths):
+        name = str(f)
+        try:
+            if f.stat().st_size > MAX_FILE_BYTES:
+                raise SignatureError(name, 0, f"larger than {MAX_FILE_BYTES} bytes")
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SignatureError(name, 0, "not UTF-8 text") from None
+        except OSError as exc:
+            raise SignatureError(name, 0, f"cannot read: {exc.strerror}") from None
+        if f.suffix in (".yaml", ".yml"):
+            load_yaml(name, text, pools)
+        else:
+            load_list(name, text, pools)
+    return pools.freeze()

@@ -1,0 +1,181 @@
+"""Known mining pools: the signature files (validation, file:line errors, plain lists), the ways a
+flow is tied to a pool (login, TLS SNI, HTTP Host, DNS answers, address list), on the corpus and
+on captures built for each way."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from flowsense.config import Config
+from flowsense.detect.base import Alert, Resources
+from flowsense.detect.pools import PoolDetector, tls_sni
+from flowsense.detect.stratum import StratumDetector
+from flowsense.errors import SignatureError
+from flowsense.pipeline import Pipeline
+from flowsense.signatures import BUNDLED, load_pools
+from tests.conftest import manifest
+from tests.pcapgen import tcp_session, udp, write_pcap
+
+REPO = Path(__file__).resolve().parents[1]
+C, S = "10.7.7.7", "203.0.113.50"
+
+
+def run(paths: list[Path], pools_from: list[Path] | None = None) -> list[Alert]:
+    res = Resources(pools=load_pools(pools_from))
+    dets = [StratumDetector(res), PoolDetector(res)]
+    alerts: list[Alert] = []
+
+    def sink(frame) -> None:  # type: ignore[no-untyped-def]
+        for d in dets:
+            alerts.extend(d.on_frame(frame))
+
+    pipe = Pipeline(Config(), sink, [r for d in dets for r in d.watch_rules()])
+    for p in paths:
+        pipe.run_file(str(p))
+    pipe.finish()
+    return alerts
+
+
+# --- signature files --------------------------------------------------------------------------
+def test_bundled_signatures_validate_and_match_on_label_boundaries() -> None:
+    pools = load_pools()
+    assert pools.versions and all(e.source and e.date for e in pools.entries)
+    assert pools.match_name("eu1-zcash.flypool.org").domain == "flypool.org"
+    assert pools.match_name("FLYPOOL.ORG.").domain == "flypool.org"
+    assert pools.match_name("notflypool.org") is None
+    assert pools.match_name("flypool.org.example.com") is None
+    assert pools.match_ip("94.23.199.191") is not None and pools.match_ip("94.23.199.190") is None
+    r = subprocess.run([sys.executable, "-m", "flowsense", "signatures", "validate"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and "ok" in r.stdout
+
+
+BAD = {
+    "unknown key": ("pools:\n  - domain: a.example\n    source: s\n    date: 2026-01-01\n"
+                    "    colour: red\n", 5),
+    "domain and cidr": ("pools:\n  - domain: a.example\n    cidr: 10.0.0.0/8\n    source: s\n"
+                        "    date: 2026-01-01\n", 2),
+    "no source": ("pools:\n  - domain: a.example\n    date: 2026-01-01\n", 2),
+    "bad date": ("pools:\n  - domain: a.example\n    source: s\n    date: yesterday\n", 4),
+    "bad port": ("pools:\n  - {domain: a.example, source: s, date: 2026-01-01, ports: [70000]}\n",
+                 2),
+    "bad domain": ("pools:\n  - {domain: 'bad name!', source: s, date: 2026-01-01}\n", 2),
+    "bad yaml": ("pools:\n  - domain: [unclosed\n", 3),
+    "top key": ("version: 1\nextra: 2\n", 2),
+    "tag": ("pools: !!python/object/apply:os.system ['true']\n", 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_signature_files_name_file_and_line(tmp_path: Path, case: str) -> None:
+    text, line = BAD[case]
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(SignatureError) as exc:
+        load_pools([path])
+    assert exc.value.line == line and str(path) in str(exc.value)
+    r = subprocess.run([sys.executable, "-m", "flowsense", "signatures", "validate", str(path)],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 1 and f"{path}:{line}:" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_plain_lists_and_their_errors(tmp_path: Path) -> None:
+    good = tmp_path / "mine.txt"
+    good.write_text("# my pools\nxmr.example.net\n192.0.2.0/24  # a range\n\n")
+    pools = load_pools([good])
+    assert pools.match_name("a.xmr.example.net") is not None
+    assert pools.match_ip("192.0.2.77") is not None
+    bad = tmp_path / "bad.list"
+    bad.write_text("ok.example\nnot a domain\n")
+    with pytest.raises(SignatureError) as exc:
+        load_pools([bad])
+    assert exc.value.line == 2
+    r = subprocess.run([sys.executable, "-m", "flowsense", "analyze", "--signatures", str(bad),
+                        str(REPO / "pcaps")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and f"{bad}:2" in r.stderr
+
+
+# --- the ways a flow is tied to a pool --------------------------------------------------------
+def client_hello(name: str) -> bytes:
+    sni = name.encode()
+    ext = struct.pack(">HHHBH", 0, len(sni) + 5, len(sni) + 3, 0, len(sni)) + sni
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+            + struct.pack(">H", len(ext)) + ext)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack(">H", len(hs)) + hs
+
+
+def test_tls_sni_parser() -> None:
+    assert tls_sni(client_hello("xmr-eu1.nanopool.org")) == "xmr-eu1.nanopool.org"
+    assert tls_sni(client_hello("x")[:20]) is None
+    assert tls_sni(b"GET / HTTP/1.1\r\n") is None
+
+
+def _dns_pair(t: float, name: str, addr: str) -> list[tuple[float, bytes]]:
+    q = dpkt.dns.DNS(id=4242, qd=[dpkt.dns.DNS.Q(name=name, type=dpkt.dns.DNS_A)])
+    r = dpkt.dns.DNS(id=4242, qr=1, qd=q.qd, an=[dpkt.dns.DNS.RR(
+        name=name, type=dpkt.dns.DNS_A, ttl=300, rdata=socket.inet_aton(addr))])
+    return [(t, udp(C, "192.0.2.53", 53001, 53, bytes(q))),
+            (t + 0.02, udp("192.0.2.53", C, 53, 53001, bytes(r)))]
+
+
+@pytest.mark.parametrize("variant", ["dns", "sni", "http-host"])
+def test_each_way_of_knowing_a_pool(tmp_path: Path, variant: str) -> None:
+    pk = []
+    if variant == "dns":
+        pk += _dns_pair(0.0, "xmr-eu1.nanopool.org", S)
+        pk += tcp_session(C, S, 41000, 14433, 1.0, [(0, bytes(range(256)) * 2), (1, b"\x17" * 90)])
+    elif variant == "sni":
+        pk += tcp_session(C, S, 41001, 443, 1.0, [(0, client_hello("xmr-eu1.nanopool.org")),
+                                                  (1, b"\x16\x03\x03" + bytes(200))])
+    else:
+        req = b"POST / HTTP/1.1\r\nHost: eth-eu1.nanopool.org:8888\r\nContent-Length: 2\r\n\r\n{}"
+        pk += tcp_session(C, S, 41002, 8888, 1.0, [(0, req), (1, b"HTTP/1.1 200 OK\r\n\r\n")])
+    alerts = [a for a in run([write_pcap(tmp_path / "p.pcap", pk)]) if a.category == "mining-pool"]
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert a.variant == variant and a.evidence["pool"] == "nanopool.org"
+    assert a.flow["dst_ip"] == S and a.severity == 1
+    assert a.evidence.get("encrypted") is (True if variant == "sni" else None)
+
+
+def test_dns_answer_for_another_client_does_not_count(tmp_path: Path) -> None:
+    pk = _dns_pair(0.0, "xmr-eu1.nanopool.org", S)
+    pk += tcp_session("10.7.7.8", S, 41003, 14433, 1.0, [(0, b"\x00" * 100)])
+    assert [a for a in run([write_pcap(tmp_path / "p.pcap", pk)])
+            if a.category == "mining-pool"] == []
+
+
+# --- the corpus -------------------------------------------------------------------------------
+def test_corpus_pool_flows_and_the_protocol_alone(corpus: Path, tmp_path: Path) -> None:
+    cap = corpus / "ndpi" / "mining.pcapng"
+    alerts = run([cap])
+    pool = {(a.flow["dst_ip"], a.flow["dst_port"]): a.variant
+            for a in alerts if a.category == "mining-pool"}
+    assert pool == {("94.23.199.191", 3333): "login", ("116.211.167.195", 3333): "login",
+                    ("185.71.66.39", 9999): "ip-list", ("178.32.196.217", 9050): "ip-list"}
+    # with every corpus pool address and name removed, the protocol alone still carries it
+    empty = tmp_path / "sigs"
+    empty.mkdir()
+    without = run([cap], [empty])
+    assert [a for a in without if a.category == "mining-pool"] == []
+    assert sorted((a.flow["dst_ip"], a.variant) for a in without) == sorted(
+        (a.flow["dst_ip"], a.variant) for a in alerts if a.category == "stratum-mining")
+    assert len(without) == 4
+
+
+@pytest.mark.parametrize("name", [r["file"] for r in manifest() if r["label"] in
+                                  ("benign", "ssh", "other-tunnel", "ssh-reverse")])
+def test_no_pool_alerts_on_benign_ssh_and_tunnel_captures(corpus: Path, name: str) -> None:
+    assert run([corpus / name]) == []
+
+
+def test_bundled_path_exists() -> None:
+    assert (BUNDLED / "pools.yaml").is_file()
