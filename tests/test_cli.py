@@ -123,7 +123,11 @@ def test_analyze_summary_and_eve() -> None:
     assert "stratum-mining/xmr 192.168.2.92:55190 -> 178.32.196.217:9050" in text
     r = run("analyze", str(PCAPS), "--format", "eve")
     assert r.returncode == 0
-    (alert,) = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    alerts = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert sorted(a["alert"]["category"] for a in alerts) == ["mining-pool", "stratum-mining"]
+    pool = next(a for a in alerts if a["alert"]["category"] == "mining-pool")
+    assert pool["alert"]["variant"] == "ip-list" and pool["alert"]["severity"] == 2
+    alert = next(a for a in alerts if a["alert"]["category"] == "stratum-mining")
     # the contract's fields (ALERTS.md)
     assert alert["event_type"] == "alert" and alert["proto"] == "TCP"
     assert (alert["src_ip"], alert["dest_ip"], alert["dest_port"]) == (
