@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from flowsense.errors import SignatureError
@@ -85,6 +86,20 @@ class PoolSet:
             if hit is not None:
                 return hit
         return None
+
+    def listed(self, fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """Vectorised: which addresses (family, high and low 64 bits) fall in a listed network."""
+        hit = np.zeros(len(fam), dtype=bool)
+        v4 = fam == 4
+        for plen, table in self._nets.get(4, {}).items():
+            shift = np.uint64(32 - plen)
+            keys = np.fromiter(table, dtype=np.uint64, count=len(table))
+            hit |= v4 & np.isin((lo >> shift) << shift, keys)
+        if self._nets.get(6):
+            for k in np.flatnonzero(fam == 6).tolist():
+                hit[k] = self.match_ip(str(ipaddress.IPv6Address(
+                    (int(hi[k]) << 64) | int(lo[k])))) is not None
+        return hit
 
     def match_ip(self, addr: str) -> PoolEntry | None:
         """The most specific network holding ``addr``."""

@@ -41,12 +41,19 @@ class DnsAnswers:
     def __init__(self, capacity: int = DNS_CACHE_ENTRIES) -> None:
         self.capacity = capacity
         self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
+        self._clients: set[str] = set()
+
+    @property
+    def clients(self) -> set[str]:
+        return self._clients
 
     def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
         key = (client, addr)
         self._map[key] = (name, expiry_ns)
         self._map.move_to_end(key)
+        self._clients.add(client)
         while len(self._map) > self.capacity:
+            # a client stays a candidate after its answers leave; lookup decides
             self._map.popitem(last=False)
 
     def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
@@ -54,6 +61,24 @@ class DnsAnswers:
         if hit is None or hit[1] < at_ns:
             return None
         return hit[0]
+
+
+def dns_qname(query: bytes) -> str | None:
+    """The first question's name of a DNS message, read by hand (bounds checked, no pointers:
+    a query's question is never compressed)."""
+    if len(query) < 17:
+        return None
+    labels = []
+    p = 12
+    while p < len(query) and len(labels) < 64:
+        n = query[p]
+        if n == 0:
+            return ".".join(labels) if labels else None
+        if n & 0xC0 or p + 1 + n > len(query):
+            return None
+        labels.append(query[p + 1:p + 1 + n].decode("ascii", "replace").lower())
+        p += 1 + n
+    return None
 
 
 def dns_answers(query: bytes, response: bytes) -> list[tuple[str, str, int]]:
@@ -131,19 +156,36 @@ class PoolDetector(Detector):
         c = frame.cols
         dns_rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
         for i in dns_rows.tolist():  # learn answers before judging the flows of this frame
-            for name, addr, ttl in dns_answers(frame.payload(i, 0), frame.payload(i, 1)):
+            query = frame.payload(i, 0)
+            qname = dns_qname(query)
+            if qname is None or self.pools.match_name(qname) is None:
+                continue  # only answers for pool names are kept: the rest cannot matter
+            for name, addr, ttl in dns_answers(query, frame.payload(i, 1)):
                 expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
                 self.dns.learn(str(c["src_ip"][i]), addr, name, expiry)
         alerts = []
-        candidates = np.flatnonzero((c["protocol"] == 6) | ((c["protocol"] == 17)
-                                                            & (c["dst_port"] != 53)))
+        # vectorised pick: a client payload that can name a pool (JSON, a TLS ClientHello, an
+        # HTTP request), a listed server address, or a client that DNS answered for
+        assert frame.head is not None and frame.addr is not None
+        first = frame.head[:, 0, 0]
+        named = (first == ord("{")) | ((first == 0x16) & (frame.head[:, 0, 5] == 1))
+        named |= np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
+        fam = c["ip_version"]
+        listed = self.pools.listed(fam, frame.addr[:, 2], frame.addr[:, 3])
+        asked = np.zeros(frame.n, dtype=bool)
+        if self.dns.clients:
+            asked = np.fromiter((ip in self.dns.clients for ip in c["src_ip"].tolist()),
+                                dtype=bool, count=frame.n)
+        transport = (c["protocol"] == 6) | ((c["protocol"] == 17) & (c["dst_port"] != 53))
+        candidates = np.flatnonzero(transport & (named | listed | asked))
         for i in candidates.tolist():
-            found = self._judge(frame, i)
+            found = self._judge(frame, i, bool(listed[i]))
             if found:
                 alerts.append(self._alert(frame, i, found))
         return alerts
 
-    def _judge(self, frame: FeatureFrame, i: int) -> list[tuple[str, str, PoolEntry]]:
+    def _judge(self, frame: FeatureFrame, i: int,
+               listed: bool) -> list[tuple[str, str, PoolEntry]]:
         """(variant, what matched, entry) for every way row ``i`` is known, strongest first."""
         c = frame.cols
         client = frame.payload(i, 0)
@@ -165,7 +207,7 @@ class PoolDetector(Detector):
         name = self.dns.lookup(str(c["src_ip"][i]), dst, first_ns)
         if name and (e := self.pools.match_name(name)) is not None:
             found.append(("dns", name, e))
-        if (e := self.pools.match_ip(dst)) is not None:
+        if listed and (e := self.pools.match_ip(dst)) is not None:
             found.append(("ip-list", dst, e))
         return found
 
