@@ -453,24 +453,18 @@ def process(
                     fi[s, b + D_ISN] = sq
                 rel = (sq - fi[s, b + D_ISN]) & 0xFFFFFFFF
                 if rel >= 0x80000000:
-                    # it starts before the direction's first byte: counted like any segment
-                    # that ends at or below what was seen, but never placed in the head
+                    # it starts before the direction's first byte: counted by the same rule as
+                    # any segment, but never placed in the head
                     e = rel - 0x100000000 + pl
-                    if e <= fi[s, b + D_NEXT]:
-                        retrans = True
-                        fi[s, b + D_RETRANS] += 1
-                        st[S_RETRANS] += 1
-                    else:
-                        fi[s, b + D_NEXT] = e
                     rel = -1
                 else:
                     e = rel + pl
-                    if e <= fi[s, b + D_NEXT]:
-                        retrans = True
-                        fi[s, b + D_RETRANS] += 1
-                        st[S_RETRANS] += 1
-                    else:
-                        fi[s, b + D_NEXT] = e
+                if e <= fi[s, b + D_NEXT]:
+                    retrans = True
+                    fi[s, b + D_RETRANS] += 1
+                    st[S_RETRANS] += 1
+                else:
+                    fi[s, b + D_NEXT] = e
             else:
                 rel = fi[s, b + D_HEAD_LEN]
             if rel >= 0:
