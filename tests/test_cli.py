@@ -124,7 +124,9 @@ def test_analyze_summary_and_eve() -> None:
     r = run("analyze", str(PCAPS), "--format", "eve")
     assert r.returncode == 0
     alerts = [json.loads(x) for x in r.stdout.decode().splitlines()]
-    assert sorted(a["alert"]["category"] for a in alerts) == ["mining-pool", "stratum-mining"]
+    assert sorted((a["alert"]["category"], a["alert"]["variant"]) for a in alerts) == [
+        ("mining-pool", "ip-list"), ("reverse-ssh", "role-reversal"), ("ssh-tunnel", "odd-port"),
+        ("stratum-mining", "xmr")]
     pool = next(a for a in alerts if a["alert"]["category"] == "mining-pool")
     assert pool["alert"]["variant"] == "ip-list" and pool["alert"]["severity"] == 2
     alert = next(a for a in alerts if a["alert"]["category"] == "stratum-mining")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from flowsense.detect.base import Detector
 from flowsense.detect.pools import PoolDetector
+from flowsense.detect.ssh import SshDetector
 from flowsense.detect.stratum import StratumDetector
 
 DETECTORS: dict[str, type[Detector]] = {
+    "ssh": SshDetector,
     "stratum": StratumDetector,
     "pools": PoolDetector,
 }

@@ -35,9 +35,14 @@ def write_summary(
     ranked = sorted(alerts, key=lambda a: (a.severity, -a.confidence, a.timestamp_ns))
     for a in ranked[:MAX_LISTED]:
         f = a.flow
-        detail = ", ".join(f"{k}={_terminal(v)}" for k, v in a.evidence.items()
-                           if k in ("agent", "worker", "algo", "jobs", "shares", "pool",
-                                    "matched"))
+        shown = {k: v for k, v in a.evidence.items()
+                 if k in ("agent", "worker", "algo", "jobs", "shares", "pool", "matched",
+                          "port", "inner_banner")}
+        ssh = a.evidence.get("ssh", {})
+        for side in ("client", "server"):
+            if ssh.get(side, {}).get("software_version"):
+                shown[side] = ssh[side]["software_version"]
+        detail = ", ".join(f"{k}={_terminal(v)}" for k, v in shown.items())
         w(f"  [{a.severity}] {a.category}/{a.variant} {f['src_ip']}:{f['src_port']} -> "
           f"{f['dst_ip']}:{f['dst_port']} conf {a.confidence:.2f} {detail}\n")
     if len(alerts) > MAX_LISTED:
