@@ -20,6 +20,8 @@ EXPECTED = {  # capture -> (category, variant, server port) of every alert it mu
     "zeek/ssl-and-ssh-using-sslh.pcap": [("ssh-tunnel", "multiplexed", 443),
                                          ("ssh-tunnel", "odd-port", 443)],
     "zeek/wstunnel-ssh.pcap": [("ssh-tunnel", "encapsulated", 8888)] * 2,
+    # ICMP flows carry (type, counterpart) as ports: echo request 8, reply 0
+    "ndpi/icmp-tunnel.pcap": [("ssh-tunnel", "encapsulated", 0)],
 }
 
 

@@ -17,15 +17,17 @@ Flagged so far (ALERTS.md categories):
 * ``ssh-tunnel`` / ``odd-port``: SSH on a port registered to another protocol.
 * ``ssh-tunnel`` / ``multiplexed``: SSH on a server address and port that also served TLS in the
   same input (sslh and the like).
-* ``ssh-tunnel`` / ``encapsulated``: an SSH banner inside a WebSocket (HTTP Upgrade) stream.
+* ``ssh-tunnel`` / ``encapsulated``: an SSH banner inside a WebSocket (HTTP Upgrade) stream or
+  inside ICMP echo payloads (IP over ICMP).
 
 Still to come (issue 3): keystroke timing (``reverse-interactive``), the inner handshake
-(``reverse-setup``), ``remote-forward``, ``reverse-exfil``, ``idle-tunnel``, SSH in ICMP.
+(``reverse-setup``), ``remote-forward``, ``reverse-exfil``, ``idle-tunnel``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -151,7 +153,9 @@ class SshDetector(Detector):
         self._ssh_seen: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
 
     def watch_rules(self) -> Sequence[WatchRule]:
-        return (WatchRule(b"SSH-"),)
+        # an SSH banner, and ICMP echo payloads that begin with an IPv4 header (IP over ICMP,
+        # as icmptunnel and ptunnel carry it): their slab holds the inner stream's first KiB
+        return (WatchRule(b"SSH-"), WatchRule(b"\x45", port=8))
 
     def _remember(self, key: tuple[str, int], proto: str) -> set[str]:
         seen = self._served.setdefault(key, set())
@@ -186,7 +190,26 @@ class SshDetector(Detector):
             a = self._websocket(frame, i)
             if a is not None:
                 alerts.append(a)
+        icmp = (c["protocol"] == 1) | (c["protocol"] == 58)
+        for i in np.flatnonzero(icmp).tolist():
+            a = self._icmp(frame, i)
+            if a is not None:
+                alerts.append(a)
         return alerts
+
+    def _icmp(self, frame: FeatureFrame, i: int) -> Alert | None:
+        """An SSH identification line inside ICMP payloads (an IP-over-ICMP tunnel)."""
+        for d in (0, 1):
+            data = frame.payload(i, d)
+            k = _banner_at(data)
+            if k >= 0:
+                end = data.find(b"\n", k, k + 256)
+                banner = wire_text(data[k:end].rstrip(b"\r"))
+                start_ns = int(frame.cols["bidirectional_first_seen_ms"][i]) * 1_000_000
+                return self._alert(frame, i, "ssh-tunnel", "encapsulated", 0.85,
+                                   time_at_offset(frame, i, d, k + 1, start_ns),
+                                   {"wrapper": "icmp", "inner_banner": banner})
+        return None
 
     def _evidence(self, cs: SshSide, ss: SshSide) -> dict[str, Any]:
         ev: dict[str, Any] = {"ssh": {"client": {}, "server": {}}}
@@ -262,6 +285,15 @@ class SshDetector(Detector):
         return self._alert(frame, i, "ssh-tunnel", "encapsulated", 0.9,
                            time_at_offset(frame, i, 1, k + 1, start_ns),
                            {"wrapper": "websocket", "inner_banner": banner})
+
+
+_BANNER = re.compile(rb"SSH-(?:2\.0|1\.\d{1,2})-[!-~]{1,200}\r?\n")
+
+
+def _banner_at(data: bytes) -> int:
+    """Offset of a whole SSH identification line anywhere in ``data``, or -1."""
+    m = _BANNER.search(data)
+    return m.start() if m else -1
 
 
 def _starts(heads: np.ndarray, prefix: bytes) -> np.ndarray:
