@@ -135,3 +135,34 @@ def cli_command(python: str, path: str, idle_s: float, active_s: float, out: str
         "--active-timeout",
         str(active_s),
     ]
+
+
+def pipeline_seconds(path: str, cfg: Any, with_detectors: bool) -> float:
+    """One pass of the pipeline over ``path``, with every registered detector or none."""
+    import time
+
+    from flowsense.detect.base import Resources
+    from flowsense.detect.registry import DETECTORS
+    from flowsense.pipeline import Pipeline
+    from flowsense.signatures import load_pools
+
+    dets = []
+    if with_detectors:
+        res = Resources(pools=load_pools())
+        dets = [cls(res) for cls in DETECTORS.values()]
+
+    def sink(frame: Any) -> None:
+        for d in dets:
+            d.on_frame(frame)
+
+    pipe = Pipeline(cfg, sink, [r for d in dets for r in d.watch_rules()])
+    t0 = time.perf_counter()
+    pipe.run_file(path)
+    pipe.finish()
+    return time.perf_counter() - t0
+
+
+def detector_names() -> list[str]:
+    from flowsense.detect.registry import DETECTORS
+
+    return list(DETECTORS)

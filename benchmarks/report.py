@@ -75,6 +75,13 @@ def markdown(res: dict[str, Any]) -> str:
             else f"{t['ratio']:.2f}x ({'met' if t['met'] else 'NOT met'})"
         )
         lines.append(f"- {t['name']}: target >= {t['target']}x, measured {got}")
+    cost = r.get("detector_cost")
+    if cost:
+        lines.append(
+            f"- detectors ({', '.join(cost['detectors'])}) on top of the aggregation: "
+            f"{cost['median'] * 100:+.1f}% time (median of {len(cost['runs'])}; pipeline with "
+            "and without them, same process, warm)"
+        )
     lines += _memory_lines(res.get("memory") or {})
     counts = res.get("flow_counts", {})
     shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "agree")

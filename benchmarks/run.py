@@ -64,7 +64,7 @@ def measure_speed(
     times: dict[str, list[float]] = {k: [] for k, *_ in report.ROWS}
     counts: dict[str, set[int]] = {}
     errors: dict[str, str] = {}
-    extra: dict[str, list[float]] = {"flowsense_warmup_s": []}
+    extra: dict[str, list[float]] = {"flowsense_warmup_s": [], "detector_cost": []}
     tools = ["dpkt", "nfstream"] + (["flowsense-steady", "flowsense-cli"] if with_flowsense else [])
     warm_cache = None
     tmp_dirs: list[str] = []
@@ -128,6 +128,8 @@ def _one(
         times["nfstream_process"].append(r["wall_seconds"])
     if tool == "flowsense-steady":
         extra["flowsense_warmup_s"].append(r["warmup_seconds"])
+        if r.get("plain_seconds"):
+            extra["detector_cost"].append(r["detect_seconds"] / r["plain_seconds"] - 1)
         if r.get("packets") is not None:
             counts.setdefault("flowsense_packets", set()).add(r["packets"])
 
@@ -158,6 +160,11 @@ def _summarise(
             results[key] = {"error": errors.get(key, "not measured")}
     if times["flowsense_warmup_s"]:
         results["flowsense_steady"]["warmup_s"] = [round(s, 3) for s in times["flowsense_warmup_s"]]
+    if times.get("detector_cost"):
+        costs = sorted(times["detector_cost"])
+        results["detector_cost"] = {"median": round(costs[len(costs) // 2], 4),
+                                    "runs": [round(c, 4) for c in costs],
+                                    "detectors": fs_api.detector_names()}
 
     flow_counts: dict[str, Any] = {"expected": meta["flows"] if meta else None}
     for tool, seen in counts.items():

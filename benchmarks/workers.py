@@ -102,11 +102,17 @@ def flowsense_steady(path: str, idle_s: float, active_s: float) -> dict[str, Any
     t0 = time.perf_counter()
     result = compute([path], cfg)
     seconds = time.perf_counter() - t0
+    # the detectors' cost: the pipeline with and without them, both warm, in this process
+    fs_api.pipeline_seconds(path, cfg, True)
+    plain = fs_api.pipeline_seconds(path, cfg, False)
+    detect = fs_api.pipeline_seconds(path, cfg, True)
     return {
         "seconds": seconds,
         "warmup_seconds": warm,
         "packets": fs_api.packet_count(result),
         "flows": fs_api.flow_count(result),
+        "plain_seconds": plain,
+        "detect_seconds": detect,
     }
 
 
