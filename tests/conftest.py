@@ -209,3 +209,21 @@ def write_tcp_cases(path: Path) -> None:
         pk.append((t0 + t * ms, _ip4_packet(src, dst, 17, udp)))
     pk.sort(key=lambda p: p[0])
     write_raw_pcap(path, pk)
+
+
+def run_detectors(paths: list[Path], detectors: list) -> list:
+    """Alerts of ``detectors`` (flowsense.detect.base.Detector) over ``paths`` as one stream."""
+    from flowsense.config import Config
+    from flowsense.pipeline import Pipeline
+
+    alerts: list = []
+
+    def sink(frame) -> None:  # type: ignore[no-untyped-def]
+        for d in detectors:
+            alerts.extend(d.on_frame(frame))
+
+    pipe = Pipeline(Config(), sink, [r for d in detectors for r in d.watch_rules()])
+    for p in paths:
+        pipe.run_file(str(p))
+    pipe.finish()
+    return alerts

@@ -13,14 +13,12 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from flowsense.config import Config
 from flowsense.detect.base import Alert, Resources
 from flowsense.detect.pools import PoolDetector, tls_sni
 from flowsense.detect.stratum import StratumDetector
 from flowsense.errors import SignatureError
-from flowsense.pipeline import Pipeline
 from flowsense.signatures import BUNDLED, load_pools
-from tests.conftest import manifest
+from tests.conftest import manifest, run_detectors
 from tests.pcapgen import tcp_session, udp, write_pcap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,18 +27,7 @@ C, S = "10.7.7.7", "203.0.113.50"
 
 def run(paths: list[Path], pools_from: list[Path] | None = None) -> list[Alert]:
     res = Resources(pools=load_pools(pools_from))
-    dets = [StratumDetector(res), PoolDetector(res)]
-    alerts: list[Alert] = []
-
-    def sink(frame) -> None:  # type: ignore[no-untyped-def]
-        for d in dets:
-            alerts.extend(d.on_frame(frame))
-
-    pipe = Pipeline(Config(), sink, [r for d in dets for r in d.watch_rules()])
-    for p in paths:
-        pipe.run_file(str(p))
-    pipe.finish()
-    return alerts
+    return run_detectors(paths, [StratumDetector(res), PoolDetector(res)])
 
 
 # --- signature files --------------------------------------------------------------------------

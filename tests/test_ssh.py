@@ -8,11 +8,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from flowsense.config import Config
 from flowsense.detect.base import Alert
 from flowsense.detect.ssh import SshDetector, negotiated, parse_side
-from flowsense.pipeline import Pipeline
-from tests.conftest import manifest
+from tests.conftest import manifest, run_detectors
 
 EXPECTED = {  # capture -> (category, variant, server port) of every alert it must give
     "zeek/reverse-ssh.pcap": [("reverse-ssh", "role-reversal", 22)],
@@ -26,13 +24,7 @@ EXPECTED = {  # capture -> (category, variant, server port) of every alert it mu
 
 
 def detect(paths: list[Path]) -> list[Alert]:
-    det = SshDetector()
-    alerts: list[Alert] = []
-    pipe = Pipeline(Config(), lambda f: alerts.extend(det.on_frame(f)), det.watch_rules())
-    for p in paths:
-        pipe.run_file(str(p))
-    pipe.finish()
-    return alerts
+    return run_detectors(paths, [SshDetector()])
 
 
 @pytest.mark.parametrize("name", [r["file"] for r in manifest()])

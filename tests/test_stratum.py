@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flowsense.config import Config
 from flowsense.detect.base import Alert
 from flowsense.detect.stratum import StratumDetector
-from flowsense.pipeline import Pipeline
-from tests.conftest import manifest
+from tests.conftest import manifest, run_detectors
 from tests.pcapgen import tcp_session, write_pcap
 
 C, S = "10.2.3.4", "198.51.100.9"
@@ -30,13 +28,7 @@ POOL_VARIANTS = {
 
 
 def detect(paths: list[Path]) -> list[Alert]:
-    det = StratumDetector()
-    alerts: list[Alert] = []
-    pipe = Pipeline(Config(), lambda f: alerts.extend(det.on_frame(f)), det.watch_rules())
-    for p in paths:
-        pipe.run_file(str(p))
-    pipe.finish()
-    return alerts
+    return run_detectors(paths, [StratumDetector()])
 
 
 def _pools(evidence: str) -> list[tuple[str, int]]:
