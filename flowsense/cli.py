@@ -123,9 +123,9 @@ def _flow_names() -> list[str]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from flowsense.detect.base import Resources
+    from flowsense.detect.base import Alert, Resources
     from flowsense.detect.registry import DETECTORS
-    from flowsense.report.alerts import eve_record
+    from flowsense.report.alerts import AlertGate, eve_record
     from flowsense.signatures import load_pools
 
     cfg = _config(args)
@@ -137,17 +137,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     alerts = []
     n_flows = [0]
 
+    gate = AlertGate()
+
+    def emit(found: list[Alert]) -> None:
+        for alert in found:
+            if not gate.admit(alert):
+                continue
+            # the input holding the flow's last packet (ms in the record: its last ns within)
+            end_ms = alert.flow["eve_flow"]["end_ms"]
+            last_ns = pipe.table.clock_ns if end_ms is None else (end_ms + 1) * 10**6 - 1
+            alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
+            alerts.append(alert)
+            if args.format == "eve":
+                out.write(eve_record(alert, cfg) + "\n")
+
     def sink(frame: FeatureFrame) -> None:
         n_flows[0] += frame.n
         for d in detectors:
-            for alert in d.on_frame(frame):
-                last_ns = (alert.flow["eve_flow"]["end_ms"] or alert.timestamp_ns // 10**6) * 10**6
-                alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
-                alerts.append(alert)
-                if args.format == "eve":
-                    out.write(eve_record(alert, cfg) + "\n")
+            emit(d.on_frame(frame))
 
-    pipe = Pipeline(cfg, sink, rules)
+    def snapshot(frame: FeatureFrame) -> None:
+        for d in detectors:
+            emit(d.on_snapshot(frame))
+
+    pipe = Pipeline(cfg, sink, rules, snapshot)
     try:
         rc = _run(pipe, paths)
         if args.format == "summary":

@@ -68,6 +68,9 @@ class FlowConfig:
     """Ring of (size, direction, time) kept for watched flows."""
     hash_seed: int = 0
     """Key for the flow hash; 0 draws a random one per run (flow floods)."""
+    snapshot_interval_s: float = 30.0
+    """Live watched flows touched since the last look are shown to detectors this often (capture
+    time): a tunnel or a miner is judged while it is still up, not only when it ends."""
 
 
 @dataclass(frozen=True)

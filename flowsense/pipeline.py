@@ -95,9 +95,13 @@ class Pipeline:
     """One stream of inputs through one flow table; frames of ended flows go to ``sink``."""
 
     def __init__(self, config: Config, sink: FrameSink,
-                 watch_rules: Iterable[WatchRule] = ()) -> None:
+                 watch_rules: Iterable[WatchRule] = (),
+                 snapshot_sink: FrameSink | None = None) -> None:
         self.config = config
         self.sink = sink
+        self.snapshot_sink = snapshot_sink
+        self._snap_ns = int(config.flows.snapshot_interval_s * 1e9)
+        self._last_snap = 0
         self.table = FlowTable(config.flows, list(watch_rules))
         self.decoder = Decoder(config.capture)
         self.reader_stats = ReaderStats()
@@ -124,11 +128,25 @@ class Pipeline:
                     np.count_nonzero(batch.cols["pflags"] & PF_FRAG_ORPHAN)
                 )
                 self.table.feed(batch, self.sink)
+                self._maybe_snapshot()
         except CaptureError as exc:
             c.files_damaged += 1
             # keep the error, not its traceback: the frames would pin the reader's buffers
             self.errors.append(exc.with_traceback(None))
             log.warning("%s", exc)
+
+    def _maybe_snapshot(self) -> None:
+        """Show detectors the live watched flows touched since the last look, on a capture-time
+        cadence (the flows their watch rules picked; the rest are judged when they end)."""
+        if self.snapshot_sink is None:
+            return
+        clock = self.table.clock_ns
+        if clock - self._last_snap < self._snap_ns and clock >= self._last_snap:
+            return
+        self._last_snap = clock
+        frame = self.table.snapshot(watched_only=True)
+        if frame.n:
+            self.snapshot_sink(frame)
 
     def source_of(self, ts_ns: int) -> str:
         """The input a packet of time ``ts_ns`` came from (inputs are read in time order)."""

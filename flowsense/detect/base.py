@@ -55,7 +55,9 @@ class Detector:
         return []
 
     def on_snapshot(self, frame: FeatureFrame) -> list[Alert]:
-        return []
+        """Live flows (``flow.state`` open). By default judged as ended ones are: the caller
+        keeps one alert a flow and signature."""
+        return self.on_frame(frame)
 
 
 def flow_fields(frame: FeatureFrame, i: int) -> dict[str, Any]:

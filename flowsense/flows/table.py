@@ -277,11 +277,14 @@ class FlowTable:
         T.st[S_DEADLINE] = 0
 
     # --- detectors' view ----------------------------------------------------------------------
-    def snapshot(self) -> FeatureFrame:
-        """Records of the live flows touched since the last snapshot (flows stay in the table)."""
+    def snapshot(self, watched_only: bool = False) -> FeatureFrame:
+        """Records of the live flows touched since the last snapshot (flows stay in the table);
+        with ``watched_only``, just those a watch rule picked out for the detectors."""
         n = TK.take_dirty(self.T, self._dirty_out)
         slots = self._dirty_out[:n]
         slots = slots[(self.T.fi[slots, FI_STATE] & FS_LIVE) != 0]
+        if watched_only:
+            slots = slots[self.T.fi[slots, FI_WATCH] >= 0]
         return gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False)
 
     def lease_watch(self, slot: int) -> int:

@@ -68,3 +68,24 @@ def eve_record(alert: Alert, cfg: Config) -> str:
     if alert.update:
         rec["update"] = True
     return json.dumps(rec, ensure_ascii=False)
+
+
+class AlertGate:
+    """One alert a flow and signature (ALERTS.md): a later finding on the same pair passes only
+    if it is stronger and a minute has gone by, marked ``update``."""
+
+    UPDATE_AFTER_NS = 60 * 1_000_000_000
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, int], tuple[float, int]] = {}
+
+    def admit(self, alert: Alert) -> bool:
+        key = (int(alert.flow["flow_id"]), alert.signature_id)
+        prior = self._seen.get(key)
+        if prior is not None:
+            conf, ts = prior
+            if alert.confidence <= conf or alert.timestamp_ns - ts < self.UPDATE_AFTER_NS:
+                return False
+            alert.update = True
+        self._seen[key] = (alert.confidence, alert.timestamp_ns)
+        return True
