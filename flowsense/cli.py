@@ -19,6 +19,7 @@ from flowsense.flows.features import FeatureFrame, concat
 from flowsense.pipeline import Pipeline, expand_inputs, order_by_time
 from flowsense.report import flows as flows_out
 from flowsense.report.summary import write_summary
+from flowsense.schema import FLOW_COLUMNS
 
 log = logging.getLogger("flowsense")
 
@@ -108,18 +109,13 @@ def cmd_flows(args: argparse.Namespace) -> int:
     try:
         rc = _run(Pipeline(cfg, sink), paths)
         if args.format == "csv" and first[0]:
-            empty = {k: np.empty(0, dtype=object) for k in _flow_names()}
+            empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
             flows_out.write_csv(FeatureFrame(cols=empty), out)
     finally:
         if out is not sys.stdout:
             out.close()
     return rc
 
-
-def _flow_names() -> list[str]:
-    from flowsense.schema import FLOW_COLUMNS
-
-    return list(FLOW_COLUMNS)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

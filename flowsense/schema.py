@@ -162,7 +162,6 @@ ORIENT_NAMES = ("guessed", "syn", "syn-ack")
 L_SHORT = 0  # idle timeout (default 120 s)
 L_EST = 1  # established TCP (default 3600 s)
 L_CLOSING = 2  # FIN/RST seen: close delay
-N_LISTS = 3
 
 # why a flow ended
 END_IDLE = 1
@@ -234,5 +233,3 @@ FLOW_COLUMNS: dict[str, str] = {
     "dst2src_retransmissions": "i8",
     "fragments": "i8",
 }
-# first packets, nfstream's splt_* (lists of length splt_packets, -1 padded)
-SPLT_COLUMNS = ("splt_direction", "splt_ps", "splt_piat_ms")

@@ -224,7 +224,8 @@ def load_yaml(path: str, text: str, into: PoolSet) -> None:
 
 
 def load_list(path: str, text: str, into: PoolSet) -> None:
-    """One domain or address a line; the file itself is the source."""
+    """One domain or address a line; the file itself is the source, today the date."""
+    today = dt.date.today().isoformat()
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -232,7 +233,6 @@ def load_list(path: str, text: str, into: PoolSet) -> None:
         if len(into.entries) >= MAX_ENTRIES:
             raise SignatureError(path, n, f"more than {MAX_ENTRIES} entries")
         origin = f"{path}:{n}"
-        today = dt.date.today().isoformat()
         try:
             net = ipaddress.ip_network(line, strict=False)
         except ValueError:

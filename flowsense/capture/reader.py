@@ -42,9 +42,7 @@ def is_capture_magic(head: bytes) -> bool:
 
 @dataclass
 class ReaderStats:
-    records: int = 0
     interface_drops: int = 0  # pcapng ISB isb_ifdrop, summed over interfaces
-    linktypes: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -91,7 +89,6 @@ class _Walker:
         return CaptureError(self.src.name, self.src.base + pos, message)
 
     def batch(self, n: int) -> RecordBatch:
-        self.stats.records += n
         cols = {k: v[:n] for k, v in self.rec.items()}
         return RecordBatch(self.src.window, n, cols)
 
@@ -103,11 +100,11 @@ def _records_pcap(w: _Walker) -> Iterator[RecordBatch]:
         raise w.error(len(win), "truncated pcap header")
     swapped, frac_ns = PCAP_MAGICS[bytes(win[:4])]
     e = ">" if swapped else "<"
-    snaplen, network = struct.unpack(e + "II", bytes(win[16:24]))
+    # the snap length is not enforced: real files hold longer records (up to the hard cap)
+    network = struct.unpack(e + "I", bytes(win[20:24]))[0]
     linktype = network & 0x0FFFFFFF  # the upper bits carry the FCS length
     if linktype not in SUPPORTED_LINKTYPES:
         raise w.error(20, f"unsupported link type {linktype}")
-    w.stats.linktypes.add(linktype)
     pos = 24
     cap = w.cfg.max_record_bytes
     r = w.rec
@@ -228,7 +225,6 @@ def _records_pcapng(w: _Walker) -> Iterator[RecordBatch]:
                         raise w.error(pos, "if_tsoffset is out of range")
             if lt not in SUPPORTED_LINKTYPES and deferred is None:
                 deferred = w.error(pos, f"unsupported link type {lt} (its packets are not decoded)")
-            w.stats.linktypes.add(lt)
             section.lt.append(lt)
             section.snap.append(snap)
             section.mode.append(mode)

@@ -10,8 +10,9 @@ the evidence. Indicators come from ``signatures/`` (``flowsense.signatures``).
 
 from __future__ import annotations
 
+import ipaddress
 import struct
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,20 +42,24 @@ class DnsAnswers:
     def __init__(self, capacity: int = DNS_CACHE_ENTRIES) -> None:
         self.capacity = capacity
         self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
-        self._clients: set[str] = set()
+        self._clients: Counter[str] = Counter()  # answers held per client
 
     @property
-    def clients(self) -> set[str]:
+    def clients(self) -> Counter[str]:
+        """Clients that hold at least one answer (as bounded as the answers)."""
         return self._clients
 
     def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
         key = (client, addr)
+        if key not in self._map:
+            self._clients[client] += 1
         self._map[key] = (name, expiry_ns)
         self._map.move_to_end(key)
-        self._clients.add(client)
         while len(self._map) > self.capacity:
-            # a client stays a candidate after its answers leave; lookup decides
-            self._map.popitem(last=False)
+            (old, _), _ = self._map.popitem(last=False)
+            self._clients[old] -= 1
+            if not self._clients[old]:
+                del self._clients[old]
 
     def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
         hit = self._map.get((client, addr))
@@ -95,8 +100,6 @@ def dns_answers(query: bytes, response: bytes) -> list[tuple[str, str, int]]:
         if an.type == dpkt.dns.DNS_A and len(an.rdata) == 4:
             out.append((q.qd[0].name, ".".join(str(b) for b in an.rdata), an.ttl))
         elif an.type == dpkt.dns.DNS_AAAA and len(an.rdata) == 16:
-            import ipaddress
-
             out.append((q.qd[0].name, str(ipaddress.IPv6Address(an.rdata)), an.ttl))
     return out
 

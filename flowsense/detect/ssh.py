@@ -218,6 +218,8 @@ class SshDetector(Detector):
                 ev["ssh"][name]["software_version"] = side.banner
             if side.kexinit:
                 ev["ssh"][name]["hassh"] = hassh(side.kexinit, is_server)
+            if side.newkeys_at is not None:
+                ev["ssh"][name]["encrypted_from_byte"] = side.newkeys_at
         if cs.kexinit and ss.kexinit:
             ev["ssh"]["negotiated"] = negotiated(cs.kexinit, ss.kexinit)
         return ev

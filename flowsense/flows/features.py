@@ -76,7 +76,6 @@ class FeatureFrame:
     splt_t_ms: np.ndarray | None = None  # float32[n, N] offsets from the first packet
     splt_n: np.ndarray | None = None  # int64[n]
     seq: np.ndarray | None = None  # creation order, for stable output
-    slot: np.ndarray | None = None  # table slot (valid only while the table has not moved on)
     watch: np.ndarray | None = None  # watch id or -1
     addr: np.ndarray | None = None  # uint64[n, 4]: client hi, lo, server hi, lo (IPv4 in lo)
     # watched flows only, by row: their payload slabs (client, server) and packet traces
@@ -230,7 +229,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         traces[i] = _trace(T, w)
     return FeatureFrame(
         cols=c, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
-        splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ], slot=slots,
+        splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ],
         watch=watch, slabs=slabs, traces=traces,
         addr=np.stack([s_hi, s_lo, d_hi, d_lo], axis=1),
     )
@@ -269,5 +268,5 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
     return FeatureFrame(
         cols=cols, n=sum(f.n for f in frames), head=cat("head"), head_len=cat("head_len"),
         splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
-        slot=cat("slot"), watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"),
+        watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"),
     )

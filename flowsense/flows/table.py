@@ -287,9 +287,6 @@ class FlowTable:
             slots = slots[self.T.fi[slots, FI_WATCH] >= 0]
         return gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False)
 
-    def lease_watch(self, slot: int) -> int:
-        return int(TK.lease_watch(self.T, slot))
-
     @property
     def clock_ns(self) -> int:
         """The latest packet time seen (0 before the first packet)."""
