@@ -27,7 +27,7 @@ from flowsense.config import Config
 from flowsense.errors import CaptureError, InputMissingError
 from flowsense.flows.features import FeatureFrame, concat
 from flowsense.flows.table import FlowTable, WatchRule
-from flowsense.schema import N_STATUS, PF_FRAG_ORPHAN, STATUS_NAMES
+from flowsense.schema import N_STATUS, PF_FRAG_ORPHAN, ST_TRUNCATED, STATUS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Counters:
              "files_damaged": self.files_damaged, "fragment_orphans": self.fragment_orphans}
         for i, name in enumerate(STATUS_NAMES):
             d[f"packets_{name}"] = int(self.status[i])
-        d["decode_errors"] = int(self.status[1:].sum() - self.status[1])
+        d["decode_errors"] = int(self.status[ST_TRUNCATED:].sum())  # all but ok and not-IP
         return d
 
 
@@ -114,11 +114,8 @@ class Pipeline:
         c.files += 1
         first = first_timestamp(path, self.config.capture)
         self._starts.append((first if first is not None else self.table.clock_ns, path))
-        if first is not None and first < self.table.clock_ns:
-            # this file goes back in time: it cannot continue the stream, so the flows so
-            # far end here and its own start afresh
-            log.info("%s starts before the previous input ended: flows restart", path)
-            self.table.flush(self.sink)
+        # a file that goes back in time needs no rule of its own: the table restarts its flows
+        # at any packet older than the clock by more than the idle timeout (K_TIMEJUMP)
         try:
             for batch in iter_batches(path, self.config.capture, self.reader_stats, self.decoder):
                 c.packets += batch.n

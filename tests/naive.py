@@ -833,11 +833,10 @@ def naive_flows(paths: Sequence[str | Path], config: Any = None) -> NaiveResult:
     """Flow records of ``paths`` (one stream), sorted as flowsense sorts them: by first packet
     (ms), then creation order; a flow's interim records precede its final one.
 
-    SPEC-GAP (docs/flows.md says only "one stream"; docs/design.md, "Time", gives the rule used
-    here): inputs are taken in the order of their first frame's time (ties and unreadable files
-    keep their given order, unreadable ones last), and a file whose first frame lies before
-    ``now`` ends every live flow (``end``) and restarts the clock. Without it a second capture of
-    the same hours would end every flow idle at each of its packets.
+    Inputs are taken in the order of their first frame's time (ties and unreadable files keep
+    their given order, unreadable ones last); a frame older than ``now`` by more than the idle
+    timeout ends every live flow and restarts the clock (docs/flows.md), at a file boundary or
+    inside a file alike.
     """
     cfg = NaiveConfig.of(config)
     dec = Decoder(cfg)
@@ -847,10 +846,6 @@ def naive_flows(paths: Sequence[str | Path], config: Any = None) -> NaiveResult:
     ordered = [p for t, _, p in sorted(k for k in keyed if k[0] is not None)]
     ordered += [p for t, _, p in keyed if t is None]
     for path in ordered:
-        start = first_time(path)
-        if start is not None and agg.now is not None and start < agg.now:
-            agg.finish()
-            agg.now = None
         try:
             for fr in iter_frames(str(path)):
                 res.packets += 1

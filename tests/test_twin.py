@@ -235,8 +235,8 @@ def test_twin_stream_across_files(corpus: Path, name: str, config: str,
 
 def test_twin_overlapping_inputs(corpus: Path) -> None:
     """Inputs out of time order and overlapping: the server-side capture covers the same hours
-    as the client-side one. Both paths order the inputs by first packet and restart the flows at
-    the file that goes back in time (docs/design.md "Time"; docs/flows.md is silent)."""
+    as the client-side one. Both paths order the inputs by first packet and restart the flows
+    where time goes back by more than the idle timeout (docs/flows.md)."""
     names = ["zeek/ssh.server-side-half-duplex.pcap", "ndpi/dns.pcap",
              "zeek/ssh.client-side-half-duplex.pcap"]
     for config in CONFIGS.values():
