@@ -155,17 +155,19 @@ AHEAD_RING = 32  # a power of two above AHEAD_CELL
 
 
 @inline_kernel
-def _hash_at(hkey, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport):
-    """flow_hash of packet ``i``'s canonical key (the lower endpoint first)."""
-    sh = src_hi[i]
-    sl = src_lo[i]
-    dh = dst_hi[i]
-    dl = dst_lo[i]
-    sp = sport[i]
-    dp = dport[i]
+def _canon(sh, sl, dh, dl, sp, dp):
+    """A packet's key with the lower endpoint first: (from_a, a_hi, a_lo, b_hi, b_lo, pa, pb)."""
     if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
-        return flow_hash(hkey, fam[i], proto[i], sh, sl, dh, dl, sp, dp)
-    return flow_hash(hkey, fam[i], proto[i], dh, dl, sh, sl, dp, sp)
+        return True, sh, sl, dh, dl, sp, dp
+    return False, dh, dl, sh, sl, dp, sp
+
+
+@inline_kernel
+def _hash_at(hkey, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport):
+    """flow_hash of packet ``i``'s canonical key."""
+    _, a_hi, a_lo, b_hi, b_lo, pa, pb = _canon(src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                                               sport[i], dport[i])
+    return flow_hash(hkey, fam[i], proto[i], a_hi, a_lo, b_hi, b_lo, pa, pb)
 
 
 @kernel
@@ -324,18 +326,10 @@ def process(
                 return K_EVENTS, i
         f = fam[i]
         p = proto[i]
-        sh = src_hi[i]
-        sl = src_lo[i]
-        dh = dst_hi[i]
-        dl = dst_lo[i]
         sp = sport[i]
         dp = dport[i]
-        if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
-            from_a = True
-            a_hi, a_lo, b_hi, b_lo, pa, pb = sh, sl, dh, dl, sp, dp
-        else:
-            from_a = False
-            a_hi, a_lo, b_hi, b_lo, pa, pb = dh, dl, sh, sl, dp, sp
+        from_a, a_hi, a_lo, b_hi, b_lo, pa, pb = _canon(src_hi[i], src_lo[i], dst_hi[i],
+                                                        dst_lo[i], sp, dp)
         h = hr[i & (AHEAD_RING - 1)]
         pos = np.int64(h & np.uint64(mask))
         s = -1
