@@ -127,6 +127,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     cfg = _config(args)
     paths = order_by_time(expand_inputs(args.paths), cfg)
     resources = Resources(pools=load_pools(args.signatures))
+    sig_version = ",".join(resources.pools.versions)
     detectors = [cls(resources) for cls in DETECTORS.values()]
     rules = [r for d in detectors for r in d.watch_rules()]
     out = _open_out(args.output)
@@ -145,7 +146,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
             alerts.append(alert)
             if args.format == "eve":
-                out.write(eve_record(alert, cfg) + "\n")
+                out.write(eve_record(alert, cfg, sig_version) + "\n")
 
     def sink(frame: FeatureFrame) -> None:
         n_flows[0] += frame.n
