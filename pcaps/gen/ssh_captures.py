@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pexpect
 
-from pcaps.gen.netlab import Lab, rewrite_addresses
+from pcaps.gen.netlab import Lab, rewrite_addresses, stop_process
 
 INSIDE = "10.20.30.40"
 OUTSIDE = "203.0.113.7"
@@ -152,7 +152,7 @@ class Session:
                 child.close(force=True)
         self._children.clear()
         for proc in reversed(self._background):
-            _end(proc)
+            stop_process(proc)
         self._background.clear()
 
     def listening(self, ns: str, port: int, timeout: float = 15.0) -> None:
@@ -221,7 +221,18 @@ class Session:
 
 # -- scenarios --------------------------------------------------------------------------------
 COMMANDS = ["id", "pwd", "ls -la", "cat notes.txt", "uname -sr", "exit"]
-COMMANDS_SHORT = ["whoami", "ls", "cat notes.txt", "exit"]
+
+
+def outer_session(s: Session, flag: str, spec: str, outer: Cipher | None = None,
+                  port: int = 22, extra: Sequence[str] = ()) -> None:
+    """The outside's sshd and the inside's ``ssh -N -R|-L spec`` to it; waits for the forward's
+    listener (on the outside for ``-R``, the inside for ``-L``), then a human pause."""
+    lab = s.lab
+    s.sshd(lab.outside, port)
+    s.ssh_bg(lab.inside, ["-N", "-p", str(port), *algo_opts(outer), *extra, flag, spec,
+                          f"root@{s.outside_ip}"])
+    s.listening(lab.outside if flag == "-R" else lab.inside, int(spec.split(":")[0]))
+    s.pause(1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -235,14 +246,9 @@ class Scenario:
 def _reverse_sshd(outer: Cipher | None, inner: Cipher | None, port: int = 22,
                   commands: Sequence[str] = COMMANDS) -> Callable[[Session], None]:
     def run(s: Session) -> None:
-        lab = s.lab
-        s.sshd(lab.inside, 22)
-        s.sshd(lab.outside, port)
-        s.ssh_bg(lab.inside, ["-N", "-p", str(port), *algo_opts(outer),
-                              "-R", "2222:127.0.0.1:22", f"root@{s.outside_ip}"])
-        s.listening(lab.outside, 2222)
-        s.pause(1.0, 2.0)
-        child = s.spawn(lab.outside, ["ssh", "-p", "2222", *algo_opts(inner), "root@127.0.0.1"])
+        s.sshd(s.lab.inside, 22)
+        outer_session(s, "-R", "2222:127.0.0.1:22", outer, port)
+        child = s.spawn(s.lab.outside, ["ssh", "-p", "2222", *algo_opts(inner), "root@127.0.0.1"])
         s.login(child)
         s.type_commands(child, commands)
         s.pause(1.0, 1.5)
@@ -251,14 +257,10 @@ def _reverse_sshd(outer: Cipher | None, inner: Cipher | None, port: int = 22,
 
 def reverse_raw(s: Session) -> None:
     lab = s.lab
-    s.sshd(lab.outside, 22)
     s.start(lab.inside, ["socat", "TCP-LISTEN:5555,reuseaddr,bind=127.0.0.1",
                          "EXEC:/bin/sh,pty,stderr,setsid,ctty"], log="socat.log")
     s.listening(lab.inside, 5555)
-    s.ssh_bg(lab.inside, ["-N", *algo_opts(CHACHA), "-R", "4444:127.0.0.1:5555",
-                          f"root@{s.outside_ip}"])
-    s.listening(lab.outside, 4444)
-    s.pause(1.0, 2.0)
+    outer_session(s, "-R", "4444:127.0.0.1:5555", CHACHA)
     child = s.spawn(lab.outside, ["socat", "-,raw,echo=0", "TCP:127.0.0.1:4444"])
     child.expect(PROMPT, timeout=30)
     s.type_commands(child, ["id", "cd /root", "ls", "cat notes.txt", "uname -sr", "exit"])
@@ -268,11 +270,7 @@ def reverse_raw(s: Session) -> None:
 def reverse_setup(s: Session) -> None:
     lab = s.lab
     s.sshd(lab.inside, 22)
-    s.sshd(lab.outside, 22)
-    s.ssh_bg(lab.inside, ["-N", *algo_opts(CHACHA), "-R", "2222:127.0.0.1:22",
-                          f"root@{s.outside_ip}"])
-    s.listening(lab.outside, 2222)
-    s.pause(1.0, 2.0)
+    outer_session(s, "-R", "2222:127.0.0.1:22", CHACHA)
     child = s.spawn(lab.outside, ["ssh", "-p", "2222", "root@127.0.0.1"])
     s.login(child)
     s.pause(1.0, 2.0)
@@ -282,22 +280,15 @@ def reverse_setup(s: Session) -> None:
 
 
 def remote_forward(s: Session) -> None:
-    lab = s.lab
-    s.sshd(lab.outside, 22)
-    s.ssh_bg(lab.inside, ["-N", "-R", "2222:127.0.0.1:22", f"root@{s.outside_ip}"])
-    s.listening(lab.outside, 2222)
-    time.sleep(5.0)
+    outer_session(s, "-R", "2222:127.0.0.1:22")
+    time.sleep(4.0)
 
 
 def reverse_exfil(s: Session) -> None:
     lab = s.lab
     s.write_random(lab.inside, "customers.db", MiB + MiB // 2)
     s.sshd(lab.inside, 22)
-    s.sshd(lab.outside, 22)
-    s.ssh_bg(lab.inside, ["-N", *algo_opts(CHACHA), "-R", "2222:127.0.0.1:22",
-                          f"root@{s.outside_ip}"])
-    s.listening(lab.outside, 2222)
-    s.pause(1.0, 2.0)
+    outer_session(s, "-R", "2222:127.0.0.1:22", CHACHA)
     child = s.spawn(lab.outside, ["ssh", "-p", "2222", "root@127.0.0.1"])
     s.login(child)
     s.type_commands(child, ["ls -la", "du -h customers.db", "exit"])
@@ -308,12 +299,8 @@ def reverse_exfil(s: Session) -> None:
 
 
 def idle_tunnel(s: Session) -> None:
-    lab = s.lab
-    s.sshd(lab.outside, 22)
-    s.ssh_bg(lab.inside, ["-N", "-o", "ServerAliveInterval=5", "-R", "2222:127.0.0.1:22",
-                          f"root@{s.outside_ip}"])
-    s.listening(lab.outside, 2222)
-    time.sleep(65.0)
+    outer_session(s, "-R", "2222:127.0.0.1:22", extra=["-o", "ServerAliveInterval=5"])
+    time.sleep(64.0)
 
 
 def dropbear_reverse(s: Session) -> None:
@@ -375,7 +362,7 @@ def sftp(s: Session) -> None:
     s.write_random(s.lab.inside, "upload.bin", MiB // 2)
     s.write_random(s.lab.outside, "download.bin", MiB // 2)
     (s.home[s.lab.inside] / "batch").write_text(
-        "ls -l\nput upload.bin\nget download.bin\nls -l\nbye\n")
+        "lcd /root\nls -l\nput upload.bin\nget download.bin\nls -l\nbye\n")
     s.sshd(s.lab.outside, 22)
     s.run(s.lab.inside, ["sftp", "-q", "-b", "/root/batch", f"root@{s.outside_ip}"])
     s.pause(1.0, 1.5)
@@ -424,12 +411,10 @@ def local_forward_web(s: Session) -> None:
     www.mkdir()
     (www / "index.html").write_text("<html><body><h1>intranet</h1></body></html>\n" * 20)
     (www / "report.pdf").write_bytes(s.rng.randbytes(200_000))
-    s.sshd(lab.outside, 22)
-    s.start(lab.outside, [sys.executable, "-m", "http.server", "8000", "--bind", "127.0.0.1",
+    s.start(lab.outside, ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1",
                           "--directory", "/root/www"], log="http.log")
     s.listening(lab.outside, 8000)
-    s.ssh_bg(lab.inside, ["-N", "-L", "8080:127.0.0.1:8000", f"root@{s.outside_ip}"])
-    s.listening(lab.inside, 8080)
+    outer_session(s, "-L", "8080:127.0.0.1:8000")
     for path in ("/", "/index.html", "/report.pdf", "/"):
         s.pause()
         s.run(lab.inside, ["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.1:8080{path}"])
@@ -448,13 +433,8 @@ def proxyjump(s: Session) -> None:
 
 
 def local_forward_nested(s: Session) -> None:
-    lab = s.lab
-    s.sshd(lab.outside, 22)
-    s.ssh_bg(lab.inside, ["-N", *algo_opts(CHACHA), "-L", "2222:127.0.0.1:22",
-                          f"root@{s.outside_ip}"])
-    s.listening(lab.inside, 2222)
-    s.pause(1.0, 2.0)
-    child = s.spawn(lab.inside, ["ssh", "-p", "2222", *algo_opts(CTR_ETM), "root@127.0.0.1"])
+    outer_session(s, "-L", "2222:127.0.0.1:22", CHACHA)
+    child = s.spawn(s.lab.inside, ["ssh", "-p", "2222", *algo_opts(CTR_ETM), "root@127.0.0.1"])
     s.login(child)
     s.type_commands(child, COMMANDS)
     s.pause(1.0, 1.5)
@@ -523,16 +503,6 @@ def generate(scenario: Scenario, out_dir: Path) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
