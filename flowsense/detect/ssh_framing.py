@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 CHANNEL_DATA_OVERHEAD = 9  # byte 94, uint32 recipient channel, uint32 data length
 MIN_PADDING = 4
+MIN_PACKET = 16  # RFC 4253 6: length, padding length, payload and padding together
 
 _AEAD = {"chacha20-poly1305@openssh.com": 8, "aes128-gcm@openssh.com": 16,
          "aes256-gcm@openssh.com": 16}
@@ -62,6 +63,14 @@ class Suite:
         aligned = head + payload + MIN_PADDING
         aligned += -aligned % self.block
         return aligned + (4 if self.length_outside else 0) + self.mac_len
+
+    def packet_sizes(self, payload: int) -> set[int]:
+        """OpenSSH's size and the RFC's: RFC 4253 6 also asks for at least 16 bytes before the
+        MAC counting the length field, which Dropbear applies and OpenSSH does not (it shows
+        on one-byte messages such as USERAUTH_SUCCESS: 28 or 36 bytes under chacha20)."""
+        size = self.packet_size(payload)
+        framed = size - self.mac_len
+        return {size, size + self.block} if framed < MIN_PACKET else {size}
 
     def channel_data(self, n: int) -> int:
         """Wire size of a CHANNEL_DATA carrying ``n`` bytes (uncompressed)."""
@@ -123,10 +132,11 @@ def tunnelled_sizes(outer: Suite, inner: Suite) -> set[int]:
 class KeystrokeModel:
     """Sizes a keystroke may have in each direction of one outer session: ``pairs`` holds the
     (responder to initiator, initiator to responder) sizes of a keystroke and its echo, plain
-    and tunnelled through every common inner suite; ``kind`` names each pair's origin."""
+    and tunnelled through every common inner suite; ``kind`` names each pair's origins
+    (``plain``, or the inner suites ``cipher/mac`` that give it)."""
 
     pairs: frozenset[tuple[int, int]]
-    kind: dict[tuple[int, int], str]
+    kind: dict[tuple[int, int], tuple[str, ...]]
     r_sizes: frozenset[int]
     i_sizes: frozenset[int]
     compressed: bool
@@ -136,14 +146,14 @@ def keystroke_model(c2s: Suite, s2c: Suite, inner: tuple[Suite, ...] = COMMON_SU
                     ) -> KeystrokeModel:
     """Keystroke and echo sizes for an outer session framed ``c2s`` (initiator to responder)
     and ``s2c``; inner and outer may differ, so every inner suite is a candidate."""
-    kind: dict[tuple[int, int], str] = {}
+    kind: dict[tuple[int, int], tuple[str, ...]] = {}
     for r in keystroke_sizes(s2c):
         for i in keystroke_sizes(c2s):
-            kind.setdefault((r, i), "plain")
+            kind[(r, i)] = ("plain",)
     for s in inner:
         for r in tunnelled_sizes(s2c, s):
             for i in tunnelled_sizes(c2s, s):
-                kind.setdefault((r, i), f"tunnelled:{s.cipher}/{s.mac or 'aead'}")
+                kind[(r, i)] = (*kind.get((r, i), ()), f"{s.cipher}/{s.mac or 'aead'}")
     pairs = frozenset(kind)
     return KeystrokeModel(pairs, kind, frozenset(r for r, _ in pairs),
                           frozenset(i for _, i in pairs), c2s.compressed or s2c.compressed)

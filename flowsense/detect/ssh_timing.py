@@ -94,7 +94,7 @@ class Session:
     fwd_bursts: int = 0
     latencies_us: list[int] = field(default_factory=list)
     fwd_latencies_us: list[int] = field(default_factory=list)
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: dict[tuple[int, int], int] = field(default_factory=dict)  # matched pairs, counted
     reverse_since: int | None = None  # ts of the first reverse finding
     since_bytes: list[int] = field(default_factory=lambda: [0, 0])
     # remote-forward: 0 waiting for USERAUTH_SUCCESS, 1 watching requests, 2 done (or, with
@@ -120,10 +120,12 @@ class Session:
         s = (self.i2r, self.r2i)
         self.ka_req = ({s[0].packet_size(KEEPALIVE_GLOBAL)},
                        {s[1].packet_size(KEEPALIVE_GLOBAL), s[1].packet_size(KEEPALIVE_CHANNEL)})
-        self.ka_rep = tuple({x.packet_size(p) for p in (*REQUEST_REPLY, CHANNEL_REPLY)} for x in s)
-        self.auth_ok = s[1].packet_size(1)
+        self.ka_rep = tuple(set().union(*(x.packet_sizes(p) for p in (*REQUEST_REPLY,
+                                                                       CHANNEL_REPLY)))
+                            for x in s)
+        self.auth_ok = s[1].packet_sizes(1)
         self.fwd_req = {s[0].packet_size(TCPIP_FORWARD_BASE + n) for n in range(MAX_BIND_ADDRESS)}
-        self.fwd_rep = {s[1].packet_size(p) for p in REQUEST_REPLY}
+        self.fwd_rep = set().union(*(s[1].packet_sizes(p) for p in REQUEST_REPLY))
         conf = s[0].packet_size(OPEN_CONFIRMATION)
         # the confirmation alone, or with the inner server's banner (10-120 bytes) behind it
         self.rs_conf = {conf} | {conf + s[0].channel_data(n) for n in range(10, 121)}
@@ -196,8 +198,7 @@ class Session:
                 answered = True
                 if op[0] == R2I and lat <= self.fast_ns:
                     self.rev_bursts += 1
-                    kind = m.kind[pair]
-                    self.sizes[kind] = self.sizes.get(kind, 0) + 1
+                    self.sizes[pair] = self.sizes.get(pair, 0) + 1
                     if len(self.latencies_us) < LATENCIES_KEPT:
                         self.latencies_us.append(lat // 1000)
                 elif op[0] == I2R:
@@ -241,17 +242,20 @@ class Session:
         ev: dict[str, Any] = {
             "reverse_keystrokes": self.rev_bursts,
             "forward_keystrokes": self.fwd_bursts,
-            "keystroke_sizes_matched": dict(self.sizes),
-            "expected_keystroke_sizes": {
-                "plain": sorted({r for (r, i), k in self.model.kind.items() if k == "plain"}),
-                "tunnelled": sorted({r for (r, i), k in self.model.kind.items()
-                                     if k != "plain"}),
-            },
+            "keystroke_sizes_matched": {f"{r}/{i}": n for (r, i), n in self.sizes.items()},
             "echo_latency_ms": round(lat[len(lat) // 2] / 1000, 3) if lat else None,
             "round_trip_ms": round(self.rtt_ns / MS, 3) if self.rtt_ns else None,
             "bare_acks": {"from_initiator": self.acks[I2R], "from_responder": self.acks[R2I]},
             "compressed": self.model.compressed,
         }
+        if self.sizes:  # the commonest pair: what it is, and what could have made it
+            pair = max(self.sizes, key=lambda p: self.sizes[p])
+            kinds = self.model.kind[pair]
+            if kinds[0] == "plain":
+                ev["plain_keystroke_size"] = pair[0]
+            if kinds[-1] != "plain":
+                ev["tunnelled_keystroke_size"] = pair[0]
+                ev["inner_suites"] = [k for k in kinds if k != "plain"]
         if self.missed:
             ev["trace_packets_missed"] = self.missed
         return ev
@@ -265,7 +269,7 @@ class Session:
     def _remote_forward(self, d: int, size: int, ts: int, out: list[Finding]) -> None:
         if self.rf_stage == 0:
             # USERAUTH_SUCCESS: a one-byte message from the server after the client's requests
-            if d == R2I and size == self.auth_ok and self.nbytes[I2R] > 0:
+            if d == R2I and size in self.auth_ok and self.nbytes[I2R] > 0:
                 self.rf_stage = 1
             return
         if self.rf_stage != 1:
