@@ -9,7 +9,11 @@ Salesforce's definition (MD5 of kex;encryption;mac;compression from the client's
 server's, KEXINIT); the negotiated algorithms follow RFC 4253 7.1 (the first of the client's
 list the server also offers).
 
-Flagged so far (ALERTS.md categories):
+Flagged (ALERTS.md categories); the timing variants are judged in ``ssh_timing`` from sizes
+given by ``ssh_framing``, on every look at a live flow (snapshots) and when it ends:
+
+* ``reverse-ssh`` / ``reverse-interactive``, ``reverse-setup``, ``remote-forward``,
+  ``reverse-exfil`` and ``ssh-tunnel`` / ``idle-tunnel``: see ``ssh_timing``.
 
 * ``reverse-ssh`` / ``role-reversal``: the TCP client plays the SSH server (it sends the key
   exchange reply) or the TCP server plays the client, as in Zeek's ``reverse-ssh.pcap``. Only on
@@ -19,9 +23,6 @@ Flagged so far (ALERTS.md categories):
   same input (sslh and the like).
 * ``ssh-tunnel`` / ``encapsulated``: an SSH banner inside a WebSocket (HTTP Upgrade) stream or
   inside ICMP echo payloads (IP over ICMP).
-
-Still to come (issue 3): keystroke timing (``reverse-interactive``), the inner handshake
-(``reverse-setup``), ``remote-forward``, ``reverse-exfil``, ``idle-tunnel``.
 """
 
 from __future__ import annotations
