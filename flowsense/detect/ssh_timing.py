@@ -33,6 +33,7 @@ side receives the echoes and acknowledges them), and OpenSSH 9.5's chaff (keystr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -113,30 +114,11 @@ class Session:
     fired: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.model = keystroke_model(self.i2r, self.r2i)
+        self.sz = sizes_for(self.i2r, self.r2i)
+        self.model = self.sz.model
         fast = 25 * MS if self.rtt_ns is None else self.rtt_ns // 2
         self.fast_ns = int(min(max(fast, 10 * MS), 40 * MS))
         self.gap_ns = int(self.tun.burst_gap_ms * MS)
-        s = (self.i2r, self.r2i)
-        self.ka_req = ({s[0].packet_size(KEEPALIVE_GLOBAL)},
-                       {s[1].packet_size(KEEPALIVE_GLOBAL), s[1].packet_size(KEEPALIVE_CHANNEL)})
-        self.ka_rep = tuple(set().union(*(x.packet_sizes(p) for p in (*REQUEST_REPLY,
-                                                                       CHANNEL_REPLY)))
-                            for x in s)
-        self.auth_ok = s[1].packet_sizes(1)
-        self.fwd_req = {s[0].packet_size(TCPIP_FORWARD_BASE + n) for n in range(MAX_BIND_ADDRESS)}
-        self.fwd_rep = set().union(*(s[1].packet_sizes(p) for p in REQUEST_REPLY))
-        conf = s[0].packet_size(OPEN_CONFIRMATION)
-        # the confirmation alone, or with the inner server's banner (10-120 bytes) behind it
-        self.rs_conf = {conf} | {conf + s[0].channel_data(n) for n in range(10, 121)}
-        self.rs_opens = {s[1].packet_size(FORWARDED_OPEN_BASE + n)
-                         for n in range(3, 2 * MAX_BIND_ADDRESS)}
-        if self.model.compressed:
-            # delayed compression (zlib@openssh.com) after login: request sizes are unknown;
-            # keystrokes are matched over a widened set, the rest is not judged
-            self.ka_req = (set(), set())
-            self.rs_opens = set()
-            self.fwd_req = set()
 
     # --- feeding ------------------------------------------------------------------------------
     def feed(self, trace: Trace) -> list[Finding]:
@@ -269,19 +251,19 @@ class Session:
     def _remote_forward(self, d: int, size: int, ts: int, out: list[Finding]) -> None:
         if self.rf_stage == 0:
             # USERAUTH_SUCCESS: a one-byte message from the server after the client's requests
-            if d == R2I and size in self.auth_ok and self.nbytes[I2R] > 0:
+            if d == R2I and size in self.sz.auth_ok and self.nbytes[I2R] > 0:
                 self.rf_stage = 1
             return
         if self.rf_stage != 1:
             return
         if d == I2R:
             self.rf_seen += 1
-            if size in self.fwd_req:
+            if size in self.sz.fwd_req:
                 self.rf_requests.append((ts, size))
             if self.rf_seen > FORWARD_SCAN and not self.rf_requests:
                 self.rf_stage = 2
             return
-        if size in self.fwd_rep and self.rf_requests:
+        if size in self.sz.fwd_rep and self.rf_requests:
             req_ts, req_size = self.rf_requests.pop(0)
             self.rf_stage = 2
             if "remote-forward" not in self.fired:
@@ -300,12 +282,12 @@ class Session:
         # after login only: during authentication the client answers the server at once
         if self.rf_stage == 0 or "reverse-setup" in self.fired or self.rev_bursts:
             return
-        if d == R2I and size in self.rs_opens:
+        if d == R2I and size in self.sz.rs_opens:
             self.rs_open = (ts, size)
             return
         if d == I2R and self.rs_open is not None and self.rs_confirm is None:
             lat = ts - self.rs_open[0]
-            if size in self.rs_conf and lat <= self.fast_ns:
+            if size in self.sz.rs_conf and lat <= self.fast_ns:
                 self.rs_confirm = (ts, size, lat)
                 self.rs_big = [0, 0]
             else:
@@ -345,10 +327,10 @@ class Session:
     # --- idle-tunnel --------------------------------------------------------------------------
     def _idle(self, d: int, size: int, ts: int, out: list[Finding]) -> None:
         pend = self.ka_pending
-        if size in self.ka_req[d]:
+        if size in self.sz.ka_req[d]:
             self.ka_requests += 1
             self.ka_pending = (d, ts)
-        elif pend is not None and pend[0] != d and size in self.ka_rep[d]:
+        elif pend is not None and pend[0] != d and size in self.sz.ka_rep[d]:
             self.ka_pending = None
         else:
             self.active_ts = ts
@@ -361,7 +343,48 @@ class Session:
             self.fired.add("idle-tunnel")
             out.append(Finding("idle-tunnel", ts, 0.7, {
                 "idle_seconds": round(idle_ns / 1e9, 3), "keepalive_requests": self.ka_requests,
-                "keepalive_request_sizes": sorted(self.ka_req[0] | self.ka_req[1])}))
+                "keepalive_request_sizes": sorted(self.sz.ka_req[0] | self.sz.ka_req[1])}))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Wire sizes of the messages recognised by size in one outer session (shared by every flow
+    with the same suites: built once)."""
+
+    model: KeystrokeModel
+    ka_req: tuple[frozenset[int], frozenset[int]]  # keepalive requests, by direction
+    ka_rep: tuple[frozenset[int], frozenset[int]]  # their replies
+    auth_ok: frozenset[int]  # USERAUTH_SUCCESS, responder to initiator
+    fwd_req: frozenset[int]  # tcpip-forward with a 0-44 byte bind address
+    fwd_rep: frozenset[int]  # REQUEST_SUCCESS
+    rs_conf: frozenset[int]  # CHANNEL_OPEN_CONFIRMATION, alone or with a banner behind it
+    rs_opens: frozenset[int]  # CHANNEL_OPEN forwarded-tcpip with two addresses
+
+
+@lru_cache(maxsize=256)
+def sizes_for(i2r: Suite, r2i: Suite) -> Sizes:
+    s = (i2r, r2i)
+    model = keystroke_model(i2r, r2i)
+    if model.compressed:
+        # delayed compression (zlib@openssh.com) after login: request sizes are unknown;
+        # keystrokes are matched over a widened set, the rest is not judged
+        none: frozenset[int] = frozenset()
+        return Sizes(model, (none, none), (none, none), frozenset(r2i.packet_sizes(1)), none,
+                     none, none, none)
+    replies = (*REQUEST_REPLY, CHANNEL_REPLY)
+    ka_rep = [frozenset().union(*(x.packet_sizes(p) for p in replies)) for x in s]
+    conf = i2r.packet_size(OPEN_CONFIRMATION)
+    return Sizes(
+        model,
+        (frozenset({i2r.packet_size(KEEPALIVE_GLOBAL)}),
+         frozenset({r2i.packet_size(KEEPALIVE_GLOBAL), r2i.packet_size(KEEPALIVE_CHANNEL)})),
+        (ka_rep[0], ka_rep[1]),
+        frozenset(r2i.packet_sizes(1)),
+        frozenset(i2r.packet_size(TCPIP_FORWARD_BASE + n) for n in range(MAX_BIND_ADDRESS)),
+        frozenset().union(*(r2i.packet_sizes(p) for p in REQUEST_REPLY)),
+        frozenset({conf} | {conf + i2r.channel_data(n) for n in range(10, 121)}),
+        frozenset(r2i.packet_size(FORWARDED_OPEN_BASE + n) for n in range(3, 2 * MAX_BIND_ADDRESS)),
+    )
 
 
 def handshake_rtt_ns(splt_ps: np.ndarray, splt_t_ms: np.ndarray, n: int,
