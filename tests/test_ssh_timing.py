@@ -305,6 +305,26 @@ def test_idle_tunnel(tmp_path: Path) -> None:
     assert "idle-tunnel" not in variants(run(_keepalive_session(tmp_path, 14), cfg))
 
 
+def test_idle_tunnel_under_delayed_compression(tmp_path: Path) -> None:
+    """Dropbear negotiates zlib@openssh.com: after login a keepalive's size no longer names it,
+    but a small request seconds after the last, answered small, still does; typing does not."""
+    def session(typing: bool) -> Path:
+        s = Session(comp="zlib@openssh.com", cport=40002 + typing)
+        s.handshake()
+        for minute in range(12):
+            s.t += 60
+            if typing and minute == 6:
+                s.forward_keys(5, 36)
+            s.i(s.suite.packet_size(14))  # keepalive@openssh.com as a back-reference
+            s.r(s.suite.packet_size(6), s.t + s.rtt)
+        s.close()
+        return s.write(tmp_path / f"z{typing}.pcap")
+
+    (a,) = [a for a in run(session(False)) if a.variant == "idle-tunnel"]
+    assert a.evidence["compressed"] is True and a.evidence["keepalive_requests"] >= 10
+    assert "idle-tunnel" not in variants(run(session(True)))
+
+
 def test_home_net_does_not_change_detection(tmp_path: Path) -> None:
     s = Session(client="198.51.100.9")  # neither end inside the default home net
     s.handshake()

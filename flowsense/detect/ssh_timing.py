@@ -61,6 +61,7 @@ OPEN_CONFIRMATION = 17  # byte 91, recipient, sender, window, max packet
 FORWARDED_OPEN_BASE = 1 + 4 + len("forwarded-tcpip") + 12 + 4 + 4 + 4 + 4  # + two addresses
 FORWARD_SCAN = 4  # requests after USERAUTH_SUCCESS looked at for tcpip-forward
 LATENCIES_KEPT = 32
+KEEPALIVE_MIN_NS = 1000 * MS
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Session:
     active_ts: int = 0
     ka_requests: int = 0
     ka_pending: tuple[int, int] | None = None  # (direction, ts) of an unanswered request
+    ka_last: int = 0  # ts of the last keepalive request
+    ka_sizes: set[int] = field(default_factory=set)  # sizes of the requests since activity
     fired: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -327,15 +330,20 @@ class Session:
     # --- idle-tunnel --------------------------------------------------------------------------
     def _idle(self, d: int, size: int, ts: int, out: list[Finding]) -> None:
         pend = self.ka_pending
-        if size in self.sz.ka_req[d]:
+        # a keepalive request comes a second or more after the last (ServerAliveInterval and
+        # Dropbear's -K count in seconds): faster small exchanges are typing
+        if size in self.sz.ka_req[d] and ts - self.ka_last >= KEEPALIVE_MIN_NS:
             self.ka_requests += 1
             self.ka_pending = (d, ts)
+            self.ka_last = ts
+            self.ka_sizes.add(size)
         elif pend is not None and pend[0] != d and size in self.sz.ka_rep[d]:
             self.ka_pending = None
         else:
             self.active_ts = ts
             self.ka_requests = 0
             self.ka_pending = None
+            self.ka_sizes = set()
             return
         idle_ns = ts - self.active_ts
         if (idle_ns >= self.tun.idle_tunnel_s * 1e9 and self.ka_requests >= 2
@@ -343,7 +351,8 @@ class Session:
             self.fired.add("idle-tunnel")
             out.append(Finding("idle-tunnel", ts, 0.7, {
                 "idle_seconds": round(idle_ns / 1e9, 3), "keepalive_requests": self.ka_requests,
-                "keepalive_request_sizes": sorted(self.sz.ka_req[0] | self.sz.ka_req[1])}))
+                "keepalive_request_sizes": sorted(self.ka_sizes),
+                "compressed": self.model.compressed}))
 
 
 @dataclass(frozen=True)
@@ -366,11 +375,15 @@ def sizes_for(i2r: Suite, r2i: Suite) -> Sizes:
     s = (i2r, r2i)
     model = keystroke_model(i2r, r2i)
     if model.compressed:
-        # delayed compression (zlib@openssh.com) after login: request sizes are unknown;
-        # keystrokes are matched over a widened set, the rest is not judged
+        # delayed compression (zlib@openssh.com) after login: a message's size no longer names
+        # it. Keystrokes are matched over a widened set; a keepalive is any small request (its
+        # name compresses to a back-reference) a second or more after the last, answered small;
+        # remote-forward and reverse-setup are not judged
         none: frozenset[int] = frozenset()
-        return Sizes(model, (none, none), (none, none), frozenset(r2i.packet_sizes(1)), none,
-                     none, none, none)
+        small = [frozenset(range(1, x.packet_size(KEEPALIVE_CHANNEL + 8) + 1)) for x in s]
+        tiny = [frozenset(range(1, x.packet_size(CHANNEL_REPLY + 12) + 1)) for x in s]
+        return Sizes(model, (small[0], small[1]), (tiny[0], tiny[1]),
+                     frozenset(r2i.packet_sizes(1)), none, none, none, none)
     replies = (*REQUEST_REPLY, CHANNEL_REPLY)
     ka_rep = [frozenset().union(*(x.packet_sizes(p) for p in replies)) for x in s]
     conf = i2r.packet_size(OPEN_CONFIRMATION)
