@@ -5,8 +5,10 @@ timing follow real OpenSSH behaviour, fed live (snapshots) and at the end."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flowsense.config import CaptureConfig, Config, FlowConfig, SshConfig
@@ -344,3 +346,54 @@ def test_corpus_ssh_and_benign_silent_when_judged_live(corpus: Path, name: str) 
     got = {(a.category, a.variant) for a in run(corpus / name)}
     expected = {("reverse-ssh", "role-reversal")} if name == "zeek/reverse-ssh.pcap" else set()
     assert {g for g in got if g[0] == "reverse-ssh" or g[1] == "idle-tunnel"} == expected
+
+
+def _feed_random(seed: int, reverse: bool, chaff: bool) -> tuple[list[str], int]:
+    """A session typed with random human timing over a random round trip, straight into the
+    timing state (no capture): the variants found, and the keys typed before the first."""
+    from flowsense.detect.ssh_timing import Session as Timing
+    from flowsense.flows.features import Trace
+
+    rng = random.Random(seed)
+    rtt = rng.uniform(0.001, 0.3)
+    chacha = suite("chacha20-poly1305@openssh.com", "")
+    assert chacha is not None
+    t = Timing(chacha, chacha, (1, 1), int(rtt * 1e9), SshConfig())
+    rows: list[tuple[float, int, int]] = [(0.0, 1, 0), (0.0, 1, 1)]  # ends the cleartext
+    now, keys, size = 1.0, 0, rng.choice([36, 76])
+    typist, other = (1, 0) if reverse else (0, 1)
+    for _ in range(8):  # commands
+        for _ in range(rng.randint(3, 9)):
+            now += rng.uniform(0.08, 0.35)
+            keys += 1
+            answer = rng.uniform(0.0002, 0.004) if reverse else rtt + rng.uniform(0, 0.025)
+            rows += [(now, size, typist), (now + answer, size, other),
+                     (now + answer + rtt + 0.04, 0, typist)]
+            if chaff:  # 9.5+: chaff every 20 ms until the next key, each answered
+                for k in range(1, 12):
+                    rows += [(now + 0.02 * k, size, typist), (now + 0.02 * k + answer, size, other)]
+        now += rng.uniform(0.6, 1.8)  # Enter, output, a pause
+        rows += [(now, 44, typist), (now + 0.01, 900, other)]
+        now += 0.5
+    rows.sort()
+    ts = np.array([int(r[0] * 1e9) for r in rows])
+    tr = Trace(np.array([r[1] for r in rows], np.int32),
+               np.array([r[2] | (32 if r[1] == 0 else 0) for r in rows], np.uint8), ts, 0)
+    found = t.feed(tr)
+    first = next((f.ts_ns for f in found if f.variant == "reverse-interactive"), None)
+    typed = sum(1 for r in rows if r[2] == typist and r[1] == size and first is not None
+                and int(r[0] * 1e9) <= first)
+    return [f.variant for f in found], typed
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_sessions(seed: int) -> None:
+    """Forward sessions stay silent and reverse ones are found within 12 keys, over round trips
+    of 1-300 ms, typing gaps of 80-350 ms, a 25 ms relay jitter, with and without chaff."""
+    chaff = seed % 2 == 1
+    fwd, _ = _feed_random(seed, reverse=False, chaff=chaff)
+    assert "reverse-interactive" not in fwd
+    rev, typed = _feed_random(seed, reverse=True, chaff=chaff)
+    assert "reverse-interactive" in rev
+    if not chaff:
+        assert typed <= 12

@@ -91,7 +91,7 @@ class Session:
     acks: list[int] = field(default_factory=lambda: [0, 0])
     last_data_ts: int = 0
     opener: tuple[int, int, int] | None = None  # (direction, ts, size) of the open burst
-    last_i_cand: int = -1  # ts of the initiator's last keystroke-sized packet
+    last_i_cand: int = -1  # ts of the initiator's last keystroke-sized packet not an echo
     rev_bursts: int = 0
     fwd_bursts: int = 0
     latencies_us: list[int] = field(default_factory=list)
@@ -194,7 +194,7 @@ class Session:
         if cand and not answered and ts - self.last_data_ts >= self.gap_ns:
             if not (d == R2I and self._echo_of_initiator(ts)):
                 self.opener = (d, ts, size)
-        if cand and d == I2R:
+        if cand and d == I2R and not answered:  # a key of the initiator's, not an echo
             self.last_i_cand = ts
         if (self.rev_bursts >= self.tun.reverse_bursts
                 and self.rev_bursts >= 2 * self.fwd_bursts + 1
