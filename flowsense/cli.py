@@ -126,7 +126,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     paths = order_by_time(expand_inputs(args.paths), cfg)
-    resources = Resources(pools=load_pools(args.signatures))
+    resources = Resources(pools=load_pools(args.signatures), config=cfg)
     sig_version = ",".join(resources.pools.versions)
     detectors = [cls(resources) for cls in DETECTORS.values()]
     rules = [r for d in detectors for r in d.watch_rules()]
@@ -138,6 +138,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     def emit(found: list[Alert]) -> None:
         for alert in found:
+            f = alert.flow
+            # policy: sanctioned endpoints (config ``allowlist``) raise nothing
+            if cfg.allows_flow(f["src_ip"], f["src_port"], f["dst_ip"], f["dst_port"],
+                               alert.category):
+                continue
             if not gate.admit(alert):
                 continue
             # the input holding the flow's last packet (ms in the record: its last ns within)

@@ -74,11 +74,69 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
+class SshConfig:
+    idle_tunnel_s: float = 600.0
+    """An SSH session carrying nothing but keepalives this long is an ``idle-tunnel``."""
+    reverse_bursts: int = 4
+    """Keystroke bursts opened by the responder and echoed at once by the initiator before a
+    ``reverse-interactive`` alert (and at least twice the bursts seen the other way)."""
+    burst_gap_ms: float = 50.0
+    """Quiet time (both directions) that opens a new keystroke burst: longer than OpenSSH 9.5's
+    20 ms chaff period, shorter than human typing (80 ms and up)."""
+    exfil_bytes: int = 1 << 20
+    """Initiator-to-responder bytes after a reverse session began that make ``reverse-exfil``."""
+    max_sessions: int = 4096
+    """SSH flows whose timing state is kept at once (least recently seen dropped past it)."""
+
+    def __post_init__(self) -> None:
+        if self.reverse_bursts < 1 or self.max_sessions < 1:
+            raise ConfigError("ssh.reverse_bursts and ssh.max_sessions must be at least 1")
+        if self.idle_tunnel_s <= 0 or self.burst_gap_ms <= 0:
+            raise ConfigError("ssh.idle_tunnel_s and ssh.burst_gap_ms must be positive")
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """One sanctioned endpoint: an address range, optionally one port, optionally only some
+    alert categories (empty: all)."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    port: int | None = None
+    categories: tuple[str, ...] = ()
+    note: str = ""
+
+    def matches(self, ip: str, port: int, category: str = "") -> bool:
+        if self.port is not None and port != self.port:
+            return False
+        if self.categories and category not in self.categories:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return addr.version == self.network.version and addr in self.network
+
+
+@dataclass(frozen=True)
 class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     flows: FlowConfig = field(default_factory=FlowConfig)
+    ssh: SshConfig = field(default_factory=SshConfig)
     home_net: tuple[str, ...] = DEFAULT_HOME_NET
     """CIDRs inside the perimeter; sets an alert's direction only."""
+    allowlist: tuple[AllowEntry, ...] = ()
+    """Sanctioned endpoints (jump hosts, approved tunnels): alerts on a flow with either end in
+    an entry are suppressed. YAML: a list of ``{cidr, port, categories, note}`` mappings."""
+
+    def allowed(self, ip: str, port: int, category: str = "") -> bool:
+        """Whether endpoint ``ip``:``port`` is allowlisted (for ``category``, when given)."""
+        return any(e.matches(ip, port, category) for e in self.allowlist)
+
+    def allows_flow(self, src_ip: str, src_port: int, dst_ip: str, dst_port: int,
+                    category: str = "") -> bool:
+        """Whether either end of a flow is allowlisted for ``category``."""
+        return (self.allowed(dst_ip, dst_port, category)
+                or self.allowed(src_ip, src_port, category))
 
     def with_timeouts(
         self, idle_s: float | None = None, active_s: float | None = None
@@ -108,6 +166,42 @@ def parse_home_net(text: str) -> tuple[str, ...]:
     return nets
 
 
+ALLOW_KEYS = ("cidr", "port", "categories", "note")
+CATEGORIES = ("reverse-ssh", "ssh-tunnel", "stratum-mining", "mining-pool", "dns-tunnel",
+              "icmp-tunnel", "beacon")
+
+
+def _allowlist(value: Any, where: str) -> tuple[AllowEntry, ...]:
+    """``allowlist:`` entries, each checked: a CIDR, an optional port in 1..65535, optional
+    categories from ALERTS.md, an optional note; unknown keys are errors."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list")
+    out: list[AllowEntry] = []
+    for k, item in enumerate(value):
+        at = f"{where}[{k}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at}: expected a mapping with cidr")
+        for key in item:
+            if key not in ALLOW_KEYS:
+                raise ConfigError(f"{at}: unknown key {key!r}")
+        try:
+            net = ipaddress.ip_network(str(item.get("cidr", "")), strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"{at}.cidr: {exc}") from None
+        port = item.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 0 < port < 65536):
+            raise ConfigError(f"{at}.port: expected a port number 1-65535")
+        cats = item.get("categories", [])
+        if not isinstance(cats, list) or any(c not in CATEGORIES for c in cats):
+            raise ConfigError(f"{at}.categories: expected a list of {', '.join(CATEGORIES)}")
+        note = item.get("note", "")
+        if not isinstance(note, str):
+            raise ConfigError(f"{at}.note: expected text")
+        out.append(AllowEntry(net, port, tuple(cats), note))
+    return tuple(out)
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping")
@@ -116,6 +210,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r}")
+        if cls is Config and key == "allowlist":
+            kwargs[key] = _allowlist(value, f"{where}.{key}")
+            continue
         default = getattr(cls(), key)
         if dataclasses.is_dataclass(default):
             kwargs[key] = _build(type(default), value, f"{where}.{key}")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowsense.config import Config
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.table import WatchRule
 from flowsense.signatures import PoolSet
@@ -35,9 +36,10 @@ class Alert:
 
 @dataclass
 class Resources:
-    """What detectors share: the loaded indicators."""
+    """What detectors share: the loaded indicators and the configuration."""
 
     pools: PoolSet = field(default_factory=PoolSet)
+    config: Config = field(default_factory=Config)
 
 
 class Detector:

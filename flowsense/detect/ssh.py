@@ -9,7 +9,11 @@ Salesforce's definition (MD5 of kex;encryption;mac;compression from the client's
 server's, KEXINIT); the negotiated algorithms follow RFC 4253 7.1 (the first of the client's
 list the server also offers).
 
-Flagged so far (ALERTS.md categories):
+Flagged (ALERTS.md categories); the timing variants are judged in ``ssh_timing`` from sizes
+given by ``ssh_framing``, on every look at a live flow (snapshots) and when it ends:
+
+* ``reverse-ssh`` / ``reverse-interactive``, ``reverse-setup``, ``remote-forward``,
+  ``reverse-exfil`` and ``ssh-tunnel`` / ``idle-tunnel``: see ``ssh_timing``.
 
 * ``reverse-ssh`` / ``role-reversal``: the TCP client plays the SSH server (it sends the key
   exchange reply) or the TCP server plays the client, as in Zeek's ``reverse-ssh.pcap``. Only on
@@ -19,9 +23,6 @@ Flagged so far (ALERTS.md categories):
   same input (sslh and the like).
 * ``ssh-tunnel`` / ``encapsulated``: an SSH banner inside a WebSocket (HTTP Upgrade) stream or
   inside ICMP echo payloads (IP over ICMP).
-
-Still to come (issue 3): keystroke timing (``reverse-interactive``), the inner handshake
-(``reverse-setup``), ``remote-forward``, ``reverse-exfil``, ``idle-tunnel``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
+from flowsense.detect.ssh_framing import suite
+from flowsense.detect.ssh_timing import Session, handshake_rtt_ns
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.table import WatchRule
@@ -55,8 +58,17 @@ ODD_PORTS = {20: "ftp-data", 21: "ftp", 23: "telnet", 25: "smtp", 53: "domain", 
              1194: "openvpn", 3389: "ms-wbt-server", 5060: "sip", 8080: "http-alt",
              8443: "https-alt"}
 SIDS = {
+    ("reverse-ssh", "reverse-interactive"): (3100101, 1, "reverse SSH: interactive session "
+                                                         "driven from the server side"),
+    ("reverse-ssh", "reverse-setup"): (3100102, 1, "reverse SSH: a login through a tunnel "
+                                                   "opened from the server side"),
+    ("reverse-ssh", "remote-forward"): (3100103, 2, "reverse SSH: remote port forward "
+                                                    "requested (tcpip-forward)"),
+    ("reverse-ssh", "reverse-exfil"): (3100104, 1, "reverse SSH: bulk transfer out through a "
+                                                   "reverse session"),
     ("reverse-ssh", "role-reversal"): (3100005, 1, "reverse SSH: the connection's initiator "
                                                    "plays the SSH server"),
+    ("ssh-tunnel", "idle-tunnel"): (3200001, 2, "SSH session kept open by keepalives alone"),
     ("ssh-tunnel", "odd-port"): (3200002, 2, "SSH on a port registered to another protocol"),
     ("ssh-tunnel", "multiplexed"): (3200003, 2, "SSH behind a protocol multiplexer"),
     ("ssh-tunnel", "encapsulated"): (3200004, 1, "SSH inside another protocol (WebSocket)"),
@@ -151,6 +163,10 @@ class SshDetector(Detector):
         # server endpoints: which protocols answered there, and SSH flows waiting for a TLS one
         self._served: OrderedDict[tuple[str, int], set[str]] = OrderedDict()
         self._ssh_seen: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        # timing state of watched SSH flows by flow_id (None: nothing to time, e.g. an unknown
+        # cipher); bounded, least recently seen dropped first, ended flows forgotten
+        self._sessions: OrderedDict[int, Session | None] = OrderedDict()
+        self._tun = self.resources.config.ssh
 
     def watch_rules(self) -> Sequence[WatchRule]:
         # an SSH banner, and ICMP echo payloads that begin with an IPv4 header (IP over ICMP,
@@ -166,6 +182,78 @@ class SshDetector(Detector):
         return seen
 
     def on_frame(self, frame: FeatureFrame) -> list[Alert]:
+        """Ended flows (and interim records): the cleartext checks, then the rest of their
+        trace; their timing state is then forgotten."""
+        alerts = self._static(frame) + self._timing(frame)
+        c = frame.cols
+        for i in frame.traces:
+            if not bool(c["interim"][i]) and c["expiration"][i] != "":
+                self._sessions.pop(int(c["flow_id"][i]), None)
+        return alerts
+
+    def on_snapshot(self, frame: FeatureFrame) -> list[Alert]:
+        """Live watched flows: the cleartext checks and the trace entries new since the last
+        look, so a reverse shell is flagged while the flow is open."""
+        return self._static(frame) + self._timing(frame)
+
+    def _timing(self, frame: FeatureFrame) -> list[Alert]:
+        alerts: list[Alert] = []
+        c = frame.cols
+        for i, trace in frame.traces.items():
+            if c["protocol"][i] != 6:
+                continue
+            fid = int(c["flow_id"][i])
+            if fid in self._sessions:
+                self._sessions.move_to_end(fid)
+                sess = self._sessions[fid]
+            else:
+                sess = self._session(frame, i)
+                if sess is False:
+                    continue  # not ready yet (no NEWKEYS in the slab): look again later
+                self._sessions[fid] = sess or None
+                while len(self._sessions) > self._tun.max_sessions:
+                    self._sessions.popitem(last=False)
+            if not sess:
+                continue
+            for f in sess.feed(trace):
+                category = "ssh-tunnel" if f.variant == "idle-tunnel" else "reverse-ssh"
+                alerts.append(self._alert(frame, i, category, f.variant, f.confidence, f.ts_ns,
+                                          {**f.evidence, **sess.base}))
+        return alerts
+
+    def _session(self, frame: FeatureFrame, i: int) -> Session | None | bool:
+        """Timing state for an SSH flow: None when it cannot be timed (not SSH, an unknown
+        cipher), False when its key exchange is not complete yet."""
+        cs = parse_side(frame.payload(i, 0))
+        ss = parse_side(frame.payload(i, 1))
+        if not (cs.banner and ss.banner):
+            return None if not (cs.banner or ss.banner) else False
+        if cs.kexinit is None or ss.kexinit is None or None in (cs.newkeys_at, ss.newkeys_at):
+            return False
+        # roles from the SSH messages: the suite client to server is the initiator's unless
+        # the initiator plays the SSH server (role reversal)
+        swapped = bool(SERVER_KEX & set(cs.messages)) or bool(CLIENT_KEX & set(ss.messages))
+        client, server = (ss, cs) if swapped else (cs, ss)
+        n = negotiated(client.kexinit or {}, server.kexinit or {})
+        c2s = suite(n["enc_c2s"], n["mac_c2s"], n["comp_c2s"])
+        s2c = suite(n["enc_s2c"], n["mac_s2c"], n["comp_s2c"])
+        if c2s is None or s2c is None:
+            return None
+        i2r, r2i = (s2c, c2s) if swapped else (c2s, s2c)
+        c = frame.cols
+        rtt = None
+        if frame.splt_ps is not None and frame.splt_t_ms is not None and frame.splt_n is not None:
+            rtt = handshake_rtt_ns(frame.splt_ps[i], frame.splt_t_ms[i], int(frame.splt_n[i]),
+                                   str(c["orientation"][i]))
+        sess = Session(i2r, r2i, (cs.newkeys_at, ss.newkeys_at), rtt, self._tun,
+                       base=self._evidence(cs, ss))
+        trace = frame.traces[i]
+        if trace.dropped:  # the ring went round before the first look: the handshake is past
+            sess.enc = [True, True]
+            sess.enc_ts = sess.active_ts = sess.last_data_ts = int(trace.ts_ns[0])
+        return sess
+
+    def _static(self, frame: FeatureFrame) -> list[Alert]:
         if frame.n == 0 or frame.head is None:
             return []
         c = frame.cols
