@@ -103,6 +103,9 @@ class Pipeline:
         self._snap_ns = int(config.flows.snapshot_interval_s * 1e9)
         self._last_snap = 0
         self.table = FlowTable(config.flows, list(watch_rules))
+        # prompt-ruled flows (a DNS answer) reach the detectors as live records the moment
+        # their reply arrives, before any flow that ends later is judged
+        self.table.prompt_sink = snapshot_sink
         self.decoder = Decoder(config.capture)
         self.reader_stats = ReaderStats()
         self.counters = Counters()

@@ -151,6 +151,7 @@ FS_CLOSING = 64  # FIN both ways or RST: lingers for the close delay
 FS_LIVE = 128  # slot holds a live flow (in the index)
 FS_ENDED = 256  # slot holds an ended flow awaiting export
 FS_DIRTY = 512  # touched since the last snapshot
+FS_PROMPT = 1024  # a prompt rule matched the client's first payload: the reply is an event
 
 # orientation
 OR_GUESSED = 0
@@ -172,6 +173,7 @@ END_EOF = 5  # input ended with the flow still open
 END_EVICTED = 6  # the bounded table made room
 END_REUSE = 7  # a new SYN on the tuple of a closing flow
 END_NAMES = ("", "idle", "active", "fin", "rst", "end", "evicted", "reuse")
+EV_PROMPT = 8  # event kind, not an end: a prompt-ruled flow got its first reply payload
 
 # table status scalars: st[...]
 S_NLIVE = 0

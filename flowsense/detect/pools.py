@@ -5,7 +5,9 @@ Strongest first: the pool named inside the mining protocol (``login``), in the T
 (``http-host``), in a DNS answer the same client received for the address it then connected to
 (``dns``), and last the address alone (``ip-list``, low confidence: pools sit behind shared CDNs
 and addresses change hands). One alert a flow, the strongest way it was known; the others are in
-the evidence. Indicators come from ``signatures/`` (``flowsense.signatures``).
+the evidence. Indicators come from ``signatures/`` (``flowsense.signatures``). Weakest of all,
+for what is encrypted and on no list: the ``cadence`` of job pushes and share submits on a
+long-lived low-volume flow (``detect.cadence``, lower confidence, the figures as evidence).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import dpkt
 import numpy as np
 
+from flowsense.detect import cadence
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
 from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
@@ -32,6 +35,8 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
     "http-host": (3400003, 1, 0.85, "HTTP to a known mining pool"),
     "dns": (3400004, 1, 0.8, "connection to an address a known mining pool's name resolved to"),
     "ip-list": (3400005, 2, 0.5, "connection to a listed mining pool address"),
+    "cadence": (3400006, 2, 0.4, "long-lived flow with the cadence of mining job pushes and "
+                                 "share submits"),
 }
 DNS_CACHE_ENTRIES = 100_000
 
@@ -150,8 +155,10 @@ class PoolDetector(Detector):
         self.dns = DnsAnswers()
 
     def watch_rules(self) -> Sequence[WatchRule]:
-        # post-quantum ClientHellos outgrow the 512-byte head: the slab holds the SNI
-        return (WatchRule(b"\x16\x03"),)
+        # post-quantum ClientHellos outgrow the 512-byte head: the slab holds the SNI.
+        # DNS answers are learned the moment they arrive (a prompt rule, no lease): the
+        # connection a lookup precedes may be judged before the UDP flow of the lookup ends.
+        return (WatchRule(b"\x16\x03"), WatchRule(b"", 53, prompt=True))
 
     def on_frame(self, frame: FeatureFrame) -> list[Alert]:
         if frame.n == 0:
@@ -180,19 +187,26 @@ class PoolDetector(Detector):
             asked = np.fromiter((ip in self.dns.clients for ip in c["src_ip"].tolist()),
                                 dtype=bool, count=frame.n)
         transport = (c["protocol"] == 6) | ((c["protocol"] == 17) & (c["dst_port"] != 53))
-        candidates = np.flatnonzero(transport & (named | listed | asked))
+        rhythm = cadence.candidates(frame)
+        candidates = np.flatnonzero(transport & (named | listed | asked | rhythm))
         for i in candidates.tolist():
             found = self._judge(frame, i, bool(listed[i]))
+            figures = cadence.figures(frame, i) if rhythm[i] else None
+            if figures is not None and cadence.matches(figures):
+                found.append(("cadence", "behaviour", None))
+            else:
+                figures = None
             if found:
-                alerts.append(self._alert(frame, i, found))
+                alerts.append(self._alert(frame, i, found, figures))
         return alerts
 
     def _judge(self, frame: FeatureFrame, i: int,
-               listed: bool) -> list[tuple[str, str, PoolEntry]]:
-        """(variant, what matched, entry) for every way row ``i`` is known, strongest first."""
+               listed: bool) -> list[tuple[str, str, PoolEntry | None]]:
+        """(variant, what matched, entry) for every way row ``i`` is known by name or address,
+        strongest first."""
         c = frame.cols
         client = frame.payload(i, 0)
-        found: list[tuple[str, str, PoolEntry]] = []
+        found: list[tuple[str, str, PoolEntry | None]] = []
         if client[:1] == b"{":
             for name in pool_names(client):
                 e = self.pools.match_name(name)
@@ -214,13 +228,16 @@ class PoolDetector(Detector):
             found.append(("ip-list", dst, e))
         return found
 
-    def _alert(self, frame: FeatureFrame, i: int,
-               found: list[tuple[str, str, PoolEntry]]) -> Alert:
+    def _alert(self, frame: FeatureFrame, i: int, found: list[tuple[str, str, PoolEntry | None]],
+               figures: dict[str, Any] | None) -> Alert:
         variant, matched, entry = found[0]
         sid, severity, confidence, signature = VARIANTS[variant]
-        pool = entry.domain or str(entry.network)
-        evidence: dict[str, Any] = {"pool": pool, "matched": matched,
-                                    "indicator_source": entry.source, "indicator": entry.origin}
+        evidence: dict[str, Any] = {}
+        if entry is not None:
+            evidence = {"pool": entry.domain or str(entry.network), "matched": matched,
+                        "indicator_source": entry.source, "indicator": entry.origin}
+        if figures is not None:
+            evidence["cadence"] = {k: v for k, v in figures.items() if k != "last_ns"}
         if variant == "sni":
             evidence["encrypted"] = True
         if len(found) > 1:
@@ -228,6 +245,8 @@ class PoolDetector(Detector):
         start_ns = int(frame.cols["bidirectional_first_seen_ms"][i]) * 1_000_000
         if variant in ("login", "sni", "http-host"):  # the client's first payload named the pool
             ts = time_at_offset(frame, i, 0, 1, fallback_ns=start_ns)
+        elif variant == "cadence" and figures is not None:
+            ts = figures["last_ns"]  # the last message the figures counted
         else:
             ts = start_ns  # the connection itself
         return Alert(

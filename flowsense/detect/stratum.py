@@ -8,20 +8,36 @@ distinct mining messages, so one stray word (a database row, a Zabbix ``login``,
 API call) does not fire. Facts from public sources: the Stratum v1 and EthereumStratum specs,
 XMRig's and xmr-stak's pool protocol, nDPI's and Emerging Threats' mining signatures (whose known
 misses and false positives the strictness here answers).
+
+Jobs and shares are counted past the 4 KiB slab too: the lines parsed in the slab give the sizes
+of this flow's job pushes and share submits; past the slab's end, each non-retransmitted packet
+of the trace whose size falls in that band counts as one more (``count_method`` in the
+evidence). The count is kept per flow across snapshots, so a session longer than the trace ring
+is counted whole when it was seen live.
+
+Stratum V2 is encrypted from its first byte (a Noise NX handshake), so only its shape is left:
+on its usual ports, the client's first message is 64 bytes (an ElligatorSwift key) and the
+server's answer 234 (64 + 80 + 90; the spec's summary line still says 170, from the earlier
+32-byte keys): stratum-mining/sv2-spec ``04-Protocol-Security.md`` 4.5.1-4.5.2. Ports: 34254,
+the Stratum Reference Implementation pool's default, and 3336, Braiins Pool's V2 endpoint
+(``stratum2+tcp://v2.stratum.braiins.com:3336``). Read from the first packet sizes (SPLT) alone,
+at lower confidence.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowsense.detect.base import Alert, Detector, flow_fields, time_at_offset
+import numpy as np
+
+from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
 from flowsense.encoding import wire_text
-from flowsense.flows.features import FeatureFrame
+from flowsense.flows.features import FeatureFrame, Trace
 from flowsense.flows.table import WatchRule
 
 MAX_LINES = 256  # JSON lines parsed a direction
@@ -39,7 +55,14 @@ SIDS = {  # category stratum-mining: 3300000-3399999
     "xmr": (3300003, "mining: Monero-style pool protocol (login/job/submit)"),
     "eth-proxy": (3300004, "mining: Ethereum stratum proxy (eth_submitLogin/eth_getWork)"),
     "eth-getwork-http": (3300005, "mining: Ethereum getwork over HTTP POST"),
+    "stratum-v2": (3300006, "mining: Stratum V2 Noise handshake sizes on a Stratum V2 port"),
 }
+SV2_PORTS = (34254, 3336)
+SV2_CLIENT = 64
+SV2_SERVER = (234, 170)
+COUNT_METHOD = ("lines parsed in the slab, then trace packets past it sized like the parsed "
+                "jobs/shares")
+COUNT_FLOWS = 8192  # flows whose counting state is kept between snapshots (LRU)
 
 
 @dataclass
@@ -55,6 +78,8 @@ class Evidence:
     difficulty: Any = None
     jobs: int = 0
     shares: int = 0
+    # bytes of each parsed job and share line (with its newline), by direction
+    sizes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     completed: tuple[int, int] | None = None  # (direction, byte offset) of the deciding line
     http: bool = False
 
@@ -106,7 +131,11 @@ def inspect(client: bytes, server: bytes) -> Evidence | None:
             except (ValueError, RecursionError):
                 continue
             if isinstance(msg, dict):
+                jobs, shares = ev.jobs, ev.shares
                 _classify(ev, msg, d, end)
+                for kind, before in (("jobs", jobs), ("shares", shares)):
+                    if getattr(ev, kind) > before:
+                        ev.sizes.setdefault((kind, d), []).append(len(raw) + 1)
     if len(ev.kinds) < 2:
         return None
     return ev
@@ -190,27 +219,125 @@ def pool_names(client: bytes) -> list[str]:
     return names
 
 
+@dataclass
+class Tally:
+    """Jobs and shares counted past the slab for one flow, and how far its trace was read."""
+
+    read: int = 0  # trace packets (lifetime index) already looked at
+    offset: tuple[int, int] = (0, 0)  # payload bytes a direction up to there
+    jobs: int = 0
+    shares: int = 0
+
+
+def count_past_slab(ev: Evidence, trace: Trace, slab: tuple[int, int], tally: Tally) -> None:
+    """Add to ``tally`` the trace packets past the slab sized like this flow's parsed jobs and
+    shares (a band of 0.8x the smallest to 1.25x the largest, per kind and direction)."""
+    bands = {key: (0.8 * min(v), 1.25 * max(v)) for key, v in ev.sizes.items()}
+    if not bands:
+        return
+    start = trace.dropped
+    lengths = trace.length.tolist()
+    flags = trace.flags.tolist()
+    off = list(tally.offset)
+    if start > tally.read and tally.read == 0:
+        off = [max(off[0], slab[0]), max(off[1], slab[1])]  # the ring lost the start: past it
+    for k in range(max(0, tally.read - start), len(lengths)):
+        n, f = lengths[k], flags[k]
+        d = f & 1
+        if n == 0 or f & 2:  # bare ACK or retransmission
+            continue
+        off[d] += n
+        if off[d] <= slab[d]:
+            continue  # its bytes are in the slab: parsed there
+        for kind in ("jobs", "shares"):
+            band = bands.get((kind, d))
+            if band and band[0] <= n <= band[1]:
+                setattr(tally, kind, getattr(tally, kind) + 1)
+                break
+    tally.read = start + len(lengths)
+    tally.offset = (off[0], off[1])
+
+
+def sv2_handshake(frame: FeatureFrame, i: int) -> tuple[int, int, int] | None:
+    """(client bytes, server bytes, index in the SPLT of the server's message) when row ``i``'s
+    first packets are a Stratum V2 Noise handshake: after the SYN and SYN-ACK, the first client
+    packet larger than a bare ACK carries 64 payload bytes and the first larger server packet
+    234 (or 170). A bare ACK's IP size (the smallest client packet after the SYN) gives the
+    header bytes to take off."""
+    assert frame.splt_ps is not None and frame.splt_n is not None
+    sizes = frame.splt_ps[i, : int(frame.splt_n[i])].tolist()
+    client = [(k, s) for k, s in enumerate(sizes) if s > 0][1:]  # without the SYN
+    server = [(k, -s) for k, s in enumerate(sizes) if s < 0][1:]  # without the SYN-ACK
+    if not client or not server:
+        return None
+    header = min(s for _, s in client)
+    c = next(((k, s - header) for k, s in client if s > header), None)
+    s = next(((k, s - header) for k, s in server if s > header), None)
+    if c is None or s is None or c[1] != SV2_CLIENT or s[1] not in SV2_SERVER or s[0] < c[0]:
+        return None
+    return c[1], s[1], s[0]
+
+
 class StratumDetector(Detector):
     name = "stratum"
 
+    def __init__(self, resources: Resources | None = None) -> None:
+        super().__init__(resources)
+        self.tallies: OrderedDict[int, Tally] = OrderedDict()
+
     def watch_rules(self) -> Sequence[WatchRule]:
-        # JSON-RPC over raw TCP needs the slab; an HTTP getwork POST fits the 512-byte head
-        return (WatchRule(b"{"),)
+        # JSON-RPC over raw TCP needs the slab; an HTTP getwork POST fits the 512-byte head.
+        # Flows on the Stratum V2 ports are watched so they are judged while still open.
+        return (WatchRule(b"{"), *(WatchRule(b"", port) for port in SV2_PORTS))
 
     def on_frame(self, frame: FeatureFrame) -> list[Alert]:
         alerts: list[Alert] = []
         heads = frame.head
         if heads is None:
             return alerts
+        c = frame.cols
         # vectorised pick: a first payload byte that could open JSON or an HTTP POST
         first = heads[:, :, 0]
         rows = ((first[:, 0] == ord("{")) | (first[:, 0] == ord("P")) | (first[:, 1] == ord("{")))
-        rows &= frame.cols["protocol"] == 6
+        rows &= c["protocol"] == 6
         for i in rows.nonzero()[0].tolist():
             ev = inspect(frame.payload(i, 0), frame.payload(i, 1))
             if ev is not None:
                 alerts.append(self._alert(frame, i, ev))
+        sv2 = (c["protocol"] == 6) & np.isin(c["dst_port"], SV2_PORTS) & ~rows
+        sv2 &= c["orientation"] == "syn"
+        for i in np.flatnonzero(sv2).tolist():
+            hs = sv2_handshake(frame, i)
+            if hs is not None:
+                alerts.append(self._sv2_alert(frame, i, hs))
         return alerts
+
+    def _tally(self, frame: FeatureFrame, i: int, ev: Evidence) -> Tally:
+        """This flow's count past the slab, carried on from its earlier snapshots."""
+        fid = int(frame.cols["flow_id"][i])
+        tally = self.tallies.pop(fid, None) or Tally()
+        trace = frame.traces.get(i)
+        if trace is not None:
+            slab = (len(frame.payload(i, 0)), len(frame.payload(i, 1)))
+            count_past_slab(ev, trace, slab, tally)
+        if frame.cols["interim"][i] or frame.cols["expiration"][i] == "":
+            self.tallies[fid] = tally  # still open: keep it for the next look
+            while len(self.tallies) > COUNT_FLOWS:
+                self.tallies.popitem(last=False)
+        return tally
+
+    def _sv2_alert(self, frame: FeatureFrame, i: int, hs: tuple[int, int, int]) -> Alert:
+        sid, sig = SIDS["stratum-v2"]
+        assert frame.splt_t_ms is not None
+        start_ns = int(frame.cols["bidirectional_first_seen_ms"][i]) * 1_000_000
+        ts = start_ns + int(float(frame.splt_t_ms[i, hs[2]]) * 1e6)
+        return Alert(
+            signature_id=sid, signature=sig, category="stratum-mining", variant="stratum-v2",
+            severity=2, confidence=0.6, timestamp_ns=ts, flow=flow_fields(frame, i),
+            evidence={"noise_handshake_bytes": {"client": hs[0], "server": hs[1]},
+                      "port": int(frame.cols["dst_port"][i])},
+            app_proto="stratum2",
+        )
 
     def _alert(self, frame: FeatureFrame, i: int, ev: Evidence) -> Alert:
         variant = ev.variant_votes.most_common(1)[0][0]
@@ -222,8 +349,12 @@ class StratumDetector(Detector):
             value = getattr(ev, key)
             if value is not None:
                 evidence[key] = value
-        evidence["jobs"] = ev.jobs
-        evidence["shares"] = ev.shares
+        tally = self._tally(frame, i, ev)
+        evidence["jobs"] = ev.jobs + tally.jobs
+        evidence["shares"] = ev.shares + tally.shares
+        evidence["jobs_parsed"] = ev.jobs
+        evidence["shares_parsed"] = ev.shares
+        evidence["count_method"] = COUNT_METHOD
         d, offset = ev.completed or (0, 0)
         return Alert(
             signature_id=sid, signature=sig, category="stratum-mining", variant=variant,

@@ -51,6 +51,7 @@ from flowsense.schema import (
     DF_MEAN_PIAT,
     DF_MEAN_PS,
     END_REUSE,
+    EV_PROMPT,
     FF_BI_M2_PIAT,
     FF_BI_M2_PS,
     FF_BI_MEAN_PIAT,
@@ -82,6 +83,7 @@ from flowsense.schema import (
     FS_FIN0,
     FS_FIN1,
     FS_LIVE,
+    FS_PROMPT,
     FS_RST,
     FS_SYN,
     FS_SYNACK,
@@ -252,8 +254,10 @@ def _place(dst, s, d, limit, rel, buf, po, cap):
 
 
 @inline_kernel
-def _rule_matches(wr_prefix, wr_len, wr_port, buf, po, cap, sport, dport):
-    """Whether a direction's first payload matches a watch rule (prefix, and port unless 0)."""
+def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, buf, po, cap, sport, dport):
+    """Which watch rules a direction's first payload matches (prefix, and port unless 0):
+    bit 1 a lease rule, bit 2 a prompt rule."""
+    found = 0
     for r in range(wr_len.shape[0]):
         port = wr_port[r]
         if port != 0 and port != sport and port != dport:
@@ -267,8 +271,8 @@ def _rule_matches(wr_prefix, wr_len, wr_port, buf, po, cap, sport, dport):
                 ok = False
                 break
         if ok:
-            return True
-    return False
+            found |= 2 if wr_prompt[r] else 1
+    return found
 
 
 @kernel
@@ -324,6 +328,8 @@ def process(
         if st[S_CLOCK] >= st[S_DEADLINE]:
             if expire(T, st[S_CLOCK]) != K_DONE:
                 return K_EVENTS, i
+        if st[S_NEV] + 2 > T.ev_slot.shape[0]:  # room for this packet's end and prompt events
+            return K_EVENTS, i
         f = fam[i]
         p = proto[i]
         sp = sport[i]
@@ -477,8 +483,17 @@ def process(
         if pl > 0 and not (pflags[i] & PF_FRAGMENT):
             first_payload = fi[s, b + D_HEAD_LEN] == 0 and fi[s, b + D_NEXT] == 0
             if first_payload and w < 0 and T.wr_len.shape[0] > 0:
-                if _rule_matches(T.wr_prefix, T.wr_len, T.wr_port, buf, po, cap, sp, dp):
+                m = _rule_matches(T.wr_prefix, T.wr_len, T.wr_port, T.wr_prompt, buf, po, cap,
+                                  sp, dp)
+                if m & 1:
                     w = lease_watch(T, s)  # a call, but only for the flows that match
+                if m & 2 and d == 0:
+                    state |= FS_PROMPT
+            if first_payload and d == 1 and (state & FS_PROMPT):
+                state &= ~FS_PROMPT  # the reply: show the flow now (room was made above)
+                T.ev_slot[st[S_NEV]] = s
+                T.ev_kind[st[S_NEV]] = EV_PROMPT
+                st[S_NEV] += 1
             rel = np.int64(-1)
             if p == 6:
                 sq = np.int64(seq[i])

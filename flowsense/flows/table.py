@@ -23,6 +23,7 @@ from flowsense.flows.features import FeatureFrame, gather
 from flowsense.schema import (
     END_ACTIVE,
     END_EVICTED,
+    EV_PROMPT,
     FI_NFIELDS,
     FI_STATE,
     FI_WATCH,
@@ -71,6 +72,10 @@ class WatchRule:
 
     prefix: bytes
     port: int = 0
+    prompt: bool = False
+    """No lease: the flow is shown to the detectors (``FlowTable.prompt_sink``, its heads) as
+    soon as the server's first payload arrives. For request/response flows whose answer must be
+    known before later flows are judged (a DNS answer before the connection it names)."""
 
 
 def _null_sink(frame: FeatureFrame) -> None:
@@ -108,10 +113,12 @@ class FlowTable:
         wr_prefix = np.zeros((len(rules), 8), dtype=np.uint8)
         wr_len = np.zeros(len(rules), dtype=np.uint8)
         wr_port = np.zeros(len(rules), dtype=np.uint16)
+        wr_prompt = np.zeros(len(rules), dtype=np.uint8)
         for i, r in enumerate(rules):
             wr_prefix[i, : len(r.prefix)] = np.frombuffer(r.prefix[:8], dtype=np.uint8)
             wr_len[i] = len(r.prefix[:8])
             wr_port[i] = r.port
+            wr_prompt[i] = r.prompt
         w = max(1, cfg.watch_quota)
         self.T = self._allocate(self.capacity, None)
         self.T = self.T._replace(
@@ -123,10 +130,12 @@ class FlowTable:
             tr_flags=zeros((w, cfg.trace_packets), np.uint8),
             tr_ts=zeros((w, cfg.trace_packets), np.int64),
             tr_n=np.zeros(w, np.int64),
-            wr_prefix=wr_prefix, wr_len=wr_len, wr_port=wr_port,
+            wr_prefix=wr_prefix, wr_len=wr_len, wr_port=wr_port, wr_prompt=wr_prompt,
             prm=prm, hkey=hkey,
         )
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
+        self.prompt_sink: Sink | None = None
+        """Where the records of prompt-ruled flows go when their reply arrives (else dropped)."""
 
     # --- allocation ---------------------------------------------------------------------------
     def _allocate(self, cap: int, old: TK.TableArrays | None) -> TK.TableArrays:
@@ -160,7 +169,8 @@ class FlowTable:
                 tr_len=np.zeros((0, 0), np.int32), tr_flags=np.zeros((0, 0), np.uint8),
                 tr_ts=np.zeros((0, 0), np.int64), tr_n=np.zeros(0, np.int64),
                 wr_prefix=np.zeros((0, 8), np.uint8), wr_len=np.zeros(0, np.uint8),
-                wr_port=np.zeros(0, np.uint16), st=st, prm=np.zeros(P_NFIELDS, np.int64),
+                wr_port=np.zeros(0, np.uint16), wr_prompt=np.zeros(0, np.uint8), st=st,
+                prm=np.zeros(P_NFIELDS, np.int64),
                 hkey=np.zeros(2, np.uint64),
             )
         n_old = old.fi.shape[0]
@@ -258,6 +268,12 @@ class FlowTable:
         slots = T.ev_slot[:n].astype(np.int64)
         kinds = T.ev_kind[:n].copy()
         T.st[S_NEV] = 0
+        prompt = kinds == EV_PROMPT
+        if prompt.any():  # before the ends: a later flow may need what these replies said
+            if self.prompt_sink is not None:
+                ps = slots[prompt]
+                self.prompt_sink(gather(T, ps, np.zeros(len(ps), np.int64), interim=False))
+            slots, kinds = slots[~prompt], kinds[~prompt]
         interim = kinds == END_ACTIVE
         if interim.any():
             sink(gather(T, slots[interim], kinds[interim], interim=True))

@@ -31,7 +31,9 @@ Layout (all arrays preallocated by ``flows/table.py``; F flow slots, IC = 2F ind
   sequence offset, and a trace ring
   ``tr_len`` int32[W, T], ``tr_flags`` uint8[W, T], ``tr_ts`` int64[W, T], ``tr_n`` int64[W].
   Rules: ``wr_prefix`` uint8[R, 8], ``wr_len`` uint8[R], ``wr_port`` uint16[R]: lease when a
-  direction's first payload starts with the prefix and (port 0 or) either port matches.
+  direction's first payload starts with the prefix and (port 0 or) either port matches;
+  ``wr_prompt`` uint8[R] 1: instead of a lease, mark the flow (FS_PROMPT) when the client's
+  first payload matches, and queue an EV_PROMPT event when the server's first payload comes.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class TableArrays(NamedTuple):
     wr_prefix: np.ndarray
     wr_len: np.ndarray
     wr_port: np.ndarray
+    wr_prompt: np.ndarray
     st: np.ndarray
     prm: np.ndarray
     hkey: np.ndarray
