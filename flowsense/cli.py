@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     sg = sub.add_parser("signatures", help="check or list signature files")
     sg.add_argument("action", choices=("validate", "list"))
     sg.add_argument("paths", nargs="*", metavar="PATH", help="default: the bundled signatures/")
+    vl = sub.add_parser("verify-log", help="check a sealed alert log (exit 1: tampered)")
+    vl.add_argument("paths", nargs="+", metavar="FILE", help="the log and its rotated files")
+    vl.add_argument("--seed", required=True, metavar="FILE", help="the seal seed")
+    vl.add_argument("--head", metavar="SEQ:HASH", help="a chain head exported earlier: a log "
+                    "that ends before it was cut")
+    vl.add_argument("--partial", action="store_true",
+                    help="older files were pruned: the chain may start after record 0")
     return p
 
 
@@ -192,7 +199,22 @@ def cmd_signatures(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "signatures": cmd_signatures}
+def cmd_verify_log(args: argparse.Namespace) -> int:
+    """The verdict on stdout; exit 1 when the log was tampered with (the record named)."""
+    from flowsense.errors import InputMissingError
+    from flowsense.sidecar.verify import verify
+
+    for path in args.paths:
+        if not os.path.isfile(path):
+            raise InputMissingError(f"{path}: no such file")
+    result = verify(args.paths, args.seed, head=args.head, partial=args.partial)
+    for line in result.report():
+        print(line)
+    return 0 if result.ok else 1
+
+
+COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "signatures": cmd_signatures,
+            "verify-log": cmd_verify_log}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
