@@ -289,3 +289,51 @@ def test_rate_limit_drops_and_logs(tmp_path: Path) -> None:
     assert sum(r["action"]["outcome"] == "rate-limited" for r in recs) == 3
     assert sum(r["action"]["outcome"] == "done" for r in recs) == 3
     assert verify([str(tmp_path / "alerts.log")], str(tmp_path / "seed")).ok
+
+
+def test_reload_adopts_blocks_and_buckets(tmp_path: Path) -> None:
+    pol = load_policy(policy_file(tmp_path, BLOCK_ALL + "limits: {block: {burst: 1}}\n"))
+    old = Actions(pol, False, None, Config())
+    alert, eve = eves(XMR)[0]
+    assert old.handle(alert, eve)[0]["action"]["outcome"] == "dry-run"
+    new = Actions(load_policy(policy_file(tmp_path, BLOCK_ALL + "limits: {block: {burst: 1}}\n")),
+                  False, None, Config())
+    new.adopt(old)
+    assert new.handle(alert, eve)[0]["action"]["outcome"] == "already-blocked"
+    other = json.loads(json.dumps(eve).replace(POOL_IP, "198.51.100.9"))
+    assert new.handle(alert, other)[0]["action"]["outcome"] == "rate-limited"  # bucket kept
+    new.close()
+
+
+CAPS_CHILD = """
+import json, sys
+from flowsense.config import Config
+from flowsense.sidecar.policy import Actions, parse_policy
+hook = ["/bin/sh", "-c", 'grep ^Cap /proc/self/status > "$0"', sys.argv[1]]
+pol = parse_policy("p", json.dumps({"rules": [{"actions": [{"exec": hook}]}]}))
+own = [l for l in open("/proc/self/status") if l.startswith("CapAmb")][0]
+act = Actions(pol, False, None, Config())
+act.handle(None, {"alert": {}})
+act.close()
+print(own.split()[1])
+"""
+
+
+def test_exec_hook_does_not_inherit_capabilities(tmp_path: Path) -> None:
+    """Running as a user with CAP_NET_ADMIN ambient (--enforce after the drop, or systemd's
+    AmbientCapabilities), the hook gets no capabilities."""
+    require_root()
+    require_tool("setpriv")
+    out = tmp_path / "caps.txt"
+    # uid 0 without root's implicit capabilities (SECBIT_NOROOT): only the ambient one, as a
+    # dropped --user would hold it
+    r = subprocess.run(
+        ["setpriv", "--securebits=+noroot,+noroot_locked", "--inh-caps=-all,+net_admin",
+         "--ambient-caps=+net_admin", "--",
+         sys.executable, "-c", CAPS_CHILD, str(out)],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[-1], 16) == 1 << 12  # we held CAP_NET_ADMIN ambient
+    caps = dict(line.split(":") for line in out.read_text().splitlines())
+    assert all(int(v, 16) == 0 for k, v in caps.items() if k != "CapBnd"), caps

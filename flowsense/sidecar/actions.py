@@ -21,10 +21,12 @@ and is returned to the caller. Rules of the house:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -48,6 +50,30 @@ log = logging.getLogger(__name__)
 EXEC_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 NFT_TIMEOUT_S = 10.0
 _OUTPUT_CHARS = 512
+
+
+def ambient_caps() -> int:
+    """This process's ambient capabilities (systemd's AmbientCapabilities, or kept across the
+    drop to --user so nft inherits CAP_NET_ADMIN)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapAmb:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def hook_argv(argv: Sequence[str]) -> list[str]:
+    """``argv``, behind util-linux ``setpriv`` clearing the inheritable and ambient sets when we
+    hold ambient capabilities: a hook must not inherit CAP_NET_ADMIN or CAP_NET_RAW."""
+    if not ambient_caps():
+        return list(argv)
+    setpriv = shutil.which("setpriv", path=EXEC_ENV["PATH"])
+    if setpriv is None:
+        raise OSError(errno.ENOENT, "setpriv (util-linux) is needed to drop capabilities")
+    return [setpriv, "--inh-caps=-all", "--ambient-caps=-all", "--", *argv]
 
 
 class TokenBucket:
@@ -146,21 +172,14 @@ class Actions:
         self._dropping: set[str] = set()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="flowsense-exec")
         self._lock = threading.Lock()
-        self.set_policy(policy)
+        self._use_policy(policy)
 
-    def set_policy(self, policy: Policy) -> None:
-        """Swap in a reloaded policy (SIGUSR2); blocks in force and bucket levels carry on."""
+    def _use_policy(self, policy: Policy) -> None:
         from flowsense.sidecar.policy import allow_networks
 
-        with self._lock:
-            old = getattr(self, "policy", None)
-            self.policy = policy
-            self._allow = allow_networks(policy, self._config_allow)
-            if old is None or old.limits != policy.limits:
-                self._buckets = {k: TokenBucket(v, self.clock) for k, v in policy.limits.items()}
-            if old is not None and (old.block_table, old.block_max_elements) != (
-                    policy.block_table, policy.block_max_elements):
-                self._table_ready = False
+        self.policy = policy
+        self._allow = allow_networks(policy, self._config_allow)
+        self._buckets = {k: TokenBucket(v, self.clock) for k, v in policy.limits.items()}
 
     # --- records ---------------------------------------------------------------------------
     def _record(self, eve: dict[str, Any], rule: Rule | None, action: Action,
@@ -263,14 +282,13 @@ class Actions:
              timeout_s: float) -> None:
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(list(action.argv), stdin=subprocess.PIPE,
+            proc = subprocess.Popen(hook_argv(action.argv), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     close_fds=True, env=EXEC_ENV, start_new_session=True,
                                     cwd="/")
         except OSError as exc:
-            with self._lock:
-                self._record(eve, rule, action, "failed", argv=list(action.argv),
-                             error=f"{exc.strerror}: {action.argv[0]}")
+            self._outcome(eve, rule, action, "failed", argv=list(action.argv),
+                          error=f"{exc.strerror}: {action.argv[0]}")
             return
         try:
             out, _ = proc.communicate(data, timeout=timeout_s)
@@ -279,11 +297,36 @@ class Actions:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             outcome, code = "timeout", proc.returncode
+        self._outcome(eve, rule, action, outcome, argv=list(action.argv), exit_code=code,
+                      seconds=round(time.monotonic() - started, 3),
+                      output=wire_text(out[:_OUTPUT_CHARS]))
+
+    def _outcome(self, eve: dict[str, Any], rule: Rule | None, action: Action, outcome: str,
+                 **detail: Any) -> None:
+        """An exec's outcome, from the worker thread (after close: logged only)."""
         with self._lock:
-            self._record(eve, rule, action, outcome, argv=list(action.argv), exit_code=code,
-                         seconds=round(time.monotonic() - started, 3),
-                         output=wire_text(out[:_OUTPUT_CHARS]))
+            try:
+                self._record(eve, rule, action, outcome, **detail)
+            except ValueError:  # the sealed log was closed first
+                log.warning("exec %s: %s (the sealed log was already closed)", action.argv[0],
+                            outcome)
+
+    def adopt(self, previous: Actions) -> None:
+        """Take over a replaced instance's state (a SIGUSR2 reload): blocks in force, whether
+        our nft table is set up, bucket levels where the limits did not change; its worker
+        finishes what it has queued."""
+        with self._lock:
+            self._blocked = dict(previous._blocked)
+            self._table_ready = previous._table_ready and (
+                previous.policy.block_table, previous.policy.block_max_elements) == (
+                self.policy.block_table, self.policy.block_max_elements)
+            self.counters.update(previous.counters)
+            for kind, bucket in previous._buckets.items():
+                if previous.policy.limits.get(kind) == self.policy.limits.get(kind):
+                    self._buckets[kind] = bucket
+        previous._pool.shutdown(wait=False)
 
     def close(self) -> None:
-        """Wait for queued execs (their outcome records are written), then stop the worker."""
+        """Wait for queued execs (their outcome records are written), then stop the worker.
+        Call it before closing the sealed log."""
         self._pool.shutdown(wait=True)
