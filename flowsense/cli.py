@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg = sub.add_parser("signatures", help="check or list signature files")
     sg.add_argument("action", choices=("validate", "list"))
     sg.add_argument("paths", nargs="*", metavar="PATH", help="default: the bundled signatures/")
+    po = sub.add_parser("policy", help="check response policy files")
+    po.add_argument("action", choices=("validate",))
+    po.add_argument("paths", nargs="+", metavar="FILE")
     vl = sub.add_parser("verify-log", help="check a sealed alert log (exit 1: tampered)")
     vl.add_argument("paths", nargs="+", metavar="FILE", help="the log and its rotated files")
     vl.add_argument("--seed", required=True, metavar="FILE", help="the seal seed")
@@ -199,6 +202,23 @@ def cmd_signatures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    """``validate``: each file loads (exit 1 on a finding, named file:line)."""
+    from flowsense.errors import SignatureError
+    from flowsense.sidecar.policy import load_policy
+
+    findings = 0
+    for path in args.paths:
+        try:
+            pol = load_policy(path)
+        except SignatureError as exc:
+            print(f"{exc}")
+            findings += 1
+            continue
+        print(f"{path}: ok, {len(pol.rules)} rules")
+    return 1 if findings else 0
+
+
 def cmd_verify_log(args: argparse.Namespace) -> int:
     """The verdict on stdout; exit 1 when the log was tampered with (the record named)."""
     from flowsense.errors import InputMissingError
@@ -214,7 +234,7 @@ def cmd_verify_log(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "signatures": cmd_signatures,
-            "verify-log": cmd_verify_log}
+            "policy": cmd_policy, "verify-log": cmd_verify_log}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

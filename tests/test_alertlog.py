@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -193,7 +194,10 @@ def test_rotation_continues_the_chain(tmp_path: Path) -> None:
     first_new = json.loads(lines(path)[0])["seal"]
     last_old = json.loads(lines(Path(f"{path}.1"))[-1])["seal"]
     assert first_new["prev"] == last_old["mac"] and first_new["seq"] == last_old["seq"] + 1
-    shuffled = names[:]
+    with open(f"{path}.3", "rb") as src, gzip.open(f"{path}.3.gz", "wb") as dst:
+        dst.write(src.read())  # logrotate's compress
+    os.unlink(f"{path}.3")
+    shuffled = files(path)
     random.Random(1).shuffle(shuffled)
     res = verify(shuffled, str(seed), head=f"{head['seq']}:{head['hash']}")
     assert res.ok and res.records == 30, res.report()

@@ -337,3 +337,19 @@ def test_exec_hook_does_not_inherit_capabilities(tmp_path: Path) -> None:
     assert int(r.stdout.split()[-1], 16) == 1 << 12  # we held CAP_NET_ADMIN ambient
     caps = dict(line.split(":") for line in out.read_text().splitlines())
     assert all(int(v, 16) == 0 for k, v in caps.items() if k != "CapBnd"), caps
+
+
+def test_shipped_example_policy(tmp_path: Path) -> None:
+    """deploy/policy.example.yaml loads and does what its comments say on the real alerts."""
+    pol = load_policy(REPO / "deploy" / "policy.example.yaml")
+    kinds = {e["alert"]["variant"]: [a.kind for a in pol.decide(e)[1]] for _, e in eves(XMR)}
+    assert kinds == {"xmr": ["block", "exec"], "ip-list": ["log"]}
+    r = subprocess.run([sys.executable, "-m", "flowsense", "policy", "validate",
+                        str(REPO / "deploy" / "policy.example.yaml")], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stdout.endswith(": ok, 3 rules\n"), r
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - match: {category: [reverse-ssh, stratum]}\n    actions: [log]\n")
+    r = subprocess.run([sys.executable, "-m", "flowsense", "policy", "validate", str(bad)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 1 and r.stdout.startswith(f"{bad}:2: unknown category 'stratum'"), r

@@ -1,16 +1,18 @@
 """Check a sealed alert log (``flowsense verify-log``): name the first sign of tampering.
 
 Files are put in chain order by their first record's ``seq`` (so ``alerts.log*`` in any order
-works), then read as one stream. The first problem found is reported and the walk stops there:
-an edited or forged record (its MAC does not match), a removed one (a gap in ``seq``), records
-out of order, a line that is not a sealed record, a chain that does not start at record 0
-(unless ``partial``: older files pruned on purpose), and, against an exported head
-(``seq``, ``hash``), a cut tail or a rewritten one. A torn last line (a write interrupted by a
-crash) and torn lines the writer noted at its next start are reported as such: not tampering.
+works; ``.gz`` files are read as they are), then read as one stream. The first problem found is
+reported and the walk stops there: an edited or forged record (its MAC does not match), a
+removed one (a gap in ``seq``), records out of order, a line that is not a sealed record, a
+chain that does not start at record 0 (unless ``partial``: older files pruned on purpose), and,
+against an exported head (``seq``, ``hash``), a cut tail or a rewritten one. A torn last line (a
+write interrupted by a crash) and torn lines the writer noted at its next start are reported as
+such: not tampering.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import json
@@ -85,7 +87,8 @@ class _Line:
 
 def _lines(path: str) -> Iterator[_Line]:
     offset = 0
-    with open(path, "rb") as f:
+    opener = gzip.open if path.endswith(".gz") else open  # logrotate's compress
+    with opener(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             ended = raw.endswith(b"\n")
             yield _Line(path, n, offset, raw[:-1] if ended else raw, ended)
@@ -105,8 +108,9 @@ def _order(paths: Iterable[str]) -> list[str]:
     for p in paths:
         try:
             files.append((_first_seq(p), p))
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+        except (OSError, EOFError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"{p}: cannot read: {why}") from None
     return [p for _, p in sorted(files)]
 
 
