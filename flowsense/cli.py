@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import numpy as np
@@ -177,23 +177,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return rc
 
 
+def _validate(paths: Sequence[object], count: Callable[[object], int], what: str) -> int:
+    """Load each file; print ``ok`` with ``count`` of it, or its file:line finding (exit 1)."""
+    from flowsense.errors import SignatureError
+
+    findings = 0
+    for path in paths:
+        try:
+            n = count(path)
+        except SignatureError as exc:
+            print(f"{exc}")
+            findings += 1
+            continue
+        print(f"{path}: ok, {n} {what}")
+    return 1 if findings else 0
+
+
 def cmd_signatures(args: argparse.Namespace) -> int:
     """``validate``: every file loads (exit 1 on a finding, named file:line); ``list``: entries."""
-    from flowsense.errors import SignatureError
     from flowsense.signatures import BUNDLED, load_pools, signature_files
 
     paths = args.paths or [str(BUNDLED)]
     if args.action == "validate":
-        findings = 0
-        for f in signature_files(paths):
-            try:
-                pools = load_pools([f])
-            except SignatureError as exc:
-                print(f"{exc}")
-                findings += 1
-                continue
-            print(f"{f}: ok, {len(pools.entries)} entries")
-        return 1 if findings else 0
+        return _validate(signature_files(paths), lambda f: len(load_pools([f]).entries),
+                         "entries")
     pools = load_pools(paths)
     for e in pools.entries:
         what = e.domain or str(e.network)
@@ -204,19 +211,9 @@ def cmd_signatures(args: argparse.Namespace) -> int:
 
 def cmd_policy(args: argparse.Namespace) -> int:
     """``validate``: each file loads (exit 1 on a finding, named file:line)."""
-    from flowsense.errors import SignatureError
     from flowsense.sidecar.policy import load_policy
 
-    findings = 0
-    for path in args.paths:
-        try:
-            pol = load_policy(path)
-        except SignatureError as exc:
-            print(f"{exc}")
-            findings += 1
-            continue
-        print(f"{path}: ok, {len(pol.rules)} rules")
-    return 1 if findings else 0
+    return _validate(args.paths, lambda f: len(load_policy(str(f)).rules), "rules")
 
 
 def cmd_verify_log(args: argparse.Namespace) -> int:
