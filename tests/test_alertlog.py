@@ -305,3 +305,25 @@ def test_verify_log_cli(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     r = run_cli("verify-log", str(path), "--seed", str(seed), "--head", "5:zz")
     assert r.returncode == 2 and "SEQ:HASH" in r.stderr
+
+
+def test_torn_line_in_a_rotated_file(tmp_path: Path) -> None:
+    """A crash, then logrotate before the restart: the torn line ends an older file and the
+    writer never sees it. Still a crash, not tampering; a record cut at a file's end is not."""
+    path, seed, _ = write_log(tmp_path, 4)  # the writer's state: record 4 is next
+    path.rename(tmp_path / "alerts.log.1")
+    with open(tmp_path / "alerts.log.1", "ab") as f:
+        f.write(seal.body_of(alert(4))[:50])  # record 4 torn by the crash
+    with SealedLog(str(path), str(seed), syslog=False) as lg:
+        assert lg.append(alert(4))["seal"]["seq"] == 4
+    res = verify(files(path), str(seed))
+    assert res.ok and res.records == 5 and "alerts.log.1:5: torn" in res.notes[0], res.report()
+    tmp_path = tmp_path / "second"
+    tmp_path.mkdir()
+    path, seed, _ = write_log(tmp_path, 6)
+    ls = lines(path)
+    # the same cut with the chain going on past the cut record: a removal
+    (tmp_path / "alerts.log.1").write_bytes(b"".join(ls[:4]) + ls[4][:50])
+    path.write_bytes(ls[5])
+    res = verify(files(path), str(seed))
+    assert res.problem.kind == "removed" and "record 4 removed" in res.problem.message

@@ -166,6 +166,10 @@ def verify(paths: Iterable[str], seed_file: str, head: tuple[int, bytes] | str |
                 return fail("unsealed", torn.where, "not a sealed record (edited or inserted)")
             if not line.raw and line.ended:
                 return fail("unsealed", line.where, "an empty line (inserted)")
+            if not line.ended:  # the end of a file: a write cut short (what follows is checked)
+                res.notes.append(f"{line.where}: torn last line ({len(line.raw)} bytes, a write "
+                                 "interrupted by a crash or a full disk): not a record")
+                continue
             torn = line
             continue
         body, s, link, mac = parts
@@ -218,10 +222,7 @@ def verify(paths: Iterable[str], seed_file: str, head: tuple[int, bytes] | str |
         res.last_seq, res.last_hash = s, mac.hex()
         where_last = line.where
     if torn is not None:
-        if torn.ended:
-            return fail("unsealed", torn.where, "not a sealed record (edited or inserted)")
-        res.notes.append(f"{torn.where}: torn last line ({len(torn.raw)} bytes, a write "
-                         "interrupted by a crash or a full disk): not a record")
+        return fail("unsealed", torn.where, "not a sealed record (edited or inserted)")
     if head is not None and (res.last_seq is None or res.last_seq < head[0]):
         last = -1 if res.last_seq is None else res.last_seq
         return fail("truncated", where_last, f"the log ends at record {last} but the exported "
