@@ -5,6 +5,7 @@ every action sealed in the chain. Alerts come from the bundled captures."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import textwrap
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import dpkt
 import pytest
@@ -208,6 +210,13 @@ def test_spoofed_and_protected_addresses_never_blocked(tmp_path: Path, xmr: dict
     assert Actions(pol, False, None, Config()).handle(alert, eve)[0]["action"]["outcome"] == \
         "dry-run"
     assert Actions(allow, False, None, Config()).handle(alert, eve)[0]["action"]["reason"] == \
+        "an allowlisted address"
+    # Config.allowlist (entries with a network, a port and categories): any entry protects the
+    # whole address, whatever its port
+    entry = SimpleNamespace(network=ipaddress.ip_network("178.32.196.0/24"), port=22,
+                            categories=("reverse-ssh",))
+    cfg = SimpleNamespace(home_net=Config().home_net, allowlist=(entry,))
+    assert Actions(pol, False, None, cfg).handle(alert, eve)[0]["action"]["reason"] == \
         "an allowlisted address"
 
 

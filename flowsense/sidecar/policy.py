@@ -262,9 +262,15 @@ def load_policy(path: str | Path) -> Policy:
     return parse_policy(str(path), read_rule_file(Path(path), MAX_FILE_BYTES))
 
 
-def allow_networks(policy: Policy, extra: Sequence[str]) -> tuple[Network, ...]:
-    """The policy's allowlist plus ``Config.allowlist`` where the config has one."""
-    return policy.allowlist + tuple(ipaddress.ip_network(n, strict=False) for n in extra)
+def allow_networks(policy: Policy, extra: Sequence[Any]) -> tuple[Network, ...]:
+    """The policy's allowlist plus ``Config.allowlist`` where the config has one: its entries'
+    ``network`` (an entry limited to a port or a category still protects the whole address: a
+    block takes every port) or plain CIDR strings."""
+    nets = list(policy.allowlist)
+    for entry in extra:
+        net = getattr(entry, "network", entry)
+        nets.append(net if not isinstance(net, str) else ipaddress.ip_network(net, strict=False))
+    return tuple(nets)
 
 
 from flowsense.sidecar.actions import Actions  # noqa: E402  (re-exported: the public API)
