@@ -43,6 +43,11 @@ def _eve_flow(ef: dict) -> dict:
 
 
 def eve_record(alert: Alert, cfg: Config) -> str:
+    return json.dumps(eve_dict(alert, cfg), ensure_ascii=False)
+
+
+def eve_dict(alert: Alert, cfg: Config) -> dict:
+    """The EVE alert record (ALERTS.md) as a dict, for writers that add to it or chain it."""
     f = alert.flow
     rec = {
         "timestamp": iso_ts(alert.timestamp_ns),
@@ -67,7 +72,7 @@ def eve_record(alert: Alert, cfg: Config) -> str:
     }
     if alert.update:
         rec["update"] = True
-    return json.dumps(rec, ensure_ascii=False)
+    return rec
 
 
 class AlertGate:
