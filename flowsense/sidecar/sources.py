@@ -67,6 +67,7 @@ class RingSource(LiveSource):
         except BaseException:
             self.close()
             raise
+        self.retire_s = getattr(ring_cfg, "retire_ms", 50) / 1000
         need = max(r.max_frames for r in self.rings)
         self.max_n = max(cap.batch_packets, need)
         if cap.batch_packets < need:
@@ -77,34 +78,41 @@ class RingSource(LiveSource):
         for r in self.rings:
             self._poll.register(r.fileno(), select.POLLIN | select.POLLERR)
 
-    def _drain(self, decoder: Decoder) -> Iterator[PacketBatch]:
+    def _drain(self, decoder: Decoder, idle: Idle | None) -> Iterator[PacketBatch]:
+        """Batches of the ready blocks, each block handed back once its batch is consumed;
+        ``idle`` runs after each block (ticks on a busy link) and may stop the walk. Without
+        ``idle`` (the last drain at a stop) one lap of the ring at most."""
         r = self.rec
         for ring in self.rings:
-            while True:
+            laps = 0
+            while idle is not None or laps < ring.n_blocks:
                 n, blocks = ring.walk(self.max_n, r["data_off"], r["caplen"], r["wirelen"],
                                       r["ts_ns"], r["linktype"], r["rec_off"], self.vlan_tci)
                 if blocks == 0:
                     break
+                laps += blocks
                 if n:
                     decoder.decode(RecordBatch(ring.ring, n, {k: v[:n] for k, v in r.items()}), 0)
                     RK.restore_vlan(decoder.out["vlan"], self.vlan_tci, n)
                     yield decoder.batch(n, ring.ring, ring.iface)
                 ring.release(blocks)
+                if idle is not None and not idle():
+                    self._stopping = True
+                    return
 
     def batches(self, decoder: Decoder, idle: Idle) -> Iterator[PacketBatch]:
-        while True:
+        self._stopping = False
+        while not self._stopping:
             got = False
-            for batch in self._drain(decoder):
+            for batch in self._drain(decoder, idle):
                 got = True
                 yield batch
-                if not idle():
-                    yield from self._drain(decoder)
-                    return
-            if not got:
+            if not got and not self._stopping:
                 self._poll.poll(int(POLL_S * 1000))
-                if not idle():
-                    yield from self._drain(decoder)
-                    return
+                self._stopping = not idle()
+        # stopping: the block being filled is handed up within the retire timeout
+        time.sleep(self.retire_s * 2)
+        yield from self._drain(decoder, None)
 
     def kernel_drops(self) -> int:
         return sum(r.read_stats()[1] for r in self.rings)

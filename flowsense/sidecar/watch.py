@@ -227,6 +227,8 @@ class Watcher:
             self._usr2 = False
             self.reload()
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.heartbeat = now  # /healthz: the loop turns
         if now - self._last_tick >= self.opts.tick_s:
             self._tick(now)
         return not self._stop
@@ -350,7 +352,6 @@ class Watcher:
         m.watches_refused.set(d["watches_refused"])
         if self.sealed is not None and hasattr(self.sealed, "head"):
             m.chain.info({k: str(v) for k, v in _head_fields(self.sealed.head()).items()})
-        m.heartbeat = time.monotonic()
 
     def _report_end(self) -> None:
         d = self.stats()
