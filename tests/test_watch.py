@@ -199,3 +199,58 @@ for b in src.batches(Decoder(cap), idle):
 print("\\n".join(rows))
 assert src.kernel_drops() == 0
 """
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_drops_to_user_and_keeps_capturing(lab) -> None:  # type: ignore[no-untyped-def]
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    w = Watch(["-i", lab.inside_if, "--user", "nobody"], lab, lab.inside)
+    try:
+        w.ready()
+        st = _status(w.pid)  # `ip netns exec` execs: the pid is the watcher's
+        assert st["Uid"].split() == [str(nobody.pw_uid)] * 4
+        assert st["Gid"].split() == [str(nobody.pw_gid)] * 4
+        assert st["Groups"].strip() == ""
+        assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
+        tr = replay(lab, SSH_PCAP, pps=20)
+        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert as nobody",
+                   also=lambda: tr.poll() is None)
+        assert tr.wait(60) == 0
+        assert w.stop() == 0
+    finally:
+        w.kill()
+
+
+def test_enforce_keeps_only_cap_net_admin() -> None:
+    from tests.conftest import require_root
+
+    require_root()
+    code = ("from flowsense.sidecar.privileges import drop_to\n"
+            "import sys\n"
+            "drop_to('nobody', keep_net_admin=sys.argv[1] == '1')\n"
+            "st = dict(l.split(b':\\t') for l in open('/proc/self/status', 'rb') if b':\\t' in l)\n"
+            "print(int(st[b'CapEff'], 16), int(st[b'CapAmb'], 16))\n")
+    for keep, want in (("1", (1 << 12, 1 << 12)), ("0", (0, 0))):
+        res = subprocess.run([sys.executable, "-c", code, keep], capture_output=True, text=True,
+                             env=env(), timeout=120, check=True)
+        assert tuple(int(x) for x in res.stdout.split()) == want
+
+
+def test_scapy_backend_where_af_packet_is_missing(lab) -> None:  # type: ignore[no-untyped-def]
+    w = Watch(["-i", lab.inside_if, "--backend", "scapy"], lab, lab.inside)
+    try:
+        w.ready()
+        tr = replay(lab, SSH_PCAP, pps=20)
+        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert through scapy",
+                   also=lambda: tr.poll() is None)
+        assert tr.wait(60) == 0
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    assert any("watch ended: 74 packets" in line for line in w.err)

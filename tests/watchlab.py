@@ -37,9 +37,9 @@ class Watch:
 
     def __init__(self, args: Sequence[str], lab: Any = None, ns: str | None = None,
                  stdin: int | None = None) -> None:
-        cmd = [sys.executable, "-m", "flowsense", "watch", *args]
-        kw: dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=env(), cwd=REPO, stdin=stdin)
+        cmd = [*self.command(), *args]
+        kw: dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
+                                  cwd=REPO, stdin=stdin)
         self.proc = lab.popen(ns, cmd, **kw) if lab is not None else subprocess.Popen(cmd, **kw)
         self.out: list[tuple[float, str]] = []
         self.err: list[str] = []
@@ -49,8 +49,21 @@ class Watch:
             t.daemon = True
             t.start()
 
+    @staticmethod
+    def command() -> list[str]:
+        return [sys.executable, "-m", "flowsense", "watch"]
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        return env()
+
+    @staticmethod
+    def cwd() -> Path:
+        return REPO
+
     def _read(self, stream: Any, is_out: bool) -> None:
-        for line in stream:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace")
             if is_out:
                 self.out.append((time.monotonic(), line))
             else:

@@ -49,15 +49,6 @@ def set_caps(mask: int) -> None:
     _check(_libc().capset(ctypes.byref(hdr), data), "capset")
 
 
-def effective_caps() -> int:
-    """This process's effective capabilities (bits 0-63), from /proc."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
 def drop_to(user: str, keep_net_admin: bool = False) -> None:
     try:
         pw = pwd.getpwnam(user)

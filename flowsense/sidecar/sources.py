@@ -177,7 +177,7 @@ class ScapySource(LiveSource):
 
     def __init__(self, ifaces: list[str], cap: CaptureConfig, bpf: str | None = None) -> None:
         try:
-            from scapy.config import conf
+            from scapy.all import conf  # the arch layer sets conf.L2listen
         except ImportError:
             raise ConfigError("no AF_PACKET here and scapy is not installed") from None
         self.name = ",".join(ifaces)
