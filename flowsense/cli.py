@@ -53,6 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl")
     f.add_argument("--splt", action="store_true", help="add the first packets (splt_*) to jsonl")
     _common(f)
+    w = sub.add_parser("watch", help="live capture: the egress sidecar (EVE alerts)")
+    w.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE",
+                   help="capture here (repeatable)")
+    w.add_argument("--read", metavar="-", help="a pcap stream on stdin instead (tcpdump -U -w -)")
+    w.add_argument("--bpf", metavar="FILTER", help="capture filter (compiled by tcpdump)")
+    w.add_argument("--backend", choices=("auto", "ring", "scapy"), default="auto",
+                   help="AF_PACKET ring (Linux) or scapy (portable, slow)")
+    w.add_argument("--buffer-mib", type=int, default=64, metavar="MIB",
+                   help="capture ring per interface (default 64)")
+    w.add_argument("--no-promisc", action="store_true", help="leave promiscuous mode off")
+    w.add_argument("--max-flows", type=int, default=0, metavar="N",
+                   help="bound the flow table (evicting the least recently seen)")
+    w.add_argument("--tick", type=float, default=1.0, metavar="S",
+                   help="wall-clock cadence of snapshots and expiry (default 1 s)")
+    w.add_argument("--signatures", action="append", metavar="PATH",
+                   help="signature files or folders (default: the bundled signatures/)")
+    w.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics")
+    w.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDR")
+    w.add_argument("--user", metavar="USER", help="drop to this user once the capture is open")
+    w.add_argument("--policy", metavar="FILE", help="YAML policy: actions for alerts")
+    w.add_argument("--enforce", action="store_true", help="carry out blocking actions")
+    w.add_argument("--log", metavar="FILE", help="tamper-evident alert log")
+    w.add_argument("--log-seed", metavar="FILE", help="the sealed log's key seed")
+    w.add_argument("--log-rotate-bytes", type=int, default=0, metavar="N")
+    _common(w)
     sg = sub.add_parser("signatures", help="check or list signature files")
     sg.add_argument("action", choices=("validate", "list"))
     sg.add_argument("paths", nargs="*", metavar="PATH", help="default: the bundled signatures/")
@@ -236,8 +261,28 @@ def cmd_verify_log(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "signatures": cmd_signatures,
-            "policy": cmd_policy, "verify-log": cmd_verify_log}
+def cmd_watch(args: argparse.Namespace) -> int:
+    from flowsense.sidecar.watch import WatchOptions, watch
+
+    for name in ("max_flows", "buffer_mib", "log_rotate_bytes"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    if args.tick <= 0:
+        raise ConfigError("--tick must be positive")
+    opts = WatchOptions(
+        interfaces=args.interface, read=args.read, bpf=args.bpf, backend=args.backend,
+        output=args.output, signatures=args.signatures, max_flows=args.max_flows,
+        tick_s=args.tick, buffer_bytes=max(1, args.buffer_mib) << 20,
+        promisc=not args.no_promisc, metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind, user=args.user, enforce=args.enforce,
+        policy=args.policy, log_path=args.log, log_seed=args.log_seed,
+        log_rotate_bytes=args.log_rotate_bytes,
+    )
+    return watch(opts, _config(args))
+
+
+COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "watch": cmd_watch,
+            "signatures": cmd_signatures, "policy": cmd_policy, "verify-log": cmd_verify_log}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from flowsense.capture.reader import (
     Decoder,
+    PacketBatch,
     ReaderStats,
     first_timestamp,
     is_capture_magic,
@@ -121,19 +122,34 @@ class Pipeline:
         # at any packet older than the clock by more than the idle timeout (K_TIMEJUMP)
         try:
             for batch in iter_batches(path, self.config.capture, self.reader_stats, self.decoder):
-                c.packets += batch.n
-                c.bytes_wire += int(batch.cols["wirelen"].sum())
-                c.status += np.bincount(batch.cols["status"], minlength=N_STATUS)[:N_STATUS]
-                c.fragment_orphans += int(
-                    np.count_nonzero(batch.cols["pflags"] & PF_FRAG_ORPHAN)
-                )
-                self.table.feed(batch, self.sink)
-                self._maybe_snapshot()
+                self.feed(batch)
         except CaptureError as exc:
             c.files_damaged += 1
             # keep the error, not its traceback: the frames would pin the reader's buffers
             self.errors.append(exc.with_traceback(None))
             log.warning("%s", exc)
+
+    def feed(self, batch: PacketBatch) -> None:
+        """One decoded batch into the table (files and live sources alike)."""
+        c = self.counters
+        c.packets += batch.n
+        c.bytes_wire += int(batch.cols["wirelen"].sum())
+        c.status += np.bincount(batch.cols["status"], minlength=N_STATUS)[:N_STATUS]
+        c.fragment_orphans += int(np.count_nonzero(batch.cols["pflags"] & PF_FRAG_ORPHAN))
+        self.table.feed(batch, self.sink)
+        self._maybe_snapshot()
+
+    def tick(self, now_ns: int) -> None:
+        """Live input: advance the table's clock to ``now_ns`` (expiring what idled out) and
+        show detectors the watched flows touched since the last look, whatever the capture
+        time says (a quiet link still ticks)."""
+        self.table.tick(now_ns, self.sink)
+        if self.snapshot_sink is None:
+            return
+        self._last_snap = self.table.clock_ns
+        frame = self.table.snapshot(watched_only=True)
+        if frame.n:
+            self.snapshot_sink(frame)
 
     def _maybe_snapshot(self) -> None:
         """Show detectors the live watched flows touched since the last look, on a capture-time

@@ -269,8 +269,10 @@ def _records_pcapng(w: _Walker) -> Iterator[RecordBatch]:
         raise deferred
 
 
-def iter_records(path: str, cfg: CaptureConfig, stats: ReaderStats) -> Iterator[RecordBatch]:
-    src = open_source(path, cfg)
+def iter_records(path: str, cfg: CaptureConfig, stats: ReaderStats,
+                 src: ByteSource | None = None) -> Iterator[RecordBatch]:
+    """Record batches of ``path`` (or of an already open ``src``, e.g. a live stream)."""
+    src = src or open_source(path, cfg)
     try:
         w = _Walker(src, cfg, stats)
         w.need(0, 4)

@@ -78,7 +78,7 @@ class StreamSource(ByteSource):
         if self.eof:
             return False
         try:
-            data = self._stream.read(self._chunk)
+            data = self._read(self._chunk)
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             self.eof = True
             raise CaptureError(
@@ -103,6 +103,9 @@ class StreamSource(ByteSource):
         self.base += keep_from
         self.window = new
         return True
+
+    def _read(self, n: int) -> bytes:
+        return self._stream.read(n)
 
     def close(self) -> None:
         for f in (self._stream, self._raw):

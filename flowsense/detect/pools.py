@@ -151,8 +151,12 @@ class PoolDetector(Detector):
 
     def __init__(self, resources: Resources | None = None) -> None:
         super().__init__(resources)
-        self.pools: PoolSet = self.resources.pools
         self.dns = DnsAnswers()
+
+    @property
+    def pools(self) -> PoolSet:
+        # read through the shared resources each time: a reload (watch's SIGUSR2) swaps them
+        return self.resources.pools
 
     def watch_rules(self) -> Sequence[WatchRule]:
         # post-quantum ClientHellos outgrow the 512-byte head: the slab holds the SNI.

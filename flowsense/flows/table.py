@@ -22,7 +22,6 @@ from flowsense.flows import table_kernels as TK
 from flowsense.flows.features import FeatureFrame, gather
 from flowsense.schema import (
     END_ACTIVE,
-    END_EVICTED,
     EV_PROMPT,
     FI_NFIELDS,
     FI_STATE,
@@ -32,9 +31,6 @@ from flowsense.schema import (
     K_EVENTS,
     K_GROW,
     K_TIMEJUMP,
-    L_CLOSING,
-    L_EST,
-    L_SHORT,
     P_ACTIVE_NS,
     P_CLOSE_NS,
     P_EST_IDLE_NS,
@@ -241,23 +237,13 @@ class FlowTable:
 
     def _evict(self, want: int, sink: Sink) -> None:
         """End the least recently seen flows: short-lived first, watched flows last."""
-        T = self.T
         done = 0
-        for spare_watched in (True, False):
-            for li in (L_SHORT, L_CLOSING, L_EST):
-                s = int(T.lhead[li])
-                while s >= 0 and done < want:
-                    nxt = int(T.lnext[s])
-                    if not (spare_watched and T.fi[s, FI_WATCH] >= 0):
-                        if T.st[S_NEV] >= EVENT_CAPACITY:
-                            self.drain(sink)
-                        TK.end_flow(T, s, END_EVICTED)
-                        T.st[S_EVICTED] += 1
-                        done += 1
-                    s = nxt
-            if done >= want:
+        while done < want:
+            k = TK.evict(self.T, want - done)
+            done += k
+            self.drain(sink)
+            if k == 0:
                 break
-        self.drain(sink)
 
     def drain(self, sink: Sink) -> None:
         """Export queued events: interim records and ended flows (whose slots are then freed)."""

@@ -47,6 +47,7 @@ from flowsense.schema import (
     D_HEAD_LEN,
     END_ACTIVE,
     END_EOF,
+    END_EVICTED,
     END_FIN,
     END_IDLE,
     END_RST,
@@ -76,6 +77,7 @@ from flowsense.schema import (
     P_IDLE_NS,
     S_CLOCK,
     S_DEADLINE,
+    S_EVICTED,
     S_NDIRTY,
     S_NEV,
     S_NFREE,
@@ -223,6 +225,31 @@ def end_flow(T, s, reason):
     T.ev_slot[e] = s
     T.ev_kind[e] = reason
     T.st[S_NEV] = e + 1
+
+
+@kernel
+def evict(T, want):
+    """End up to ``want`` live flows to make room (bounded mode), least recently queued first:
+    short-lived flows, then closing, then established TCP; watched flows only when nothing else
+    is left. Stops early when the event list is full (Python drains it and calls again).
+    Returns the number ended."""
+    done = 0
+    cap = T.ev_slot.shape[0]
+    for spare_watched in (True, False):
+        for li in (L_SHORT, L_CLOSING, L_EST):
+            s = T.lhead[li]
+            while s >= 0 and done < want:
+                if T.st[S_NEV] >= cap:
+                    return done
+                nxt = T.lnext[s]
+                if not (spare_watched and T.fi[s, FI_WATCH] >= 0):
+                    end_flow(T, s, END_EVICTED)
+                    T.st[S_EVICTED] += 1
+                    done += 1
+                s = nxt
+        if done >= want:
+            break
+    return done
 
 
 @inline_kernel

@@ -44,6 +44,11 @@ def _eve_flow(ef: dict) -> dict:
 
 def eve_record(alert: Alert, cfg: Config, signatures: str = "") -> str:
     """One EVE line; ``signatures`` names the indicator set's version(s) (ALERTS.md)."""
+    return json.dumps(eve_dict(alert, cfg, signatures), ensure_ascii=False)
+
+
+def eve_dict(alert: Alert, cfg: Config, signatures: str = "") -> dict:
+    """The EVE alert record (ALERTS.md) as a dict, for writers that add to it or chain it."""
     f = alert.flow
     rec = {
         "timestamp": iso_ts(alert.timestamp_ns),
@@ -68,7 +73,7 @@ def eve_record(alert: Alert, cfg: Config, signatures: str = "") -> str:
     }
     if alert.update:
         rec["update"] = True
-    return json.dumps(rec, ensure_ascii=False)
+    return rec
 
 
 class AlertGate:

@@ -1,0 +1,256 @@
+"""``flowsense watch`` on a live veth (root): real captures replayed with tcpreplay into one end
+of a netlab veth pair, the sidecar capturing on the other through its TPACKET_V3 ring.
+
+The replays are slowed down (``--pps``) so that each lasts several seconds: an alert that
+arrives while tcpreplay is still running was raised while the flow was up, not at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.watchlab import SSH_PCAP, STRATUM_PCAP, Watch, env, fetch, needs_lab, replay
+
+METRICS_PORT = 9464
+
+
+@pytest.fixture
+def lab():  # type: ignore[no-untyped-def]
+    needs_lab()
+    from pcaps.gen.netlab import Lab
+
+    with Lab("fsw1", rtt_ms=0) as lab:
+        yield lab
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in the metrics")
+
+
+def test_alerts_arrive_while_the_replay_runs(lab) -> None:  # type: ignore[no-untyped-def]
+    w = Watch(["-i", lab.inside_if, "--metrics-port", str(METRICS_PORT)], lab, lab.inside)
+    try:
+        w.ready()
+        status, body = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/healthz")
+        assert (status, body.strip()) == (200, "ok")
+
+        tr = replay(lab, SSH_PCAP, pps=8)  # 74 packets: about 9 s
+        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert",
+                   also=lambda: tr.poll() is None)
+        assert tr.wait(60) == 0
+        tr = replay(lab, STRATUM_PCAP, pps=12)  # 145 packets: about 12 s
+        w.wait_for(lambda: w.has_alert("stratum-mining") and w.has_alert("mining-pool"), 30,
+                   "stratum-mining and mining-pool alerts", also=lambda: tr.poll() is None)
+        assert tr.wait(60) == 0
+
+        status, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+        assert status == 200
+        assert _metric(text, "flowsense_packets_total") >= 74 + 145 - 10
+        assert _metric(text, "flowsense_bytes_total") > 0
+        assert _metric(text, "flowsense_kernel_drops_total") == 0
+        assert _metric(text, 'flowsense_alerts_total{category="reverse-ssh"}') == 1
+        assert _metric(text, "flowsense_flows_active") >= 1
+        assert 0 <= _metric(text, "flowsense_alert_latency_seconds") < 5
+        assert "flowsense_flows_evicted_total" in text and "flowsense_lag_seconds" in text
+        assert fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/nothing")[0] == 404
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    alerts = w.alerts()
+    ssh = [a for a in alerts if a["alert"]["category"] == "reverse-ssh"]
+    assert len(ssh) == 1
+    a = ssh[0]
+    assert (a["src_ip"], a["dest_ip"], a["dest_port"]) == ("10.0.0.1", "13.13.13.37", 22)
+    assert a["alert"]["variant"] == "role-reversal"
+    assert a["flow"]["state"] == "open"
+    assert a["source"] == {"interface": lab.inside_if}
+    stratum = [a for a in alerts if a["alert"]["category"] == "stratum-mining"]
+    assert stratum[0]["dest_ip"] == "178.32.196.217" and stratum[0]["dest_port"] == 9050
+    assert any("watch ended" in line and "0 dropped" in line for line in w.err)
+
+
+def test_sigterm_flushes_what_is_pending(lab) -> None:  # type: ignore[no-untyped-def]
+    # no wall-clock snapshot for an hour: the alert can only come from SIGTERM's flush
+    w = Watch(["-i", lab.inside_if, "--tick", "3600"], lab, lab.inside)
+    try:
+        w.ready()
+        tr = replay(lab, SSH_PCAP, pps=60)
+        assert tr.wait(60) == 0
+        assert not w.alerts()
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    cats = [a["alert"]["category"] for a in w.alerts()]
+    assert cats == ["reverse-ssh"]
+    assert any("watch ended: 74 packets" in line for line in w.err)
+
+
+def test_sigusr2_with_a_broken_signature_file_keeps_the_old_set(
+        lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sigs = tmp_path / "signatures"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "signatures", sigs)
+    pools = sigs / "pools.yaml"
+    good = pools.read_text(encoding="utf-8")
+    w = Watch(["-i", lab.inside_if, "--signatures", str(sigs)], lab, lab.inside)
+    try:
+        w.ready()
+        pools.write_text(good + "\n  - {domain: [unclosed\n", encoding="utf-8")
+        w.proc.send_signal(signal.SIGUSR2)
+        w.wait_for(lambda: any("reload failed" in e and "pools.yaml" in e for e in w.err), 20,
+                   "the reload failure report")
+        # the pool list is still the old one: the pool's address is still known
+        tr = replay(lab, STRATUM_PCAP, pps=40)
+        w.wait_for(lambda: w.has_alert("mining-pool"), 30, "mining-pool alert after the bad "
+                   "reload", also=lambda: tr.poll() is None)
+        assert tr.wait(60) == 0
+        pools.write_text(good, encoding="utf-8")
+        w.proc.send_signal(signal.SIGUSR2)
+        w.wait_for(lambda: any("reloaded" in e for e in w.err), 20, "the reload report")
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    pool = [a for a in w.alerts() if a["alert"]["category"] == "mining-pool"]
+    assert pool and pool[0]["alert"]["variant"] == "ip-list"
+
+
+def test_bpf_filter_and_bad_usage(lab) -> None:  # type: ignore[no-untyped-def]
+    w = Watch(["-i", lab.inside_if, "--bpf", "tcp port 9050"], lab, lab.inside)
+    try:
+        w.ready()
+        for pcap, pps in ((SSH_PCAP, 200), (STRATUM_PCAP, 200)):
+            assert replay(lab, pcap, pps=pps).wait(60) == 0
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    cats = {a["alert"]["category"] for a in w.alerts()}
+    assert cats == {"stratum-mining", "mining-pool"}  # the SSH flow never passed the filter
+    assert any("watch ended: 145 packets" in line for line in w.err)
+
+    for args, says in ((["-i", lab.inside_if, "--bpf", "tcp port"], "--bpf"),
+                       (["-i", "fsw-nosuch0"], "cannot capture on fsw-nosuch0"),
+                       ([], "--interface")):
+        res = lab.run(lab.inside, [sys.executable, "-m", "flowsense", "watch", *args],
+                      timeout=120, env=env())
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0] and "Traceback" not in res.stderr
+
+
+def test_ring_batches_match_the_file_reader(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The ring walker is held to the file reader: the same frames, replayed and captured,
+    decode to the same columns, VLAN ids included (the kernel strips the outer tag into
+    tp_vlan_tci; the walker must give it back)."""
+    from flowsense.capture.reader import iter_batches
+    from flowsense.sidecar.warm import synthetic_pcap
+
+    pcap = tmp_path / "vlan.pcap"
+    pcap.write_bytes(synthetic_pcap(flows=30))
+    script = tmp_path / "ring.py"
+    script.write_text(RING_DUMP, encoding="utf-8")
+    dump = lab.popen(lab.inside, [sys.executable, str(script), lab.inside_if, "44"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     env=env())
+    assert dump.stdout is not None
+    assert dump.stdout.readline().strip() == "ready", dump.stderr.read() if dump.stderr else ""
+    assert replay(lab, pcap, pps=200).wait(60) == 0
+    out, err = dump.communicate(timeout=60)
+    assert dump.returncode == 0, err
+    got = [tuple(int(x) for x in line.split()) for line in out.splitlines()]
+    want = []
+    for b in iter_batches(str(pcap)):
+        c = b.cols
+        for i in range(b.n):
+            want.append(tuple(int(c[k][i]) for k in COLS))
+    assert len(want) == 44 and got == want
+    assert sum(1 for row in got if row[COLS.index("vlan")] == 7) == 6  # the tagged replies
+
+
+COLS = ("status", "fam", "proto", "src_lo", "dst_lo", "sport", "dport", "tcp_flags", "ip_len",
+        "payload_len", "vlan")
+RING_DUMP = f"""
+import sys, time
+from flowsense.capture.reader import Decoder
+from flowsense.config import CaptureConfig
+from flowsense.sidecar.ring import RingConfig
+from flowsense.sidecar.sources import RingSource
+from flowsense.config import Config
+from flowsense.sidecar.warm import warm
+warm(Config())  # compiled before the ring opens: a stalled reader lets the kernel drop
+cap = CaptureConfig()
+src = RingSource([sys.argv[1]], RingConfig(buffer_bytes=16 << 20, promisc=True), cap)
+want = int(sys.argv[2]); rows = []; end = time.monotonic() + 60
+print("ready", flush=True)
+def idle():
+    return len(rows) < want and time.monotonic() < end
+for b in src.batches(Decoder(cap), idle):
+    c = b.cols
+    for i in range(b.n):
+        if c["fam"][i] == 4:
+            rows.append(" ".join(str(int(c[k][i])) for k in {COLS!r}))
+print("\\n".join(rows))
+assert src.kernel_drops() == 0
+"""
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_drops_to_user_and_keeps_capturing(lab) -> None:  # type: ignore[no-untyped-def]
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    w = Watch(["-i", lab.inside_if, "--user", "nobody"], lab, lab.inside)
+    try:
+        w.ready()
+        st = _status(w.pid)  # `ip netns exec` execs: the pid is the watcher's
+        assert st["Uid"].split() == [str(nobody.pw_uid)] * 4
+        assert st["Gid"].split() == [str(nobody.pw_gid)] * 4
+        assert st["Groups"].strip() == ""
+        assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
+        tr = replay(lab, SSH_PCAP, pps=20)
+        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert as nobody",
+                   also=lambda: tr.poll() is None)
+        assert tr.wait(60) == 0
+        assert w.stop() == 0
+    finally:
+        w.kill()
+
+
+def test_enforce_keeps_only_cap_net_admin() -> None:
+    from tests.conftest import require_root
+
+    require_root()
+    code = ("from flowsense.sidecar.privileges import drop_to\n"
+            "import sys\n"
+            "drop_to('nobody', keep_net_admin=sys.argv[1] == '1')\n"
+            "st = dict(l.split(b':\\t') for l in open('/proc/self/status', 'rb') if b':\\t' in l)\n"
+            "print(int(st[b'CapEff'], 16), int(st[b'CapAmb'], 16))\n")
+    for keep, want in (("1", (1 << 12, 1 << 12)), ("0", (0, 0))):
+        res = subprocess.run([sys.executable, "-c", code, keep], capture_output=True, text=True,
+                             env=env(), timeout=120, check=True)
+        assert tuple(int(x) for x in res.stdout.split()) == want
+
+
+def test_scapy_backend_where_af_packet_is_missing(lab) -> None:  # type: ignore[no-untyped-def]
+    w = Watch(["-i", lab.inside_if, "--backend", "scapy"], lab, lab.inside)
+    try:
+        w.ready()
+        tr = replay(lab, SSH_PCAP, pps=20)
+        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert through scapy",
+                   also=lambda: tr.poll() is None)
+        assert tr.wait(60) == 0
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    assert any("watch ended: 74 packets" in line for line in w.err)
