@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", choices=("summary", "eve"), default="summary")
     a.add_argument("--signatures", action="append", metavar="PATH",
                    help="signature files or folders (default: the bundled signatures/)")
+    a.add_argument("--report", metavar="FILE", help="also write a self-contained HTML report")
     _common(a)
     f = sub.add_parser("flows", help="flow records")
     f.add_argument("paths", nargs="+", metavar="PATH")
@@ -122,6 +123,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from flowsense.detect.base import Alert, Resources
     from flowsense.detect.registry import DETECTORS
     from flowsense.report.alerts import AlertGate, eve_record
+    from flowsense.report.html import ReportBuilder
     from flowsense.signatures import load_pools
 
     cfg = _config(args)
@@ -129,6 +131,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     resources = Resources(pools=load_pools(args.signatures))
     detectors = [cls(resources) for cls in DETECTORS.values()]
     rules = [r for d in detectors for r in d.watch_rules()]
+    if args.report == "-":
+        raise ConfigError("--report needs a file name")
+    report_out = _open_out(args.report) if args.report else None
+    report = ReportBuilder() if report_out else None
     out = _open_out(args.output)
     alerts = []
     n_flows = [0]
@@ -144,6 +150,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             last_ns = pipe.table.clock_ns if end_ms is None else (end_ms + 1) * 10**6 - 1
             alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
             alerts.append(alert)
+            if report:
+                report.note(alert)
             if args.format == "eve":
                 out.write(eve_record(alert, cfg) + "\n")
 
@@ -151,19 +159,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         n_flows[0] += frame.n
         for d in detectors:
             emit(d.on_frame(frame))
+        if report:
+            report.observe(frame, ended=True)
 
     def snapshot(frame: FeatureFrame) -> None:
         for d in detectors:
             emit(d.on_snapshot(frame))
+        if report:
+            report.observe(frame, ended=False)
 
     pipe = Pipeline(cfg, sink, rules, snapshot)
     try:
         rc = _run(pipe, paths)
         if args.format == "summary":
-            write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors)
+            write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors,
+                          cfg.home_net)
+        if report and report_out:
+            report_out.write(report.render(paths, pipe.counters_dict(), n_flows[0], alerts,
+                                           pipe.errors, cfg.home_net))
     finally:
-        if out is not sys.stdout:
-            out.close()
+        for f in (out, report_out):
+            if f is not None and f is not sys.stdout:
+                f.close()
     return rc
 
 
