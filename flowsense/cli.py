@@ -25,6 +25,8 @@ log = logging.getLogger("flowsense")
 
 
 class _Parser(argparse.ArgumentParser):
+    commands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> None:  # one line, exit 2
         raise ConfigError(message)
 
@@ -34,7 +36,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home-net", metavar="CIDR,...", help="networks inside the perimeter")
     p.add_argument("--idle-timeout", type=float, metavar="S", help="idle timeout (both kinds)")
     p.add_argument("--active-timeout", type=float, metavar="S", help="interim record period")
-    p.add_argument("--config", metavar="FILE", help="YAML config file")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML config file (its commands section sets any of these flags)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -57,11 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
     sg = sub.add_parser("signatures", help="check or list signature files")
     sg.add_argument("action", choices=("validate", "list"))
     sg.add_argument("paths", nargs="*", metavar="PATH", help="default: the bundled signatures/")
+    p.commands = {"analyze": a, "flows": f}  # the commands a config file can set flags of
     return p
 
 
+def parse_args(parser: _Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags, with the config file's ``commands`` section as their defaults (a flag given on
+    the command line wins): parsed once to find the command and the file, then again."""
+    args = parser.parse_args(argv)
+    sub = parser.commands.get(args.command)
+    if sub is None or not args.config:
+        return args
+    flags = {name: list(p._actions) for name, p in parser.commands.items()}
+    cfg = load_config(args.config, flags)
+    given = cfg.commands.get(args.command, {})
+    appended = {a.dest for a in sub._actions if isinstance(a, argparse._AppendAction)}
+    sub.set_defaults(**{k: v for k, v in given.items() if k not in appended})
+    args = parser.parse_args(argv)
+    for k in appended & given.keys():
+        if getattr(args, k) is None:  # argparse would append to a list default
+            setattr(args, k, list(given[k]))
+    args.loaded_config = cfg
+    return args
+
+
 def _config(args: argparse.Namespace) -> Config:
-    cfg = load_config(args.config)
+    cfg = getattr(args, "loaded_config", None) or load_config(args.config)
     cfg = cfg.with_timeouts(args.idle_timeout, args.active_timeout)
     if args.home_net:
         cfg = dataclasses.replace(cfg, home_net=parse_home_net(args.home_net))
@@ -215,7 +240,7 @@ COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "signatures": cmd_signat
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
         logging.basicConfig(
             level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
             format="flowsense: %(levelname)s: %(message)s",
