@@ -18,6 +18,7 @@ from flowsense.errors import ConfigError, FlowsenseError
 from flowsense.flows.features import FeatureFrame, concat
 from flowsense.pipeline import Pipeline, expand_inputs, order_by_time
 from flowsense.report import flows as flows_out
+from flowsense.report.progress import progress_bar
 from flowsense.report.summary import write_summary
 from flowsense.schema import FLOW_COLUMNS
 
@@ -102,10 +103,12 @@ def _open_out(path: str | None) -> TextIO:
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
 
 
-def _run(pipe: Pipeline, paths: list[str]) -> int:
-    for path in paths:
-        pipe.run_file(path)
-    pipe.finish()
+def _run(pipe: Pipeline, paths: list[str], quiet: bool = False) -> int:
+    with progress_bar(paths, quiet) as hook:
+        pipe.progress = hook
+        for path in paths:
+            pipe.run_file(path)
+        pipe.finish()
     for err in pipe.errors:
         print(f"flowsense: {err}", file=sys.stderr)
     return 1 if pipe.errors else 0
@@ -119,7 +122,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
             raise ConfigError("--format parquet needs -o FILE")
         frames: list[FeatureFrame] = []
         pipe = Pipeline(cfg, frames.append)
-        rc = _run(pipe, paths)
+        rc = _run(pipe, paths, args.quiet)
         flows_out.write_parquet(concat(frames), args.output)
         return rc
     out = _open_out(args.output)
@@ -133,7 +136,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
             flows_out.write_jsonl(frame, out, splt=args.splt)
 
     try:
-        rc = _run(Pipeline(cfg, sink), paths)
+        rc = _run(Pipeline(cfg, sink), paths, args.quiet)
         if args.format == "csv" and first[0]:
             empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
             flows_out.write_csv(FeatureFrame(cols=empty), out)
@@ -195,7 +198,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     pipe = Pipeline(cfg, sink, rules, snapshot)
     try:
-        rc = _run(pipe, paths)
+        rc = _run(pipe, paths, args.quiet)
         if args.format == "summary":
             write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors,
                           cfg.home_net)
