@@ -23,7 +23,7 @@ from flowsense.encoding import shown
 from flowsense.flows.features import Trace
 from flowsense.flows.table_kernels import TR_DIR, TR_RETRANS
 
-W, PAD_L, PAD_R, PAD_T, PAD_B = 760, 150, 20, 12, 40
+W, PAD_L, PAD_R, PAD_T, PAD_B = 760, 150, 40, 12, 40
 SEVERITY_FILL = {1: "#c0392b", 2: "#e67e22", 3: "#2e86c1"}
 
 
