@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from flowsense.config import CaptureConfig, Config
-from flowsense.pipeline import FILE_DONE, Pipeline
+from flowsense.pipeline import FILE_DONE, Pipeline, ProgressHook
 from flowsense.report.progress import ProgressBar, progress_bar
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ PCAPS = REPO / "pcaps" / "corpus"
 SMALL = Config(capture=CaptureConfig(batch_packets=16, walk_packets=16))
 
 
-def _run(paths: list[str], hook) -> None:  # type: ignore[no-untyped-def]
+def _run(paths: list[str], hook: ProgressHook) -> None:
     pipe = Pipeline(SMALL, lambda frame: None)
     pipe.progress = hook
     for p in paths:

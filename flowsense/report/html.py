@@ -32,6 +32,7 @@ from flowsense.report.plots import esc
 MAX_TRACES = 50
 MAX_LISTED = 2000
 MAX_HIGHLIGHTS = 2000
+MAX_MARKS = 5000  # timeline marks: the strongest alerts
 MAX_DEPTH = 6
 X_EDGES = np.arange(-0.5, 10.01, 0.25)  # log10 ms: flows under 1 ms in the first bin
 Y_EDGES = np.arange(1.0, 14.01, 0.25)  # log10 bytes
@@ -117,10 +118,12 @@ class ReportBuilder:
         cats = triage.by_category(alerts, home_net)
         out.append('<h2 id="timeline">Alert timeline</h2>')
         if alerts:
-            marks = [plots.Mark(a.timestamp_ns, a.category, a.severity, _tip(a)) for a in ranked]
+            marks = [plots.Mark(a.timestamp_ns, a.category, a.severity, _tip(a))
+                     for a in ranked[:MAX_MARKS]]
+            more = f" The {MAX_MARKS:,} strongest alerts shown." if len(ranked) > MAX_MARKS else ""
             out.append(f"<figure>{plots.timeline(marks, [g.key for g in cats])}<figcaption>"
                        "One lane a category; red severity 1, orange 2, blue 3 (hover a mark for "
-                       "its flow).</figcaption></figure>")
+                       f"its flow).{more}</figcaption></figure>")
         else:
             out.append("<p>No alerts.</p>")
         out += self._alerts(cats, home_net)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +24,7 @@ from flowsense.flows.features import Trace
 from flowsense.flows.table_kernels import TR_DIR, TR_RETRANS
 
 W, PAD_L, PAD_R, PAD_T, PAD_B = 760, 150, 40, 12, 40
+Label = Callable[[float], str]  # a tick's text
 SEVERITY_FILL = {1: "#c0392b", 2: "#e67e22", 3: "#2e86c1"}
 
 
@@ -67,7 +68,8 @@ def _svg(height: int, label: str, body: list[str]) -> str:
             f'role="img" aria-label="{esc(label)}">' + "".join(body) + "</svg>")
 
 
-def _frame(x: Axis, y: Axis, xfmt, yfmt, xlabel: str, ylabel: str) -> list[str]:  # type: ignore[no-untyped-def]
+def _frame(x: Axis, y: Axis, xfmt: Label, yfmt: Label | None, xlabel: str,
+           ylabel: str) -> list[str]:
     """Plot area, grid, tick labels and axis titles."""
     top, bottom = min(y.p0, y.p1), max(y.p0, y.p1)
     out = [f'<rect x="{x.p0}" y="{top}" width="{x.p1 - x.p0}" height="{bottom - top}" '
@@ -101,7 +103,7 @@ class Mark:
     tip: str
 
 
-def _clock(t0_ns: int, span_s: float):  # type: ignore[no-untyped-def]
+def _clock(t0_ns: int, span_s: float) -> Label:
     fmt = "%m-%d %H:%M" if span_s > 86400 else "%H:%M:%S"
 
     def label(s: float) -> str:

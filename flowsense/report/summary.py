@@ -4,6 +4,7 @@ that may hold wire text goes through ``encoding.shown`` (controls and bidi overr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TextIO
 
 from flowsense.config import DEFAULT_HOME_NET
@@ -35,7 +36,7 @@ def alert_line(a: Alert) -> str:
             f"{f['dst_ip']}:{f['dst_port']} conf {a.confidence:.2f} {detail}").rstrip()
 
 
-def _groups(w, title: str, groups: list[triage.Group]) -> None:  # type: ignore[no-untyped-def]
+def _groups(w: Callable[[str], object], title: str, groups: list[triage.Group]) -> None:
     if not groups:
         return
     w(f"by {title}:\n")
