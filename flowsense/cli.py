@@ -18,6 +18,7 @@ from flowsense.errors import ConfigError, FlowsenseError
 from flowsense.flows.features import FeatureFrame, concat
 from flowsense.pipeline import Pipeline, expand_inputs, order_by_time
 from flowsense.report import flows as flows_out
+from flowsense.report.progress import progress_bar
 from flowsense.report.summary import write_summary
 from flowsense.schema import FLOW_COLUMNS
 
@@ -25,6 +26,8 @@ log = logging.getLogger("flowsense")
 
 
 class _Parser(argparse.ArgumentParser):
+    commands: dict[str, argparse.ArgumentParser]
+
     def error(self, message: str) -> None:  # one line, exit 2
         raise ConfigError(message)
 
@@ -34,7 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home-net", metavar="CIDR,...", help="networks inside the perimeter")
     p.add_argument("--idle-timeout", type=float, metavar="S", help="idle timeout (both kinds)")
     p.add_argument("--active-timeout", type=float, metavar="S", help="interim record period")
-    p.add_argument("--config", metavar="FILE", help="YAML config file")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML config file (its commands section sets any of these flags)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0)
 
 
@@ -47,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", choices=("summary", "eve"), default="summary")
     a.add_argument("--signatures", action="append", metavar="PATH",
                    help="signature files or folders (default: the bundled signatures/)")
+    a.add_argument("--report", metavar="FILE", help="also write a self-contained HTML report")
     _common(a)
     f = sub.add_parser("flows", help="flow records")
     f.add_argument("paths", nargs="+", metavar="PATH")
@@ -91,11 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "that ends before it was cut")
     vl.add_argument("--partial", action="store_true",
                     help="older files were pruned: the chain may start after record 0")
+    p.commands = {"analyze": a, "flows": f}  # the commands a config file can set flags of
     return p
 
 
+def parse_args(parser: _Parser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Flags, with the config file's ``commands`` section as their defaults (a flag given on
+    the command line wins): parsed once to find the command and the file, then again."""
+    args = parser.parse_args(argv)
+    sub = parser.commands.get(args.command)
+    if sub is None or not args.config:
+        return args
+    flags = {name: list(p._actions) for name, p in parser.commands.items()}
+    cfg = load_config(args.config, flags)
+    given = cfg.commands.get(args.command, {})
+    appended = {a.dest for a in sub._actions if isinstance(a, argparse._AppendAction)}
+    sub.set_defaults(**{k: v for k, v in given.items() if k not in appended})
+    args = parser.parse_args(argv)
+    for k in appended & given.keys():
+        if getattr(args, k) is None:  # argparse would append to a list default
+            setattr(args, k, list(given[k]))
+    args.loaded_config = cfg
+    return args
+
+
 def _config(args: argparse.Namespace) -> Config:
-    cfg = load_config(args.config)
+    cfg = getattr(args, "loaded_config", None) or load_config(args.config)
     cfg = cfg.with_timeouts(args.idle_timeout, args.active_timeout)
     if args.home_net:
         cfg = dataclasses.replace(cfg, home_net=parse_home_net(args.home_net))
@@ -111,10 +138,12 @@ def _open_out(path: str | None) -> TextIO:
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
 
 
-def _run(pipe: Pipeline, paths: list[str]) -> int:
-    for path in paths:
-        pipe.run_file(path)
-    pipe.finish()
+def _run(pipe: Pipeline, paths: list[str], quiet: bool = False) -> int:
+    with progress_bar(paths, quiet) as hook:
+        pipe.progress = hook
+        for path in paths:
+            pipe.run_file(path)
+        pipe.finish()
     for err in pipe.errors:
         print(f"flowsense: {err}", file=sys.stderr)
     return 1 if pipe.errors else 0
@@ -128,7 +157,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
             raise ConfigError("--format parquet needs -o FILE")
         frames: list[FeatureFrame] = []
         pipe = Pipeline(cfg, frames.append)
-        rc = _run(pipe, paths)
+        rc = _run(pipe, paths, args.quiet)
         flows_out.write_parquet(concat(frames), args.output)
         return rc
     out = _open_out(args.output)
@@ -142,7 +171,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
             flows_out.write_jsonl(frame, out, splt=args.splt)
 
     try:
-        rc = _run(Pipeline(cfg, sink), paths)
+        rc = _run(Pipeline(cfg, sink), paths, args.quiet)
         if args.format == "csv" and first[0]:
             empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
             flows_out.write_csv(FeatureFrame(cols=empty), out)
@@ -157,6 +186,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from flowsense.detect.base import Alert, Resources
     from flowsense.detect.registry import DETECTORS
     from flowsense.report.alerts import AlertGate, eve_record
+    from flowsense.report.html import ReportBuilder
     from flowsense.signatures import load_pools
 
     cfg = _config(args)
@@ -165,6 +195,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     sig_version = ",".join(resources.pools.versions)
     detectors = [cls(resources) for cls in DETECTORS.values()]
     rules = [r for d in detectors for r in d.watch_rules()]
+    if args.report == "-":
+        raise ConfigError("--report needs a file name")
+    report_out = _open_out(args.report) if args.report else None
+    report = ReportBuilder() if report_out else None
     out = _open_out(args.output)
     alerts = []
     n_flows = [0]
@@ -185,6 +219,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             last_ns = pipe.table.clock_ns if end_ms is None else (end_ms + 1) * 10**6 - 1
             alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
             alerts.append(alert)
+            if report:
+                report.note(alert)
             if args.format == "eve":
                 out.write(eve_record(alert, cfg, sig_version) + "\n")
 
@@ -192,19 +228,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         n_flows[0] += frame.n
         for d in detectors:
             emit(d.on_frame(frame))
+        if report:
+            report.observe(frame, ended=True)
 
     def snapshot(frame: FeatureFrame) -> None:
         for d in detectors:
             emit(d.on_snapshot(frame))
+        if report:
+            report.observe(frame, ended=False)
 
     pipe = Pipeline(cfg, sink, rules, snapshot)
     try:
-        rc = _run(pipe, paths)
+        rc = _run(pipe, paths, args.quiet)
         if args.format == "summary":
-            write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors)
+            write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors,
+                          cfg.home_net)
+        if report and report_out:
+            report_out.write(report.render(paths, pipe.counters_dict(), n_flows[0], alerts,
+                                           pipe.errors, cfg.home_net))
     finally:
-        if out is not sys.stdout:
-            out.close()
+        for f in (out, report_out):
+            if f is not None and f is not sys.stdout:
+                f.close()
     return rc
 
 
@@ -288,7 +333,7 @@ COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "watch": cmd_watch,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
         logging.basicConfig(
             level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
             format="flowsense: %(levelname)s: %(message)s",

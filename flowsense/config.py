@@ -5,6 +5,7 @@ Config files (YAML, ``--config``) map onto these dataclasses; unknown keys are e
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
@@ -137,6 +138,11 @@ class Config:
         """Whether either end of a flow is allowlisted for ``category``."""
         return (self.allowed(dst_ip, dst_port, category)
                 or self.allowed(src_ip, src_port, category))
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Defaults for each command's flags, ``commands: {analyze: {format: eve, report: r.html}}``:
+    every long flag of ``analyze`` and ``flows`` (``--jobs``, ``--engine`` and the rest of the
+    parallel options included, as they are added to the parser) by its name with ``_`` for
+    ``-``; a flag on the command line wins. ``home_net`` and the timeouts have their own keys."""
 
     def with_timeouts(
         self, idle_s: float | None = None, active_s: float | None = None
@@ -202,39 +208,140 @@ def _allowlist(value: Any, where: str) -> tuple[AllowEntry, ...]:
     return tuple(out)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def _lines(node: yaml.Node, path: tuple[str, ...] = (),
+           out: dict[tuple[str, ...], int] | None = None) -> dict[tuple[str, ...], int]:
+    """Line (1-based) of every mapping key in a composed YAML tree, by its key path."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = path + (str(k.value),)
+            out[key] = k.start_mark.line + 1
+            _lines(v, key, out)
+    return out
+
+
+class _Where:
+    """Names a place in the config file as ``file:line: dotted.key``."""
+
+    def __init__(self, path: str, lines: dict[tuple[str, ...], int]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def name(self, keys: tuple[str, ...]) -> str:
+        """``file:line: dotted.key`` of ``keys`` (for checkers that add their own message)."""
+        line = self.lines.get(keys, 1)
+        return f"{self.path}:{line}: {'.'.join(keys)}"
+
+    def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
+        line = self.lines.get(keys)
+        while line is None and keys:  # the nearest enclosing key that has a line
+            keys = keys[:-1]
+            line = self.lines.get(keys, 1 if not keys else None)
+        name = ".".join(keys)
+        return ConfigError(f"{self.path}:{line or 1}: {name + ': ' if name else ''}{message}")
+
+
+def _build(cls: type, data: Any, where: _Where, keys: tuple[str, ...] = ()) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping")
+        raise where.error(keys, "expected a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        at = keys + (str(key),)
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}")
+            raise where.error(at, f"unknown key {key!r}")
         if cls is Config and key == "allowlist":
-            kwargs[key] = _allowlist(value, f"{where}.{key}")
+            kwargs[key] = _allowlist(value, where.name(at))
             continue
         default = getattr(cls(), key)
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        if key == "commands" and cls is Config:
+            kwargs[key] = value  # checked against the flags by check_commands
+        elif dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, where, at)
         elif isinstance(default, tuple):
             if not isinstance(value, list):
-                raise ConfigError(f"{where}.{key}: expected a list")
+                raise where.error(at, "expected a list")
             kwargs[key] = tuple(str(v) for v in value)
         elif isinstance(default, bool) or not isinstance(value, (int, float)):
             if type(value) is not type(default):
-                raise ConfigError(f"{where}.{key}: expected {type(default).__name__}")
+                raise where.error(at, f"expected {type(default).__name__}")
             kwargs[key] = value
         else:
             if isinstance(value, bool) or (isinstance(default, int) and not isinstance(value, int)):
-                raise ConfigError(f"{where}.{key}: expected {type(default).__name__}")
+                raise where.error(at, f"expected {type(default).__name__}")
             if value < 0:
-                raise ConfigError(f"{where}.{key}: must not be negative")
+                raise where.error(at, "must not be negative")
             kwargs[key] = value
     return cls(**kwargs)
 
 
-def load_config(path: str | None) -> Config:
-    """Read a YAML config (``yaml.safe_load``) into a validated Config."""
+# flags that have a home elsewhere in the file, or make no sense there
+_NOT_IN_COMMANDS = {
+    "help": "not a setting", "version": "not a setting", "paths": "inputs are given as arguments",
+    "config": "a config file cannot name another",
+    "home_net": "set home_net at the top level",
+    "idle_timeout": "set flows.idle_timeout_s and flows.established_idle_timeout_s",
+    "active_timeout": "set flows.active_timeout_s",
+}
+
+
+def _flag_value(action: argparse.Action, value: Any) -> str | None:
+    """Why ``value`` cannot stand for ``action``'s flag, or None when it can."""
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        return None if all(isinstance(v, str) for v in items) else "expected a list of strings"
+    if isinstance(action, argparse._CountAction) or action.type is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "expected int"
+    if action.nargs == 0:  # store_true and the like
+        return None if isinstance(value, bool) else "expected true or false"
+    if action.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else "expected a number"
+    if action.choices is not None:
+        if value not in action.choices:
+            return f"expected one of {', '.join(map(str, action.choices))}"
+        return None
+    return None if isinstance(value, str) else "expected a string"
+
+
+def check_commands(cfg: Config, flags: dict[str, list[argparse.Action]],
+                   where: _Where | None = None) -> dict[str, dict[str, Any]]:
+    """The ``commands`` section as flag defaults for each command, every key checked against
+    that command's flags (``flags``: command -> its argparse actions). Values of ``append``
+    flags come back as lists."""
+    where = where or _Where("<config>", {})
+    section = cfg.commands
+    if not isinstance(section, dict):
+        raise where.error(("commands",), "expected a mapping")
+    out: dict[str, dict[str, Any]] = {}
+    for command, values in section.items():
+        at = ("commands", str(command))
+        if command not in flags:
+            raise where.error(at, f"unknown command {command!r} (one of {', '.join(flags)})")
+        if not isinstance(values, dict):
+            raise where.error(at, "expected a mapping of flag names to values")
+        actions = {a.dest: a for a in flags[command]}
+        checked: dict[str, Any] = {}
+        for key, value in values.items():
+            key_at = at + (str(key),)
+            if key in _NOT_IN_COMMANDS:
+                raise where.error(key_at, _NOT_IN_COMMANDS[key])
+            action = actions.get(key)
+            if action is None or not action.option_strings:
+                raise where.error(key_at, f"unknown key {key!r} (not a flag of {command})")
+            problem = _flag_value(action, value)
+            if problem is not None:
+                raise where.error(key_at, problem)
+            is_append = isinstance(action, argparse._AppendAction)
+            checked[key] = [value] if is_append and isinstance(value, str) else value
+        out[str(command)] = checked
+    return out
+
+
+def load_config(path: str | None,
+                flags: dict[str, list[argparse.Action]] | None = None) -> Config:
+    """Read a YAML config (composed with the safe loader, so every error names file:line) into
+    a validated Config; with ``flags``, the ``commands`` section is checked against them."""
     if path is None:
         return Config()
     p = Path(path)
@@ -243,12 +350,17 @@ def load_config(path: str | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
         raise ConfigError(f"{path}:{line}: invalid YAML") from None
-    return _build(Config, data, str(path))
+    where = _Where(str(path), _lines(node) if node is not None else {})
+    cfg = _build(Config, data, where)
+    if flags is not None:
+        cfg = dataclasses.replace(cfg, commands=check_commands(cfg, flags, where))
+    return cfg
 
 
 # numba flags for every kernel: cached, GIL released, no fastmath (statistics must be exact),

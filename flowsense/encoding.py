@@ -28,6 +28,15 @@ def wire_text(data: bytes) -> str:
     return "".join(out)
 
 
+def shown(value: object) -> str:
+    """Text for a human medium (terminal, HTML): ``wire_text``'s rules applied again (they are
+    idempotent on text that went through them) and every other non-printable character (format
+    marks such as U+200F, line and paragraph separators) escaped the same way. HTML adds
+    ``html.escape``, a rich console ``rich.markup.escape``, on top."""
+    text = wire_text(str(value).encode("utf-8", "surrogatepass"))
+    return "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
+
+
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 

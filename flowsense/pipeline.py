@@ -24,6 +24,7 @@ from flowsense.capture.reader import (
     is_capture_magic,
     iter_batches,
 )
+from flowsense.capture.source import is_mapped
 from flowsense.config import Config
 from flowsense.errors import CaptureError, InputMissingError
 from flowsense.flows.features import FeatureFrame, concat
@@ -90,6 +91,10 @@ class FlowsResult:
 
 
 FrameSink = Callable[[FeatureFrame], None]
+ProgressHook = Callable[[str, int, int | None], None]
+"""Called once a batch with (path, packets in the batch, bytes of ``path`` read so far, or None
+where the input is a stream or gzip), and once more with ``FILE_DONE`` when the file ends."""
+FILE_DONE = -1
 
 
 class Pipeline:
@@ -112,6 +117,7 @@ class Pipeline:
         self.counters = Counters()
         self.errors: list[CaptureError] = []
         self._starts: list[tuple[int, str]] = []  # (first packet ns, path) of each input read
+        self.progress: ProgressHook | None = None
 
     def run_file(self, path: str) -> None:
         c = self.counters
@@ -120,14 +126,20 @@ class Pipeline:
         self._starts.append((first if first is not None else self.table.clock_ns, path))
         # a file that goes back in time needs no rule of its own: the table restarts its flows
         # at any packet older than the clock by more than the idle timeout (K_TIMEJUMP)
+        mapped = self.progress is not None and is_mapped(path)
         try:
             for batch in iter_batches(path, self.config.capture, self.reader_stats, self.decoder):
                 self.feed(batch)
+                if self.progress is not None and batch.n:
+                    end = int(batch.cols["rec_off"][batch.n - 1]) if mapped else None
+                    self.progress(path, batch.n, end)
         except CaptureError as exc:
             c.files_damaged += 1
             # keep the error, not its traceback: the frames would pin the reader's buffers
             self.errors.append(exc.with_traceback(None))
             log.warning("%s", exc)
+        if self.progress is not None:
+            self.progress(path, 0, FILE_DONE)
 
     def feed(self, batch: PacketBatch) -> None:
         """One decoded batch into the table (files and live sources alike)."""

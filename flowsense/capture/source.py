@@ -116,6 +116,18 @@ class StreamSource(ByteSource):
                     pass
 
 
+def is_mapped(path: str) -> bool:
+    """Whether ``open_source`` memory-maps ``path`` (a regular file, not gzip): record offsets
+    are then offsets into the file."""
+    if path == "-" or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) != GZIP_MAGIC
+    except OSError:
+        return False
+
+
 def open_source(path: str, cfg: CaptureConfig) -> ByteSource:
     """Open ``path`` (or ``-`` for stdin), choosing a memory map where possible."""
     if path == "-":

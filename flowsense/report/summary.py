@@ -1,19 +1,59 @@
-"""The human summary of an ``analyze`` run (terminal text; wire strings escaped)."""
+"""The human summary of an ``analyze`` run: counters, then the alerts by category, by host and by
+pool, then each alert strongest first. Plain text (also fine in a file or a pager); every value
+that may hold wire text goes through ``encoding.shown`` (controls and bidi overrides escaped)."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Callable
 from typing import TextIO
 
+from flowsense.config import DEFAULT_HOME_NET
 from flowsense.detect.base import Alert
+from flowsense.encoding import shown
 from flowsense.errors import CaptureError
+from flowsense.report import triage
 
 MAX_LISTED = 20
+MAX_GROUPS = 20
+SHOWN_EVIDENCE = ("agent", "worker", "algo", "jobs", "shares", "pool", "matched", "port",
+                  "inner_banner")
+
+
+def evidence_brief(a: Alert) -> dict[str, object]:
+    """The few evidence values worth a line: miner and pool names, SSH versions."""
+    brief = {k: v for k, v in a.evidence.items() if k in SHOWN_EVIDENCE}
+    ssh = a.evidence.get("ssh", {})
+    for side in ("client", "server"):
+        if ssh.get(side, {}).get("software_version"):
+            brief[side] = ssh[side]["software_version"]
+    return brief
+
+
+def alert_line(a: Alert) -> str:
+    f = a.flow
+    detail = ", ".join(f"{k}={shown(v)}" for k, v in evidence_brief(a).items())
+    return (f"[{a.severity}] {a.category}/{a.variant} {f['src_ip']}:{f['src_port']} -> "
+            f"{f['dst_ip']}:{f['dst_port']} conf {a.confidence:.2f} {detail}").rstrip()
+
+
+def _groups(w: Callable[[str], object], title: str, groups: list[triage.Group]) -> None:
+    if not groups:
+        return
+    w(f"by {title}:\n")
+    for g in groups[:MAX_GROUPS]:
+        top = g.top
+        variants = ", ".join(sorted(g.variants))
+        hosts = f" hosts {len(g.hosts)}" if title != "host" else ""
+        w(f"  {shown(g.key):<24} {len(g.alerts):>5} alert(s) {g.flows:>5} flow(s){hosts}  "
+          f"strongest [{top.severity}] {top.confidence:.2f}  {shown(variants)}\n")
+    if len(groups) > MAX_GROUPS:
+        w(f"  ... and {len(groups) - MAX_GROUPS} more\n")
 
 
 def write_summary(
     out: TextIO, paths: list[str], counters: dict[str, int], n_flows: int,
     alerts: list[Alert], errors: list[CaptureError],
+    home_net: tuple[str, ...] = DEFAULT_HOME_NET,
 ) -> None:
     w = out.write
     w(f"flowsense analyze: {len(paths)} input(s)\n")
@@ -27,28 +67,13 @@ def write_summary(
     if not alerts:
         w("alerts: none\n")
         return
-    by_cat = Counter(a.category for a in alerts)
     w(f"alerts: {len(alerts)}\n")
-    for cat, k in by_cat.most_common():
-        w(f"  {cat:<16} {k:>6}\n")
+    _groups(w, "category", triage.by_category(alerts, home_net))
+    _groups(w, "host", triage.by_host(alerts, home_net))
+    _groups(w, "pool", triage.by_pool(alerts, home_net))
     w("strongest first:\n")
-    ranked = sorted(alerts, key=lambda a: (a.severity, -a.confidence, a.timestamp_ns))
+    ranked = triage.ranked(alerts)
     for a in ranked[:MAX_LISTED]:
-        f = a.flow
-        shown = {k: v for k, v in a.evidence.items()
-                 if k in ("agent", "worker", "algo", "jobs", "shares", "pool", "matched",
-                          "port", "inner_banner")}
-        ssh = a.evidence.get("ssh", {})
-        for side in ("client", "server"):
-            if ssh.get(side, {}).get("software_version"):
-                shown[side] = ssh[side]["software_version"]
-        detail = ", ".join(f"{k}={_terminal(v)}" for k, v in shown.items())
-        w(f"  [{a.severity}] {a.category}/{a.variant} {f['src_ip']}:{f['src_port']} -> "
-          f"{f['dst_ip']}:{f['dst_port']} conf {a.confidence:.2f} {detail}\n")
+        w(f"  {alert_line(a)}\n")
     if len(alerts) > MAX_LISTED:
         w(f"  ... and {len(alerts) - MAX_LISTED} more (--format eve lists them all)\n")
-
-
-def _terminal(v: object) -> str:
-    """Evidence for a terminal: already wire-escaped text, with escapes and controls visible."""
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in str(v))
