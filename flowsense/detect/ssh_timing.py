@@ -178,15 +178,16 @@ class Session:
         answered = False
         if op is not None and op[0] != d:
             pair = (op[2], size) if op[0] == R2I else (size, op[2])
-            if cand and pair in m.pairs:
-                lat = ts - op[1]
+            lat = ts - op[1]
+            # the initiator answers a responder's key at once, or it is a key of its own
+            if cand and pair in m.pairs and (op[0] == I2R or lat <= self.fast_ns):
                 answered = True
-                if op[0] == R2I and lat <= self.fast_ns:
+                if op[0] == R2I:
                     self.rev_bursts += 1
                     self.sizes[pair] = self.sizes.get(pair, 0) + 1
                     if len(self.latencies_us) < LATENCIES_KEPT:
                         self.latencies_us.append(lat // 1000)
-                elif op[0] == I2R:
+                else:
                     self.fwd_bursts += 1
                     if len(self.fwd_latencies_us) < LATENCIES_KEPT:
                         self.fwd_latencies_us.append(lat // 1000)
