@@ -327,6 +327,30 @@ def test_idle_tunnel_under_delayed_compression(tmp_path: Path) -> None:
     assert "idle-tunnel" not in variants(run(session(True)))
 
 
+@pytest.mark.parametrize("reverse", [True, False])
+def test_guessed_orientation_takes_roles_from_ssh(tmp_path: Path, reverse: bool) -> None:
+    """A capture that missed the TCP handshake and begins with the server's banner: the flow's
+    guessed client is the SSH server; the timing is judged with the SSH client as initiator."""
+    s = Session(server_first=True)
+    s.handshake()
+    s.session_channel()
+    if reverse:
+        s.reverse_keys(10, 76)
+    else:
+        s.forward_keys(30, 76)
+    s.close()
+    alerts = run(s.write(tmp_path / "late.pcap", skip=3))
+    got = [a for a in alerts if a.category == "reverse-ssh"]
+    if not reverse:
+        assert got == []
+        return
+    (a,) = got
+    assert a.variant == "reverse-interactive" and a.evidence["roles_from"] == "ssh"
+    assert a.flow["eve_flow"]["orientation"] == "guessed"
+    assert a.flow["src_ip"] == s.server  # the guess, as ALERTS.md defines it
+    assert a.evidence["round_trip_ms"] is None
+
+
 def test_home_net_does_not_change_detection(tmp_path: Path) -> None:
     s = Session(client="198.51.100.9")  # neither end inside the default home net
     s.handshake()

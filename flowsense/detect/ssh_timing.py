@@ -82,6 +82,7 @@ class Session:
     rtt_ns: int | None
     tun: SshConfig
     base: dict[str, Any] = field(default_factory=dict)  # versions, HASSH, negotiated
+    flip: int = 0  # 1: the TCP roles were guessed wrong; the SSH client is the initiator
     model: KeystrokeModel = field(init=False)
     consumed: int = 0
     missed: int = 0
@@ -142,7 +143,7 @@ class Session:
         out: list[Finding] = []
         for length, flags, ts in zip(trace.length[start:][keep].tolist(), fl[keep].tolist(),
                                      trace.ts_ns[start:][keep].tolist()):
-            d = flags & TR_DIR
+            d = (flags & TR_DIR) ^ self.flip
             if length == 0:
                 if flags & TR_ACK_ONLY and self.enc[0] and self.enc[1]:
                     self.acks[d] += 1
