@@ -33,22 +33,18 @@ side receives the echoes and acknowledges them), and OpenSSH 9.5's chaff (keystr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from flowsense.config import SshConfig
 from flowsense.detect.ssh_framing import (
-    CHANNEL_REPLY,
-    KEEPALIVE_CHANNEL,
-    KEEPALIVE_GLOBAL,
     MAX_BIND_ADDRESS,
-    REQUEST_REPLY,
+    OPEN_CONFIRMATION,
     TCPIP_FORWARD_BASE,
     KeystrokeModel,
     Suite,
-    keystroke_model,
+    sizes_for,
 )
 from flowsense.flows.features import Trace
 
@@ -57,8 +53,6 @@ I2R, R2I = 0, 1
 MS = 1_000_000
 INNER_KEXINIT = 300  # smallest inner KEXINIT carried (Dropbear's are ~500 bytes, OpenSSH's ~1 KiB)
 SETUP_WINDOW_NS = 10_000 * MS
-OPEN_CONFIRMATION = 17  # byte 91, recipient, sender, window, max packet
-FORWARDED_OPEN_BASE = 1 + 4 + len("forwarded-tcpip") + 12 + 4 + 4 + 4 + 4  # + two addresses
 FORWARD_SCAN = 4  # requests after USERAUTH_SUCCESS looked at for tcpip-forward
 LATENCIES_KEPT = 32
 KEEPALIVE_MIN_NS = 1000 * MS
@@ -355,51 +349,6 @@ class Session:
                 "idle_seconds": round(idle_ns / 1e9, 3), "keepalive_requests": self.ka_requests,
                 "keepalive_request_sizes": sorted(self.ka_sizes),
                 "compressed": self.model.compressed}))
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Wire sizes of the messages recognised by size in one outer session (shared by every flow
-    with the same suites: built once)."""
-
-    model: KeystrokeModel
-    ka_req: tuple[frozenset[int], frozenset[int]]  # keepalive requests, by direction
-    ka_rep: tuple[frozenset[int], frozenset[int]]  # their replies
-    auth_ok: frozenset[int]  # USERAUTH_SUCCESS, responder to initiator
-    fwd_req: frozenset[int]  # tcpip-forward with a 0-44 byte bind address
-    fwd_rep: frozenset[int]  # REQUEST_SUCCESS
-    rs_conf: frozenset[int]  # CHANNEL_OPEN_CONFIRMATION, alone or with a banner behind it
-    rs_opens: frozenset[int]  # CHANNEL_OPEN forwarded-tcpip with two addresses
-
-
-@lru_cache(maxsize=256)
-def sizes_for(i2r: Suite, r2i: Suite) -> Sizes:
-    s = (i2r, r2i)
-    model = keystroke_model(i2r, r2i)
-    if model.compressed:
-        # delayed compression (zlib@openssh.com) after login: a message's size no longer names
-        # it. Keystrokes are matched over a widened set; a keepalive is any small request (its
-        # name compresses to a back-reference) a second or more after the last, answered small;
-        # remote-forward and reverse-setup are not judged
-        none: frozenset[int] = frozenset()
-        small = [frozenset(range(1, x.packet_size(KEEPALIVE_CHANNEL + 8) + 1)) for x in s]
-        tiny = [frozenset(range(1, x.packet_size(CHANNEL_REPLY + 12) + 1)) for x in s]
-        return Sizes(model, (small[0], small[1]), (tiny[0], tiny[1]),
-                     frozenset(r2i.packet_sizes(1)), none, none, none, none)
-    replies = (*REQUEST_REPLY, CHANNEL_REPLY)
-    ka_rep = [frozenset().union(*(x.packet_sizes(p) for p in replies)) for x in s]
-    conf = i2r.packet_size(OPEN_CONFIRMATION)
-    return Sizes(
-        model,
-        (frozenset({i2r.packet_size(KEEPALIVE_GLOBAL)}),
-         frozenset({r2i.packet_size(KEEPALIVE_GLOBAL), r2i.packet_size(KEEPALIVE_CHANNEL)})),
-        (ka_rep[0], ka_rep[1]),
-        frozenset(r2i.packet_sizes(1)),
-        frozenset(i2r.packet_size(TCPIP_FORWARD_BASE + n) for n in range(MAX_BIND_ADDRESS)),
-        frozenset().union(*(r2i.packet_sizes(p) for p in REQUEST_REPLY)),
-        frozenset({conf} | {conf + i2r.channel_data(n) for n in range(10, 121)}),
-        frozenset(r2i.packet_size(FORWARDED_OPEN_BASE + n) for n in range(3, 2 * MAX_BIND_ADDRESS)),
-    )
 
 
 def handshake_rtt_ns(splt_ps: np.ndarray, splt_t_ms: np.ndarray, n: int,
