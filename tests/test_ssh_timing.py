@@ -421,3 +421,26 @@ def test_random_sessions(seed: int) -> None:
     assert "reverse-interactive" in rev
     if not chaff:
         assert typed <= 12
+
+
+def test_state_is_bounded_and_forgotten(tmp_path: Path) -> None:
+    """Timing state lives while the flow does: at most ``ssh.max_sessions`` flows at once (the
+    least recently seen dropped), none left once every flow has ended."""
+    sessions = []
+    for k in range(5):
+        s = Session(cport=41000 + k, t=1_700_000_000.0 + k * 0.001)
+        s.handshake()
+        s.forward_keys(3, 36)
+        sessions.append(s)
+    merged = Session()
+    merged.pkts = sorted(p for s in sessions for p in s.pkts)
+    path = merged.write(tmp_path / "five.pcap")
+    cfg = Config(ssh=SshConfig(max_sessions=2))
+    det = SshDetector(Resources(config=cfg))
+    sizes: list[int] = []
+    pipe = Pipeline(cfg, det.on_frame, det.watch_rules(),
+                    lambda f: (det.on_snapshot(f), sizes.append(len(det._sessions))))
+    pipe.run_file(str(path))
+    assert sizes and max(sizes) == 2  # five live SSH flows, two kept
+    pipe.finish()
+    assert len(det._sessions) == 0
