@@ -263,6 +263,25 @@ def test_reverse_setup_then_exfil(tmp_path: Path) -> None:
     assert setup.timestamp_ns < ex.timestamp_ns
 
 
+@pytest.mark.parametrize("cipher", [CHACHA, GCM, CTR_MD5])
+def test_agent_forwarding_is_not_reverse_setup(tmp_path: Path, cipher: tuple[str, str]) -> None:
+    """``ssh -A``: the server opens an auth-agent@openssh.com channel (a smaller open than
+    forwarded-tcpip's), the client confirms at once and answers RSA sign requests at once."""
+    s = Session(cipher=cipher)
+    s.handshake()
+    s.session_channel()
+    su = s.suite
+    for _ in range(3):
+        s.t += 5
+        s.r(su.packet_size(1 + 4 + 22 + 12))  # CHANNEL_OPEN auth-agent@openssh.com
+        s.i(su.packet_size(17), s.t + 0.0008)
+        s.t += 0.01
+        s.r(su.channel_data(620))  # sign request: an RSA key and the session data
+        s.i(su.channel_data(400), s.t + 0.002)  # the signature
+    s.close()
+    assert [a for a in run(s.write(tmp_path / "agent.pcap")) if a.category == "reverse-ssh"] == []
+
+
 def test_forward_bulk_and_local_forward_are_silent(tmp_path: Path) -> None:
     """scp up and down, and a -L forward carrying web requests: no reverse-ssh alert."""
     s = Session()

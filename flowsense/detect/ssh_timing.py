@@ -18,9 +18,10 @@ side receives the echoes and acknowledges them), and OpenSSH 9.5's chaff (keystr
   the inside host, a fraction of the round trip; a forward echo takes a round trip), and as
   forward when the initiator opened it and the responder answered. Chaff keeps a burst open, so
   it is counted once whoever answers it.
-* ``reverse-setup``: the responder opens a channel (``forwarded-tcpip``, the only direction an
-  ``-R`` forward opens in), the initiator confirms at once, and a key exchange follows through it
-  (a packet of inner-KEXINIT size each way).
+* ``reverse-setup``: after login the responder opens a channel (``forwarded-tcpip``, the only
+  direction an ``-R`` forward opens in; the agent and X11 channels a server opens are smaller),
+  the initiator confirms at once, and a key exchange follows through it (a packet of
+  inner-KEXINIT size each way within 10 s).
 * ``remote-forward``: the first requests after ``USERAUTH_SUCCESS`` include one of
   ``tcpip-forward``'s size (its bind address 0-45 bytes) answered by a ``REQUEST_SUCCESS``, before
   any channel is confirmed (the server's ``hostkeys-00`` comes the other way and larger; a
