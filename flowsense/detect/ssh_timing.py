@@ -14,9 +14,11 @@ side receives the echoes and acknowledges them), and OpenSSH 9.5's chaff (keystr
 
 * ``reverse-interactive``: keystroke bursts. A burst opens with a keystroke-sized packet after
   ``burst_gap_ms`` of quiet in both directions; it counts as reverse when the responder opened it
-  and the initiator answered with the matching echo size within ``fast`` (about zero seen from
-  the inside host, a fraction of the round trip; a forward echo takes a round trip), and as
-  forward when the initiator opened it and the responder answered. Chaff keeps a burst open, so
+  and the initiator answered with the matching echo size within ``fast`` (half the handshake's
+  round trip, kept within 10-40 ms, 25 ms without a handshake: a reverse echo takes about zero
+  seen from the inside host, a forward one a round trip), and as forward when the initiator
+  opened it and the responder answered. A responder packet a round trip after the initiator's
+  own key is that key's echo and opens nothing. Chaff keeps a burst open, so
   it is counted once whoever answers it.
 * ``reverse-setup``: after login the responder opens a channel (``forwarded-tcpip``, the only
   direction an ``-R`` forward opens in; the agent and X11 channels a server opens are smaller),
@@ -48,8 +50,8 @@ from flowsense.detect.ssh_framing import (
     sizes_for,
 )
 from flowsense.flows.features import Trace
+from flowsense.flows.table_kernels import TR_ACK_ONLY, TR_DIR, TR_RETRANS
 
-TR_DIR, TR_RETRANS, TR_ACK_ONLY = 1, 2, 32  # flows.table_kernels.TR_*
 I2R, R2I = 0, 1
 MS = 1_000_000
 INNER_KEXINIT = 300  # smallest inner KEXINIT carried (Dropbear's are ~500 bytes, OpenSSH's ~1 KiB)
