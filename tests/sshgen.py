@@ -49,7 +49,7 @@ class Session:
     comp: str = "none"
     pkts: list[tuple[float, bytes]] = field(default_factory=list)
     seq: list[int] = field(default_factory=lambda: [1000, 5000])
-    initiator_is_server: bool = False
+    server_first: bool = False  # the server's banner goes first (OpenSSH's sshd does that)
 
     @property
     def suite(self) -> Suite:
@@ -88,17 +88,16 @@ class Session:
         sx = clear_packet(b"\x1f" + _string(os.urandom(51)) + _string(os.urandom(32))
                           + _string(os.urandom(83)))
         nk = clear_packet(b"\x15")
-        first, second = (0, 1) if not self.initiator_is_server else (1, 0)
-        lines = {0: cb, 1: sb}
-        self._send(first, lines[0] if first == 0 else lines[1], self.t + 0.001)
+        first = 1 if self.server_first else 0
+        self._send(first, (cb, sb)[first], self.t + 0.001)
         self.t += self.rtt
-        self._send(second, lines[1] if second == 1 else lines[0], self.t)
-        self._send(first, ck, self.t + 0.001)
-        self._send(second, sk, self.t + 0.002)
-        self._send(first, cx, self.t + 0.003)
+        self._send(1 - first, (cb, sb)[1 - first], self.t)
+        self.i(ck, self.t + 0.001)
+        self.r(sk, self.t + 0.002)
+        self.i(cx, self.t + 0.003)
         self.t += self.rtt
-        self._send(second, sx + nk, self.t)
-        self._send(first, nk, self.t + 0.001)
+        self.r(sx + nk)
+        self.i(nk, self.t + 0.001)
         s = self.suite
         self.t += 0.01
         self.i(s.packet_size(17))  # SERVICE_REQUEST ssh-userauth
@@ -165,5 +164,6 @@ class Session:
         self._send(1, b"", self.t + self.rtt, FIN | ACK)
         self.ack(0, self.t + self.rtt + 0.0002)
 
-    def write(self, path: Path) -> Path:
-        return write_pcap(path, sorted(self.pkts, key=lambda p: p[0]))
+    def write(self, path: Path, skip: int = 0) -> Path:
+        """The capture, without its first ``skip`` packets (a capture that began late)."""
+        return write_pcap(path, sorted(self.pkts, key=lambda p: p[0])[skip:])

@@ -263,6 +263,25 @@ def test_reverse_setup_then_exfil(tmp_path: Path) -> None:
     assert setup.timestamp_ns < ex.timestamp_ns
 
 
+@pytest.mark.parametrize("cipher", [CHACHA, GCM, CTR_MD5])
+def test_agent_forwarding_is_not_reverse_setup(tmp_path: Path, cipher: tuple[str, str]) -> None:
+    """``ssh -A``: the server opens an auth-agent@openssh.com channel (a smaller open than
+    forwarded-tcpip's), the client confirms at once and answers RSA sign requests at once."""
+    s = Session(cipher=cipher)
+    s.handshake()
+    s.session_channel()
+    su = s.suite
+    for _ in range(3):
+        s.t += 5
+        s.r(su.packet_size(1 + 4 + 22 + 12))  # CHANNEL_OPEN auth-agent@openssh.com
+        s.i(su.packet_size(17), s.t + 0.0008)
+        s.t += 0.01
+        s.r(su.channel_data(620))  # sign request: an RSA key and the session data
+        s.i(su.channel_data(400), s.t + 0.002)  # the signature
+    s.close()
+    assert [a for a in run(s.write(tmp_path / "agent.pcap")) if a.category == "reverse-ssh"] == []
+
+
 def test_forward_bulk_and_local_forward_are_silent(tmp_path: Path) -> None:
     """scp up and down, and a -L forward carrying web requests: no reverse-ssh alert."""
     s = Session()
@@ -325,6 +344,30 @@ def test_idle_tunnel_under_delayed_compression(tmp_path: Path) -> None:
     (a,) = [a for a in run(session(False)) if a.variant == "idle-tunnel"]
     assert a.evidence["compressed"] is True and a.evidence["keepalive_requests"] >= 10
     assert "idle-tunnel" not in variants(run(session(True)))
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+def test_guessed_orientation_takes_roles_from_ssh(tmp_path: Path, reverse: bool) -> None:
+    """A capture that missed the TCP handshake and begins with the server's banner: the flow's
+    guessed client is the SSH server; the timing is judged with the SSH client as initiator."""
+    s = Session(server_first=True)
+    s.handshake()
+    s.session_channel()
+    if reverse:
+        s.reverse_keys(10, 76)
+    else:
+        s.forward_keys(30, 76)
+    s.close()
+    alerts = run(s.write(tmp_path / "late.pcap", skip=3))
+    got = [a for a in alerts if a.category == "reverse-ssh"]
+    if not reverse:
+        assert got == []
+        return
+    (a,) = got
+    assert a.variant == "reverse-interactive" and a.evidence["roles_from"] == "ssh"
+    assert a.flow["eve_flow"]["orientation"] == "guessed"
+    assert a.flow["src_ip"] == s.server  # the guess, as ALERTS.md defines it
+    assert a.evidence["round_trip_ms"] is None
 
 
 def test_home_net_does_not_change_detection(tmp_path: Path) -> None:
@@ -397,3 +440,26 @@ def test_random_sessions(seed: int) -> None:
     assert "reverse-interactive" in rev
     if not chaff:
         assert typed <= 12
+
+
+def test_state_is_bounded_and_forgotten(tmp_path: Path) -> None:
+    """Timing state lives while the flow does: at most ``ssh.max_sessions`` flows at once (the
+    least recently seen dropped), none left once every flow has ended."""
+    sessions = []
+    for k in range(5):
+        s = Session(cport=41000 + k, t=1_700_000_000.0 + k * 0.001)
+        s.handshake()
+        s.forward_keys(3, 36)
+        sessions.append(s)
+    merged = Session()
+    merged.pkts = sorted(p for s in sessions for p in s.pkts)
+    path = merged.write(tmp_path / "five.pcap")
+    cfg = Config(ssh=SshConfig(max_sessions=2))
+    det = SshDetector(Resources(config=cfg))
+    sizes: list[int] = []
+    pipe = Pipeline(cfg, det.on_frame, det.watch_rules(),
+                    lambda f: (det.on_snapshot(f), sizes.append(len(det._sessions))))
+    pipe.run_file(str(path))
+    assert sizes and max(sizes) == 2  # five live SSH flows, two kept
+    pipe.finish()
+    assert len(det._sessions) == 0

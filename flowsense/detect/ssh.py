@@ -239,14 +239,20 @@ class SshDetector(Detector):
         s2c = suite(n["enc_s2c"], n["mac_s2c"], n["comp_s2c"])
         if c2s is None or s2c is None:
             return None
-        i2r, r2i = (s2c, c2s) if swapped else (c2s, s2c)
         c = frame.cols
+        # without the SYN the TCP roles are a guess (ALERTS.md): take the SSH client as the
+        # initiator then, so a capture that began mid-handshake is judged the right way round
+        flip = swapped and c["orientation"][i] == "guessed"
+        i2r, r2i = (s2c, c2s) if swapped and not flip else (c2s, s2c)
+        enc_at = (ss.newkeys_at, cs.newkeys_at) if flip else (cs.newkeys_at, ss.newkeys_at)
         rtt = None
         if frame.splt_ps is not None and frame.splt_t_ms is not None and frame.splt_n is not None:
             rtt = handshake_rtt_ns(frame.splt_ps[i], frame.splt_t_ms[i], int(frame.splt_n[i]),
                                    str(c["orientation"][i]))
-        sess = Session(i2r, r2i, (cs.newkeys_at, ss.newkeys_at), rtt, self._tun,
-                       base=self._evidence(cs, ss))
+        base = self._evidence(cs, ss)
+        if flip:
+            base["roles_from"] = "ssh"  # initiator and responder as the SSH messages name them
+        sess = Session(i2r, r2i, enc_at, rtt, self._tun, base=base, flip=int(flip))
         trace = frame.traces[i]
         if trace.dropped:  # the ring went round before the first look: the handshake is past
             sess.enc = [True, True]

@@ -26,6 +26,7 @@ keystroke's, on purpose.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 CHANNEL_DATA_OVERHEAD = 9  # byte 94, uint32 recipient channel, uint32 data length
 MIN_PADDING = 4
@@ -172,3 +173,50 @@ REQUEST_REPLY = (1, 5)  # REQUEST_SUCCESS/FAILURE, the former with a uint32 port
 CHANNEL_REPLY = 5  # CHANNEL_SUCCESS/FAILURE: byte, uint32 channel
 TCPIP_FORWARD_BASE = 1 + 4 + len("tcpip-forward") + 1 + 4 + 4  # + the bind address's length
 MAX_BIND_ADDRESS = 45  # an IPv6 address in text
+OPEN_CONFIRMATION = 17  # byte 91, recipient, sender, window, max packet
+FORWARDED_OPEN_BASE = 1 + 4 + len("forwarded-tcpip") + 12 + 4 + 4 + 4 + 4  # + two addresses
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Wire sizes of the messages recognised by size in one outer session (shared by every flow
+    with the same suites: built once)."""
+
+    model: KeystrokeModel
+    ka_req: tuple[frozenset[int], frozenset[int]]  # keepalive requests, by direction
+    ka_rep: tuple[frozenset[int], frozenset[int]]  # their replies
+    auth_ok: frozenset[int]  # USERAUTH_SUCCESS, responder to initiator
+    fwd_req: frozenset[int]  # tcpip-forward with a 0-44 byte bind address
+    fwd_rep: frozenset[int]  # REQUEST_SUCCESS
+    rs_conf: frozenset[int]  # CHANNEL_OPEN_CONFIRMATION, alone or with a banner behind it
+    rs_opens: frozenset[int]  # CHANNEL_OPEN forwarded-tcpip with two addresses
+
+
+@lru_cache(maxsize=256)
+def sizes_for(i2r: Suite, r2i: Suite) -> Sizes:
+    s = (i2r, r2i)
+    model = keystroke_model(i2r, r2i)
+    if model.compressed:
+        # delayed compression (zlib@openssh.com) after login: a message's size no longer names
+        # it. Keystrokes are matched over a widened set; a keepalive is any small request (its
+        # name compresses to a back-reference) a second or more after the last, answered small;
+        # remote-forward and reverse-setup are not judged
+        none: frozenset[int] = frozenset()
+        small = [frozenset(range(1, x.packet_size(KEEPALIVE_CHANNEL + 8) + 1)) for x in s]
+        tiny = [frozenset(range(1, x.packet_size(CHANNEL_REPLY + 12) + 1)) for x in s]
+        return Sizes(model, (small[0], small[1]), (tiny[0], tiny[1]),
+                     frozenset(r2i.packet_sizes(1)), none, none, none, none)
+    replies = (*REQUEST_REPLY, CHANNEL_REPLY)
+    ka_rep = [frozenset().union(*(x.packet_sizes(p) for p in replies)) for x in s]
+    conf = i2r.packet_size(OPEN_CONFIRMATION)
+    return Sizes(
+        model,
+        (frozenset({i2r.packet_size(KEEPALIVE_GLOBAL)}),
+         frozenset({r2i.packet_size(KEEPALIVE_GLOBAL), r2i.packet_size(KEEPALIVE_CHANNEL)})),
+        (ka_rep[0], ka_rep[1]),
+        frozenset(r2i.packet_sizes(1)),
+        frozenset(i2r.packet_size(TCPIP_FORWARD_BASE + n) for n in range(MAX_BIND_ADDRESS)),
+        frozenset().union(*(r2i.packet_sizes(p) for p in REQUEST_REPLY)),
+        frozenset({conf} | {conf + i2r.channel_data(n) for n in range(10, 121)}),
+        frozenset(r2i.packet_size(FORWARDED_OPEN_BASE + n) for n in range(3, 2 * MAX_BIND_ADDRESS)),
+    )

@@ -14,13 +14,16 @@ side receives the echoes and acknowledges them), and OpenSSH 9.5's chaff (keystr
 
 * ``reverse-interactive``: keystroke bursts. A burst opens with a keystroke-sized packet after
   ``burst_gap_ms`` of quiet in both directions; it counts as reverse when the responder opened it
-  and the initiator answered with the matching echo size within ``fast`` (about zero seen from
-  the inside host, a fraction of the round trip; a forward echo takes a round trip), and as
-  forward when the initiator opened it and the responder answered. Chaff keeps a burst open, so
+  and the initiator answered with the matching echo size within ``fast`` (half the handshake's
+  round trip, kept within 10-40 ms, 25 ms without a handshake: a reverse echo takes about zero
+  seen from the inside host, a forward one a round trip), and as forward when the initiator
+  opened it and the responder answered. A responder packet a round trip after the initiator's
+  own key is that key's echo and opens nothing. Chaff keeps a burst open, so
   it is counted once whoever answers it.
-* ``reverse-setup``: the responder opens a channel (``forwarded-tcpip``, the only direction an
-  ``-R`` forward opens in), the initiator confirms at once, and a key exchange follows through it
-  (a packet of inner-KEXINIT size each way).
+* ``reverse-setup``: after login the responder opens a channel (``forwarded-tcpip``, the only
+  direction an ``-R`` forward opens in; the agent and X11 channels a server opens are smaller),
+  the initiator confirms at once, and a key exchange follows through it (a packet of
+  inner-KEXINIT size each way within 10 s).
 * ``remote-forward``: the first requests after ``USERAUTH_SUCCESS`` include one of
   ``tcpip-forward``'s size (its bind address 0-45 bytes) answered by a ``REQUEST_SUCCESS``, before
   any channel is confirmed (the server's ``hostkeys-00`` comes the other way and larger; a
@@ -33,32 +36,26 @@ side receives the echoes and acknowledges them), and OpenSSH 9.5's chaff (keystr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from flowsense.config import SshConfig
 from flowsense.detect.ssh_framing import (
-    CHANNEL_REPLY,
-    KEEPALIVE_CHANNEL,
-    KEEPALIVE_GLOBAL,
     MAX_BIND_ADDRESS,
-    REQUEST_REPLY,
+    OPEN_CONFIRMATION,
     TCPIP_FORWARD_BASE,
     KeystrokeModel,
     Suite,
-    keystroke_model,
+    sizes_for,
 )
 from flowsense.flows.features import Trace
+from flowsense.flows.table_kernels import TR_ACK_ONLY, TR_DIR, TR_RETRANS
 
-TR_DIR, TR_RETRANS, TR_ACK_ONLY = 1, 2, 32  # flows.table_kernels.TR_*
 I2R, R2I = 0, 1
 MS = 1_000_000
 INNER_KEXINIT = 300  # smallest inner KEXINIT carried (Dropbear's are ~500 bytes, OpenSSH's ~1 KiB)
 SETUP_WINDOW_NS = 10_000 * MS
-OPEN_CONFIRMATION = 17  # byte 91, recipient, sender, window, max packet
-FORWARDED_OPEN_BASE = 1 + 4 + len("forwarded-tcpip") + 12 + 4 + 4 + 4 + 4  # + two addresses
 FORWARD_SCAN = 4  # requests after USERAUTH_SUCCESS looked at for tcpip-forward
 LATENCIES_KEPT = 32
 KEEPALIVE_MIN_NS = 1000 * MS
@@ -82,6 +79,7 @@ class Session:
     rtt_ns: int | None
     tun: SshConfig
     base: dict[str, Any] = field(default_factory=dict)  # versions, HASSH, negotiated
+    flip: int = 0  # 1: the TCP roles were guessed wrong; the SSH client is the initiator
     model: KeystrokeModel = field(init=False)
     consumed: int = 0
     missed: int = 0
@@ -142,7 +140,7 @@ class Session:
         out: list[Finding] = []
         for length, flags, ts in zip(trace.length[start:][keep].tolist(), fl[keep].tolist(),
                                      trace.ts_ns[start:][keep].tolist()):
-            d = flags & TR_DIR
+            d = (flags & TR_DIR) ^ self.flip
             if length == 0:
                 if flags & TR_ACK_ONLY and self.enc[0] and self.enc[1]:
                     self.acks[d] += 1
@@ -178,15 +176,16 @@ class Session:
         answered = False
         if op is not None and op[0] != d:
             pair = (op[2], size) if op[0] == R2I else (size, op[2])
-            if cand and pair in m.pairs:
-                lat = ts - op[1]
+            lat = ts - op[1]
+            # the initiator answers a responder's key at once, or it is a key of its own
+            if cand and pair in m.pairs and (op[0] == I2R or lat <= self.fast_ns):
                 answered = True
-                if op[0] == R2I and lat <= self.fast_ns:
+                if op[0] == R2I:
                     self.rev_bursts += 1
                     self.sizes[pair] = self.sizes.get(pair, 0) + 1
                     if len(self.latencies_us) < LATENCIES_KEPT:
                         self.latencies_us.append(lat // 1000)
-                elif op[0] == I2R:
+                else:
                     self.fwd_bursts += 1
                     if len(self.fwd_latencies_us) < LATENCIES_KEPT:
                         self.fwd_latencies_us.append(lat // 1000)
@@ -353,51 +352,6 @@ class Session:
                 "idle_seconds": round(idle_ns / 1e9, 3), "keepalive_requests": self.ka_requests,
                 "keepalive_request_sizes": sorted(self.ka_sizes),
                 "compressed": self.model.compressed}))
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Wire sizes of the messages recognised by size in one outer session (shared by every flow
-    with the same suites: built once)."""
-
-    model: KeystrokeModel
-    ka_req: tuple[frozenset[int], frozenset[int]]  # keepalive requests, by direction
-    ka_rep: tuple[frozenset[int], frozenset[int]]  # their replies
-    auth_ok: frozenset[int]  # USERAUTH_SUCCESS, responder to initiator
-    fwd_req: frozenset[int]  # tcpip-forward with a 0-44 byte bind address
-    fwd_rep: frozenset[int]  # REQUEST_SUCCESS
-    rs_conf: frozenset[int]  # CHANNEL_OPEN_CONFIRMATION, alone or with a banner behind it
-    rs_opens: frozenset[int]  # CHANNEL_OPEN forwarded-tcpip with two addresses
-
-
-@lru_cache(maxsize=256)
-def sizes_for(i2r: Suite, r2i: Suite) -> Sizes:
-    s = (i2r, r2i)
-    model = keystroke_model(i2r, r2i)
-    if model.compressed:
-        # delayed compression (zlib@openssh.com) after login: a message's size no longer names
-        # it. Keystrokes are matched over a widened set; a keepalive is any small request (its
-        # name compresses to a back-reference) a second or more after the last, answered small;
-        # remote-forward and reverse-setup are not judged
-        none: frozenset[int] = frozenset()
-        small = [frozenset(range(1, x.packet_size(KEEPALIVE_CHANNEL + 8) + 1)) for x in s]
-        tiny = [frozenset(range(1, x.packet_size(CHANNEL_REPLY + 12) + 1)) for x in s]
-        return Sizes(model, (small[0], small[1]), (tiny[0], tiny[1]),
-                     frozenset(r2i.packet_sizes(1)), none, none, none, none)
-    replies = (*REQUEST_REPLY, CHANNEL_REPLY)
-    ka_rep = [frozenset().union(*(x.packet_sizes(p) for p in replies)) for x in s]
-    conf = i2r.packet_size(OPEN_CONFIRMATION)
-    return Sizes(
-        model,
-        (frozenset({i2r.packet_size(KEEPALIVE_GLOBAL)}),
-         frozenset({r2i.packet_size(KEEPALIVE_GLOBAL), r2i.packet_size(KEEPALIVE_CHANNEL)})),
-        (ka_rep[0], ka_rep[1]),
-        frozenset(r2i.packet_sizes(1)),
-        frozenset(i2r.packet_size(TCPIP_FORWARD_BASE + n) for n in range(MAX_BIND_ADDRESS)),
-        frozenset().union(*(r2i.packet_sizes(p) for p in REQUEST_REPLY)),
-        frozenset({conf} | {conf + i2r.channel_data(n) for n in range(10, 121)}),
-        frozenset(r2i.packet_size(FORWARDED_OPEN_BASE + n) for n in range(3, 2 * MAX_BIND_ADDRESS)),
-    )
 
 
 def handshake_rtt_ns(splt_ps: np.ndarray, splt_t_ms: np.ndarray, n: int,
