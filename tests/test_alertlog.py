@@ -327,3 +327,46 @@ def test_torn_line_in_a_rotated_file(tmp_path: Path) -> None:
     path.write_bytes(ls[5])
     res = verify(files(path), str(seed))
     assert res.problem.kind == "removed" and "record 4 removed" in res.problem.message
+
+
+FULL_DISK_CHILD = """
+import resource, signal, sys
+from flowsense.sidecar.alertlog import SealedLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+lg = SealedLog(sys.argv[1], sys.argv[2], syslog=False)
+lg.append({"event_type": "alert", "n": 0})
+resource.setrlimit(resource.RLIMIT_FSIZE, (600, resource.RLIM_INFINITY))  # the disk fills up
+try:
+    lg.append({"event_type": "alert", "n": 1, "pad": "x" * 1000})
+except OSError as exc:
+    print("failed:", exc.errno)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print(lg.append({"event_type": "alert", "n": 2})["seal"]["seq"])  # space again
+lg.close()
+"""
+
+
+def test_full_disk_mid_record(tmp_path: Path) -> None:
+    """A write cut short by a full disk (EFBIG here) leaves a torn line; the next append ends
+    it and seals a note, so the log still verifies and says what happened."""
+    path, seed = tmp_path / "alerts.log", tmp_path / "seed"
+    r = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(path), str(seed)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and r.stdout.split() == ["failed:", "27", "2"], r
+    assert len(lines(path)) == 4  # record 0, the torn one (ended), the note (1), record 2
+    res = verify([str(path)], str(seed))
+    assert res.ok and res.records == 3, res.report()
+    assert any(":2: a torn line" in n and "noted by the writer" in n for n in res.notes)
+
+
+def test_restart_notes_records_lost_before_fsync(tmp_path: Path) -> None:
+    path, seed, _ = write_log(tmp_path, 6)
+    path.write_bytes(b"".join(lines(path)[:4]))  # power lost: records 4 and 5 never hit disk
+    with SealedLog(str(path), str(seed), syslog=False) as lg:
+        lg.append(alert(6))
+    note = json.loads(lines(path)[4])
+    assert note["sealed_log"] == {"event": "resume-gap", "file": "alerts.log",
+                                  "missing_from": 4, "missing_to": 5}
+    res = verify([str(path)], str(seed))  # still a finding: a removal looks the same
+    assert res.problem.kind == "removed" and "records 4..5 removed" in res.problem.message
