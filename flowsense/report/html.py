@@ -185,8 +185,9 @@ class ReportBuilder:
                 f'<figure class="trace">{plots.trace_plot(trace, label)}<figcaption '
                 f'class="legend"><span class="up">&#9650; client to server</span>'
                 f'<span class="down">&#9660; server to client</span> payload bytes of '
-                f"{len(trace.length)} packets since the flow was first watched{dropped}; "
-                "grey: retransmissions.</figcaption></figure>")
+                f"the {len(trace.length)} packets kept since the flow was watched, the first "
+                f"at {esc(iso_ts(int(trace.ts_ns[0])))}{dropped}; grey: retransmissions."
+                "</figcaption></figure>")
         parts.append("</article>")
         return "\n".join(parts)
 
