@@ -1,6 +1,8 @@
 """Every tunable, with its default and a one-line doc; units in the names.
 
-Config files (YAML, ``--config``) map onto these dataclasses; unknown keys are errors.
+Config files (YAML, ``--config``) map onto these dataclasses, plus a ``commands`` section holding
+defaults for the command-line flags (``check_commands``); unknown keys and wrong types are errors
+naming file:line and the dotted key.
 """
 
 from __future__ import annotations
