@@ -1,6 +1,8 @@
 """Every tunable, with its default and a one-line doc; units in the names.
 
-Config files (YAML, ``--config``) map onto these dataclasses; unknown keys are errors.
+Config files (YAML, ``--config``) map onto these dataclasses, plus a ``commands`` section holding
+defaults for the command-line flags (``check_commands``); unknown keys and wrong types are errors
+naming file:line and the dotted key.
 """
 
 from __future__ import annotations
@@ -285,23 +287,32 @@ _NOT_IN_COMMANDS = {
 }
 
 
-def _flag_value(action: argparse.Action, value: Any) -> str | None:
-    """Why ``value`` cannot stand for ``action``'s flag, or None when it can."""
+def _flag_value(action: argparse.Action, value: Any) -> tuple[str | None, Any]:
+    """(why ``value`` cannot stand for ``action``'s flag or None, the value to use)."""
     if isinstance(action, argparse._AppendAction):
         items = value if isinstance(value, list) else [value]
-        return None if all(isinstance(v, str) for v in items) else "expected a list of strings"
+        ok = all(isinstance(v, str) for v in items)
+        return (None, items) if ok else ("expected a list of strings", None)
     if isinstance(action, argparse._CountAction) or action.type is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "expected int"
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (None, value) if ok else ("expected int", None)
     if action.nargs == 0:  # store_true and the like
-        return None if isinstance(value, bool) else "expected true or false"
+        return (None, value) if isinstance(value, bool) else ("expected true or false", None)
     if action.type is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return None if ok else "expected a number"
-    if action.choices is not None:
-        if value not in action.choices:
-            return f"expected one of {', '.join(map(str, action.choices))}"
-        return None
-    return None if isinstance(value, str) else "expected a string"
+        return (None, value) if ok else ("expected a number", None)
+    if action.type not in (None, str):  # a flag's own converter: give it the text
+        if isinstance(value, (dict, list)) or value is None:
+            return "expected a single value", None
+        try:
+            value = action.type(str(value).lower() if isinstance(value, bool) else str(value))
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            return f"invalid value: {exc}", None
+    elif not isinstance(value, str):
+        return "expected a string", None
+    if action.choices is not None and value not in action.choices:
+        return f"expected one of {', '.join(map(str, action.choices))}", None
+    return None, value
 
 
 def check_commands(cfg: Config, flags: dict[str, list[argparse.Action]],
@@ -329,11 +340,9 @@ def check_commands(cfg: Config, flags: dict[str, list[argparse.Action]],
             action = actions.get(key)
             if action is None or not action.option_strings:
                 raise where.error(key_at, f"unknown key {key!r} (not a flag of {command})")
-            problem = _flag_value(action, value)
+            problem, checked[key] = _flag_value(action, value)
             if problem is not None:
                 raise where.error(key_at, problem)
-            is_append = isinstance(action, argparse._AppendAction)
-            checked[key] = [value] if is_append and isinstance(value, str) else value
         out[str(command)] = checked
     return out
 

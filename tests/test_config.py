@@ -129,3 +129,29 @@ def test_config_drives_the_cli(tmp_path: Path) -> None:
     assert r.returncode == 2 and not r.stdout
     assert r.stderr.decode() == (f"flowsense: error: {cfg}:4: commands.analyze.repot: unknown "
                                  "key 'repot' (not a flag of analyze)\n")
+
+
+def _at_least_one(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def test_flags_added_to_the_parser_are_settable(tmp_path: Path) -> None:
+    """The parallel options (--jobs, --engine, ...) need no config code of their own."""
+    parser = build_parser()
+    sub = parser.commands["analyze"]
+    sub.add_argument("--jobs", type=_at_least_one)
+    sub.add_argument("--engine", choices=("local", "dask"), default="local")
+    sub.add_argument("--independent", action="store_true")
+    path = tmp_path / "c.yaml"
+    path.write_text("commands:\n  analyze:\n    jobs: 2\n    engine: dask\n    independent: true\n")
+    args = parse_args(parser, ["analyze", "x.pcap", "--config", str(path)])
+    assert (args.jobs, args.engine, args.independent) == (2, "dask", True)
+    args = parse_args(parser, ["analyze", "x.pcap", "--config", str(path), "--jobs", "3"])
+    assert args.jobs == 3
+    path.write_text("commands:\n  analyze:\n    engine: dask\n    jobs: 0\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:4: commands\.analyze\.jobs: invalid value: "
+                                          "must be at least 1"):
+        parse_args(parser, ["analyze", "x.pcap", "--config", str(path)])

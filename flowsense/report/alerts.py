@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 
@@ -16,8 +17,13 @@ def iso_ts(ns: int) -> str:
     return t.replace(microsecond=(ns // 1000) % 1_000_000).isoformat()
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(home_net: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in home_net]
+
+
 def direction(src: str, dst: str, home_net: tuple[str, ...]) -> str:
-    nets = [ipaddress.ip_network(n, strict=False) for n in home_net]
+    nets = _networks(home_net)  # parsed once a run, not once an alert
 
     def inside(a: str) -> bool:
         ip = ipaddress.ip_address(a)

@@ -33,6 +33,7 @@ MAX_TRACES = 50
 MAX_LISTED = 2000
 MAX_HIGHLIGHTS = 2000
 MAX_MARKS = 5000  # timeline marks: the strongest alerts
+MAX_ROWS = 500  # rows of the by-host and by-pool tables
 MAX_DEPTH = 6
 X_EDGES = np.arange(-0.5, 10.01, 0.25)  # log10 ms: flows under 1 ms in the first bin
 Y_EDGES = np.arange(1.0, 14.01, 0.25)  # log10 bytes
@@ -185,8 +186,9 @@ class ReportBuilder:
                 f'<figure class="trace">{plots.trace_plot(trace, label)}<figcaption '
                 f'class="legend"><span class="up">&#9650; client to server</span>'
                 f'<span class="down">&#9660; server to client</span> payload bytes of '
-                f"{len(trace.length)} packets since the flow was first watched{dropped}; "
-                "grey: retransmissions.</figcaption></figure>")
+                f"the {len(trace.length)} packets kept since the flow was watched, the first "
+                f"at {esc(iso_ts(int(trace.ts_ns[0])))}{dropped}; grey: retransmissions."
+                "</figcaption></figure>")
         parts.append("</article>")
         return "\n".join(parts)
 
@@ -265,11 +267,13 @@ def _tables(alerts: list[Alert], home_net: tuple[str, ...]) -> list[str]:
             continue
         out.append(f"<table><tr><th>{title}</th><th>alerts</th><th>flows</th><th>hosts</th>"
                    "<th>strongest</th><th>what</th></tr>")
-        for g in groups:
+        for g in groups[:MAX_ROWS]:
             out.append(
                 f"<tr><td><code>{esc(g.key)}</code></td><td class=\"num\">{len(g.alerts)}</td>"
                 f'<td class="num">{g.flows}</td><td class="num">{len(g.hosts)}</td>'
                 f"<td>[{int(g.top.severity)}] {g.top.confidence:.2f}</td>"
                 f"<td>{esc(', '.join(sorted(g.variants)))}</td></tr>")
         out.append("</table>")
+        if len(groups) > MAX_ROWS:
+            out.append(f"<p>{len(groups) - MAX_ROWS:,} more {title}s, weaker, not listed.</p>")
     return out

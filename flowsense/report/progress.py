@@ -61,9 +61,10 @@ class ProgressBar:
     def __init__(self, paths: list[str], stream: TextIO | None = None,
                  show_after_s: float = SHOW_AFTER_S, force_terminal: bool | None = None) -> None:
         console = Console(file=stream or sys.stderr, force_terminal=force_terminal)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            _PacketRate(), TimeRemainingColumn(), console=console,
-                            transient=True, auto_refresh=True, refresh_per_second=4)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24),
+                            DownloadColumn(), _PacketRate(), TimeRemainingColumn(),
+                            console=console, transient=True, auto_refresh=True,
+                            refresh_per_second=4)
         self.task = self.bar.add_task("", total=input_bytes(paths), packets=0, start=True)
         self._done = 0  # bytes of the inputs already finished
         self._file = ""

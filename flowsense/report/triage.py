@@ -4,6 +4,7 @@ read these groups, so they always agree."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,10 +24,12 @@ def ranked(alerts: Iterable[Alert]) -> list[Alert]:
 def host_of(alert: Alert, home_net: tuple[str, ...]) -> str:
     """The host a responder would go and look at: the side inside ``home_net`` (the client
     when both or neither are)."""
-    f = alert.flow
-    if direction(f["src_ip"], f["dst_ip"], home_net) == "inbound":
-        return str(f["dst_ip"])
-    return str(f["src_ip"])
+    return _host(str(alert.flow["src_ip"]), str(alert.flow["dst_ip"]), home_net)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _host(src: str, dst: str, home_net: tuple[str, ...]) -> str:
+    return dst if direction(src, dst, home_net) == "inbound" else src
 
 
 def pool_of(alert: Alert) -> str | None:
