@@ -12,13 +12,17 @@ from collections import Counter
 from pathlib import Path
 
 import dpkt
+import numpy as np
 import pytest
 
 from flowsense.cli import main
 from flowsense.config import Config
 from flowsense.detect import cadence
+from flowsense.detect.base import Resources
+from flowsense.detect.pools import PoolDetector, dns_qname
 from flowsense.flows.table import WatchRule
 from flowsense.pipeline import Pipeline
+from flowsense.signatures import load_pools
 from tests.pcapgen import tcp_session, udp, write_pcap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,3 +235,35 @@ def test_stratum_v2_sizes(tmp_path: Path, port: int, client: int, server: int,
     path = write_pcap(tmp_path / "v2.pcap", tcp_session(C, S, 40100, port, 0.0, ex))
     alerts = analyze(path, tmp_path)
     assert [a["alert"]["variant"] for a in alerts] == (["stratum-v2"] if fires else [])
+
+
+def test_dns_prefilter_never_misses_a_pool_name(tmp_path: Path) -> None:
+    """The vectorised pick of DNS queries that can name a pool against the exact per-row path,
+    on names of every kind: listed, their subdomains in mixed case (resolvers randomise it),
+    look-alikes and ordinary names."""
+    names = ["flypool.org", "eu1-zcash.flypool.org", "XMR-EU1.NanoPool.Org",
+             "nanopool.org.evil.com", "notflypool.org", "pool.supportxmr.com", "www.example.com",
+             "a.b.c.d.e.f.ethermine.org", "c3pool.com", "xc3pool.com", "moneroocean.stream",
+             "x" * 63 + ".kryptex.network", "org", "com"]
+    pk = []
+    for k, name in enumerate(names):
+        pk += dns_pair(float(k), name, "192.0.2.1", 50000 + k)
+    path = write_pcap(tmp_path / "names.pcap", pk)
+    pools = load_pools()
+    det = PoolDetector(Resources(pools=pools))
+    checked: list[tuple[str, bool, bool]] = []
+
+    def sink(frame) -> None:  # type: ignore[no-untyped-def]
+        rows = np.flatnonzero(frame.cols["dst_port"] == 53)
+        pick = det._may_ask_pool(frame, rows)
+        for r, p in zip(rows.tolist(), pick.tolist()):
+            name = dns_qname(frame.payload(r, 0))
+            assert name is not None
+            checked.append((name, p, pools.match_name(name) is not None))
+
+    pipe = Pipeline(Config(), sink, [])
+    pipe.run_file(str(path))
+    pipe.finish()
+    assert len(checked) == len(names)
+    assert all(p == exact for _, p, exact in checked), checked
+    assert sum(exact for _, _, exact in checked) == 8

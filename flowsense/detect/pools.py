@@ -27,7 +27,7 @@ from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.table import WatchRule
-from flowsense.signatures import PoolEntry, PoolSet
+from flowsense.signatures import PoolEntry, PoolSet, suffix_hashes
 
 VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidence, signature)
     "login": (3400001, 1, 0.95, "mining pool named in the miner's own protocol"),
@@ -135,15 +135,16 @@ def tls_sni(data: bytes) -> str | None:
 
 
 def http_host(data: bytes) -> str | None:
+    """The Host header of an HTTP request at the start of ``data`` (in its first 2 KiB)."""
     head = data[:2048]
     if not head[:8].split(b" ", 1)[0].isalpha():
         return None
-    for line in head.split(b"\r\n")[1:]:
-        if not line:
-            break
-        if line[:5].lower() == b"host:":
-            return wire_text(line[5:].strip().split(b":")[0])
-    return None
+    at = head.lower().find(b"\r\nhost:")
+    if at < 0 or head.find(b"\r\n\r\n", 0, at + 2) >= 0:  # none, or only in the body
+        return None
+    end = head.find(b"\r\n", at + 7)
+    value = head[at + 7:end if end >= 0 else len(head)]
+    return wire_text(value.strip().split(b":")[0])
 
 
 class PoolDetector(Detector):
@@ -153,6 +154,7 @@ class PoolDetector(Detector):
         super().__init__(resources)
         self.pools: PoolSet = self.resources.pools
         self.dns = DnsAnswers()
+        self._suffixes = self.pools.wire_suffixes()
 
     def watch_rules(self) -> Sequence[WatchRule]:
         # post-quantum ClientHellos outgrow the 512-byte head: the slab holds the SNI.
@@ -165,6 +167,7 @@ class PoolDetector(Detector):
             return []
         c = frame.cols
         dns_rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
+        dns_rows = dns_rows[self._may_ask_pool(frame, dns_rows)]
         for i in dns_rows.tolist():  # learn answers before judging the flows of this frame
             query = frame.payload(i, 0)
             qname = dns_qname(query)
@@ -199,6 +202,31 @@ class PoolDetector(Detector):
             if found:
                 alerts.append(self._alert(frame, i, found, figures))
         return alerts
+
+    def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
+        """Vectorised: which DNS queries' first question can end in a listed domain. The name's
+        wire bytes up to its terminating zero are read backwards and hashed for every suffix
+        length at once; the lengths of listed domains are looked up; a hit is checked exactly
+        (``dns_qname``, ``match_name``)."""
+        ok = np.zeros(len(rows), dtype=bool)
+        if not len(rows) or not self._suffixes:
+            return ok
+        assert frame.head is not None and frame.head_len is not None
+        # most names end within 96 bytes: look there first, at the rest only where they do not
+        q = frame.head[rows, 0, : 12 + 96]
+        zero = q[:, 12:] == 0
+        if not zero.any(axis=1).all():
+            q = frame.head[rows, 0, : 12 + 256]
+            zero = q[:, 12:] == 0
+        end = np.argmax(zero, axis=1) + 12  # where the first question's name ends
+        found = zero.any(axis=1) & (end < frame.head_len[rows, 0])
+        longest = max(self._suffixes)
+        back = np.maximum(end[:, None] - np.arange(longest), 0)
+        hashes = suffix_hashes(np.take_along_axis(q, back, axis=1))
+        for m, listed in self._suffixes.items():
+            fit = found & (end - m + 1 >= 12)
+            ok |= fit & np.isin(hashes[:, m - 1], listed)
+        return ok
 
     def _judge(self, frame: FeatureFrame, i: int,
                listed: bool) -> list[tuple[str, str, PoolEntry | None]]:
