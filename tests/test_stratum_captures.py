@@ -267,3 +267,38 @@ def test_dns_prefilter_never_misses_a_pool_name(tmp_path: Path) -> None:
     assert len(checked) == len(names)
     assert all(p == exact for _, p, exact in checked), checked
     assert sum(exact for _, _, exact in checked) == 8
+
+
+def test_counts_carry_across_snapshots_past_a_small_trace_ring(tmp_path: Path) -> None:
+    """Small batches (a snapshot every 30 s of capture time sees the session while it runs) and
+    a 128-packet trace ring, which by the session's end has dropped its first packets: the
+    per-flow tally carried between looks still counts every job and share."""
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("capture: {batch_packets: 16}\nflows: {trace_packets: 128}\n")
+    cap = CAPS / "xmrig-login.pcap"
+    truth = naive_counts(cap)
+    mining = [a for a in analyze(cap, tmp_path, "--config", str(cfg))
+              if a["alert"]["category"] == "stratum-mining"]
+    long = max(mining, key=lambda a: truth[a["src_port"]]["shares"])
+    assert long["flow"]["state"] == "open"  # first judged while the session was up
+    counts = _final_counts(cap, cfg)  # the same tally, read when the flow ended
+    for port, want in truth.items():
+        assert counts[port] == (want["jobs"], want["shares"])
+
+
+def _final_counts(cap: Path, cfg: Path) -> dict[int, tuple[int, int]]:
+    """Jobs and shares of each Stratum flow as judged when it ended, after every snapshot."""
+    from flowsense.config import load_config
+    from flowsense.detect.stratum import StratumDetector
+
+    det = StratumDetector()
+    out: dict[int, tuple[int, int]] = {}
+
+    def sink(frame) -> None:  # type: ignore[no-untyped-def]
+        for a in det.on_frame(frame):
+            out[a.flow["src_port"]] = (a.evidence["jobs"], a.evidence["shares"])
+
+    pipe = Pipeline(load_config(str(cfg)), sink, det.watch_rules(), det.on_snapshot)
+    pipe.run_file(str(cap))
+    pipe.finish()
+    return out
