@@ -142,6 +142,10 @@ def test_cadence_on_tls_mining_to_an_unlisted_name(tmp_path: Path) -> None:
     assert figs["submits_answered"] >= 0.6 and figs["pushes_answered"] <= 0.34
     # judged while the session was still up (a snapshot), at a packet of the flow
     assert a["flow"]["state"] == "open"
+    summary = tmp_path / "summary.txt"
+    assert main(["analyze", "-o", str(summary), str(CAPS / "stratum-tls-cadence.pcap")]) == 0
+    line = next(x for x in summary.read_text().splitlines() if "mining-pool/cadence" in x)
+    assert f"{figs['pushes']} pushes and {figs['submits']} submits" in line
 
 
 @pytest.mark.parametrize("name", BENIGN)

@@ -38,6 +38,12 @@ def write_summary(
         shown = {k: v for k, v in a.evidence.items()
                  if k in ("agent", "worker", "algo", "jobs", "shares", "pool", "matched",
                           "port", "inner_banner")}
+        rhythm = a.evidence.get("cadence", {})
+        if rhythm:
+            shown["cadence"] = (f"{rhythm['duration_s']}s, {rhythm['pushes']} pushes and "
+                                f"{rhythm['submits']} submits, median gaps "
+                                f"{rhythm['median_gap_s']['pushes']}s/"
+                                f"{rhythm['median_gap_s']['submits']}s")
         ssh = a.evidence.get("ssh", {})
         for side in ("client", "server"):
             if ssh.get(side, {}).get("software_version"):
