@@ -306,3 +306,16 @@ def _final_counts(cap: Path, cfg: Path) -> dict[int, tuple[int, int]]:
     pipe.run_file(str(cap))
     pipe.finish()
     return out
+
+
+@pytest.mark.parametrize(("request_head", "alerted"), [
+    (b"GET /proxy HTTP/1.1\r\nUpgrade: websocket\r\nHOST:\tETH-EU1.NanoPool.ORG:8888\r\n\r\n",
+     True),
+    (b"POST / HTTP/1.1\r\nContent-Length: 40\r\nhost: eth-eu1.nanopool.org\r\n\r\n{}", True),
+    (b"POST / HTTP/1.1\r\nHost: example.com\r\n\r\nHost: eth-eu1.nanopool.org\r\n", False),
+    (b"GET / HTTP/1.1\r\nHost: nanopool.org.example.com\r\n\r\n", False),
+])
+def test_http_host_pick(tmp_path: Path, request_head: bytes, alerted: bool) -> None:
+    pk = tcp_session(C, S, 40200, 8888, 0.0, [(0, request_head), (1, b"HTTP/1.1 200 OK\r\n\r\n")])
+    alerts = analyze(write_pcap(tmp_path / "h.pcap", pk), tmp_path)
+    assert [a["alert"]["variant"] for a in alerts] == (["http-host"] if alerted else [])

@@ -13,6 +13,7 @@ long-lived low-volume flow (``detect.cadence``, lower confidence, the figures as
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
                                  "share submits"),
 }
 DNS_CACHE_ENTRIES = 100_000
+_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 class DnsAnswers:
@@ -182,7 +184,8 @@ class PoolDetector(Detector):
         assert frame.head is not None and frame.addr is not None
         first = frame.head[:, 0, 0]
         named = (first == ord("{")) | ((first == 0x16) & (frame.head[:, 0, 5] == 1))
-        named |= np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
+        http = np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
+        named |= self._listed_host(frame, np.flatnonzero(http))
         fam = c["ip_version"]
         listed = self.pools.listed(fam, frame.addr[:, 2], frame.addr[:, 3])
         asked = np.zeros(frame.n, dtype=bool)
@@ -202,6 +205,25 @@ class PoolDetector(Detector):
             if found:
                 alerts.append(self._alert(frame, i, found, figures))
         return alerts
+
+    def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
+        """Which rows (of ``frame.n``) among HTTP-looking ``rows`` carry a Host header naming a
+        listed pool: one regular-expression pass over their heads laid end to end, then the
+        (memoised) name match; ``http_host`` checks the few hits exactly."""
+        ok = np.zeros(frame.n, dtype=bool)
+        if not len(rows) or not self._suffixes:
+            return ok
+        assert frame.head is not None
+        heads = np.ascontiguousarray(frame.head[rows, 0, :])
+        width = heads.shape[1]
+        blob = heads.tobytes()
+        for m in _HOST.finditer(blob):
+            k = m.start() // width
+            value = blob[m.start(1):min(m.end(1), (k + 1) * width)]
+            name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
+            if self.pools.match_name(name) is not None:
+                ok[rows[k]] = True
+        return ok
 
     def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
         """Vectorised: which DNS queries' first question can end in a listed domain. The name's
