@@ -50,6 +50,7 @@ class DnsAnswers:
         self.capacity = capacity
         self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
         self._clients: Counter[str] = Counter()  # answers held per client
+        self.version = 0  # changes whenever the set of clients does
 
     @property
     def clients(self) -> Counter[str]:
@@ -59,6 +60,7 @@ class DnsAnswers:
     def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
         key = (client, addr)
         if key not in self._map:
+            self.version += client not in self._clients
             self._clients[client] += 1
         self._map[key] = (name, expiry_ns)
         self._map.move_to_end(key)
@@ -67,6 +69,7 @@ class DnsAnswers:
             self._clients[old] -= 1
             if not self._clients[old]:
                 del self._clients[old]
+                self.version += 1
 
     def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
         hit = self._map.get((client, addr))
@@ -157,6 +160,8 @@ class PoolDetector(Detector):
         self.pools: PoolSet = self.resources.pools
         self.dns = DnsAnswers()
         self._suffixes = self.pools.wire_suffixes()
+        self._asked_version = -1
+        self._asked_lo = np.zeros(0, dtype=np.uint64)
 
     def watch_rules(self) -> Sequence[WatchRule]:
         # post-quantum ClientHellos outgrow the 512-byte head: the slab holds the SNI.
@@ -189,9 +194,12 @@ class PoolDetector(Detector):
         fam = c["ip_version"]
         listed = self.pools.listed(fam, frame.addr[:, 2], frame.addr[:, 3])
         asked = np.zeros(frame.n, dtype=bool)
-        if self.dns.clients:
-            asked = np.fromiter((ip in self.dns.clients for ip in c["src_ip"].tolist()),
-                                dtype=bool, count=frame.n)
+        if self.dns.clients:  # by the address's low 64 bits: a superset, _judge looks up exactly
+            if self._asked_version != self.dns.version:
+                self._asked_version = self.dns.version
+                self._asked_lo = np.array([int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
+                                           for ip in self.dns.clients], dtype=np.uint64)
+            asked = np.isin(frame.addr[:, 1], self._asked_lo)
         transport = (c["protocol"] == 6) | ((c["protocol"] == 17) & (c["dst_port"] != 53))
         rhythm = cadence.candidates(frame)
         candidates = np.flatnonzero(transport & (named | listed | asked | rhythm))
