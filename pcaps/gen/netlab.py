@@ -143,12 +143,12 @@ class Lab:
     def close(self) -> None:
         """Stop every process and remove every device and namespace of the lab (idempotent)."""
         for proc in reversed(self._procs):
-            _stop(proc)
+            stop_process(proc)
         self._procs.clear()
         for ns in (self.inside, self.outside):
             self._kill_namespace_pids(ns)
         if self._relay is not None:
-            _stop(self._relay)
+            stop_process(self._relay)
             self._relay = None
         for fd in self._fds:
             with contextlib.suppress(OSError):
@@ -228,7 +228,8 @@ def _sigterm_to_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """End ``proc``: its stdin closed, SIGTERM, SIGKILL after 5 s; reaped."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(OSError):
