@@ -43,6 +43,15 @@ DNS_CACHE_ENTRIES = 100_000
 _HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
+def _members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``values`` (any shape) found in the sorted, unique ``table``: a binary search each, no
+    sort of the values (``np.isin`` sorts both)."""
+    if not len(table):
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(table, values), len(table) - 1)
+    return table[at] == values
+
+
 class DnsAnswers:
     """Answers each client received: (client, address) -> (name, expiry ns); bounded, LRU."""
 
@@ -160,6 +169,9 @@ class PoolDetector(Detector):
         self.pools: PoolSet = self.resources.pools
         self.dns = DnsAnswers()
         self._suffixes = self.pools.wire_suffixes()
+        self._suffix_table = (np.array(sorted(self._suffixes), dtype=np.int64),
+                              np.unique(np.concatenate([np.zeros(0, np.uint64),
+                                                        *self._suffixes.values()])))
         self._asked_version = -1
         self._asked_lo = np.zeros(0, dtype=np.uint64)
 
@@ -197,9 +209,10 @@ class PoolDetector(Detector):
         if self.dns.clients:  # by the address's low 64 bits: a superset, _judge looks up exactly
             if self._asked_version != self.dns.version:
                 self._asked_version = self.dns.version
-                self._asked_lo = np.array([int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
-                                           for ip in self.dns.clients], dtype=np.uint64)
-            asked = np.isin(frame.addr[:, 1], self._asked_lo)
+                self._asked_lo = np.unique(np.array(
+                    [int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
+                     for ip in self.dns.clients], dtype=np.uint64))
+            asked = _members(frame.addr[:, 1], self._asked_lo)
         transport = (c["protocol"] == 6) | ((c["protocol"] == 17) & (c["dst_port"] != 53))
         rhythm = cadence.candidates(frame)
         candidates = np.flatnonzero(transport & (named | listed | asked | rhythm))
@@ -250,13 +263,11 @@ class PoolDetector(Detector):
             zero = q[:, 12:] == 0
         end = np.argmax(zero, axis=1) + 12  # where the first question's name ends
         found = zero.any(axis=1) & (end < frame.head_len[rows, 0])
-        longest = max(self._suffixes)
-        back = np.maximum(end[:, None] - np.arange(longest), 0)
-        hashes = suffix_hashes(np.take_along_axis(q, back, axis=1))
-        for m, listed in self._suffixes.items():
-            fit = found & (end - m + 1 >= 12)
-            ok |= fit & np.isin(hashes[:, m - 1], listed)
-        return ok
+        lengths, listed = self._suffix_table
+        back = np.maximum(end[:, None] - np.arange(lengths[-1]), 0)
+        hashes = suffix_hashes(np.take_along_axis(q, back, axis=1))[:, lengths - 1]
+        fit = found[:, None] & (end[:, None] - lengths[None, :] + 1 >= 12)
+        return (fit & _members(hashes, listed)).any(axis=1)
 
     def _judge(self, frame: FeatureFrame, i: int,
                listed: bool) -> list[tuple[str, str, PoolEntry | None]]:
