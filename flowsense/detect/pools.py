@@ -40,6 +40,7 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
                                  "share submits"),
 }
 DNS_CACHE_ENTRIES = 100_000
+MAX_SEEN_OPEN = 1_000_000  # DNS flows remembered as read while open (cleared past this)
 _HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
@@ -172,6 +173,7 @@ class PoolDetector(Detector):
         self._suffix_table = (np.array(sorted(self._suffixes), dtype=np.int64),
                               np.unique(np.concatenate([np.zeros(0, np.uint64),
                                                         *self._suffixes.values()])))
+        self._seen_open: set[int] = set()  # DNS flows read while open (their reply's prompt)
         self._asked_version = -1
         self._asked_lo = np.zeros(0, dtype=np.uint64)
 
@@ -185,7 +187,7 @@ class PoolDetector(Detector):
         if frame.n == 0:
             return []
         c = frame.cols
-        dns_rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
+        dns_rows = self._new_lookups(frame)
         dns_rows = dns_rows[self._may_ask_pool(frame, dns_rows)]
         for i in dns_rows.tolist():  # learn answers before judging the flows of this frame
             query = frame.payload(i, 0)
@@ -226,6 +228,25 @@ class PoolDetector(Detector):
             if found:
                 alerts.append(self._alert(frame, i, found, figures))
         return alerts
+
+    def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
+        """Rows of DNS lookups not read before: a lookup whose reply was shown at once (a
+        prompt rule) is not read again when its flow ends (only the first message of each
+        direction is parsed, and that has not changed)."""
+        c = frame.cols
+        rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
+        if not len(rows):
+            return rows
+        fids = c["flow_id"][rows].tolist()
+        if c["expiration"][rows[0]] == "":  # a live record (prompt or snapshot frame)
+            if len(self._seen_open) > MAX_SEEN_OPEN:
+                self._seen_open.clear()
+            self._seen_open.update(fids)
+            return rows
+        seen = self._seen_open
+        fresh = [fid not in seen for fid in fids]
+        seen.difference_update(fids)
+        return rows[np.array(fresh, dtype=bool)]
 
     def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
         """Which rows (of ``frame.n``) among HTTP-looking ``rows`` carry a Host header naming a
