@@ -359,3 +359,29 @@ def test_corpus_counts_past_the_slab(corpus: Path) -> None:
         # capture): it looks like a retransmission and is not counted past the slab
         slack = 1 if server[0] == "116.211.167.195" else 0
         assert truth[(server, "jobs")] - slack <= a.evidence["jobs"] <= truth[(server, "jobs")]
+
+
+def test_generator_end_to_end(tmp_path: Path) -> None:
+    """Two short captures through the whole generator (root: namespaces, tcpdump): the Stratum
+    V2-shaped session alerts, the JSON-RPC controls stay silent, nothing of the labs is left."""
+    import subprocess
+    import sys
+
+    from tests.conftest import require_root, require_tool
+
+    require_root()
+    for tool in ("tcpdump", "ethtool", "openssl", "ip"):
+        require_tool(tool)
+    r = subprocess.run([sys.executable, "-m", "pcaps.gen.stratum_captures", "--out",
+                        str(tmp_path), "--only", "stratum-v2-noise-sizes", "jsonrpc-benign"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = {p.name: analyze(p, tmp_path) for p in sorted(tmp_path.glob("*.pcap"))}
+    assert set(got) == {"stratum-v2-noise-sizes.pcap", "jsonrpc-benign.pcap"}
+    assert [a["alert"]["variant"] for a in got["stratum-v2-noise-sizes.pcap"]] == ["stratum-v2"]
+    assert got["jsonrpc-benign.pcap"] == []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "fss-" not in netns
+    bad = subprocess.run([sys.executable, "-m", "pcaps.gen.stratum_captures", "--only", "nope"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no such capture: nope" in bad.stderr
