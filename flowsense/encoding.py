@@ -17,6 +17,10 @@ def _escape_char(ch: str) -> str:
 
 def wire_text(data: bytes) -> str:
     """Text for bytes that came off the wire (see the module doc)."""
+    if data.isascii():  # the common case, without the loop: printable ASCII stays as it is
+        text = data.decode("ascii")
+        if text.isprintable():
+            return text
     text = data.decode("utf-8", errors="backslashreplace")
     out = []
     for ch in text:

@@ -56,6 +56,22 @@ class PoolEntry:
     origin: str  # file:line
 
 
+_HASH_WEIGHTS = np.random.default_rng(20261126).integers(
+    1, 2**63, size=256, dtype=np.int64).astype(np.uint64) | np.uint64(1)
+MEMO_NAMES = 65536
+
+
+def suffix_hashes(rev: np.ndarray) -> np.ndarray:
+    """For a uint8[n, m] array of byte strings given last byte first (m <= 256): uint64[n, m]
+    whose column k is a 64-bit hash of each string's last k + 1 bytes, ASCII letters folded to
+    lower case (DNS names compare without case; resolvers randomise it). One cumulative sum
+    gives every suffix length at once."""
+    upper = (rev >= 65) & (rev <= 90)
+    folded = np.where(upper, rev | np.uint8(32), rev).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return np.cumsum(folded * _HASH_WEIGHTS[: rev.shape[1]], axis=1, dtype=np.uint64)
+
+
 @dataclass
 class PoolSet:
     """Indicators from every loaded file, with fast lookups."""
@@ -64,9 +80,11 @@ class PoolSet:
     versions: list[str] = field(default_factory=list)
     _domains: dict[str, PoolEntry] = field(default_factory=dict)
     _nets: dict[int, dict[int, dict[int, PoolEntry]]] = field(default_factory=dict)
+    _memo: dict[str, PoolEntry | None] = field(default_factory=dict)  # names seen lately
 
     def add(self, e: PoolEntry) -> None:
         self.entries.append(e)
+        self._memo.clear()
         if e.domain is not None:
             self._domains.setdefault(e.domain, e)
 
@@ -80,12 +98,30 @@ class PoolSet:
 
     def match_name(self, name: str) -> PoolEntry | None:
         """The entry whose domain is ``name`` or a parent of it (on label boundaries)."""
+        if name in self._memo:  # the same hosts come back again and again
+            return self._memo[name]
         labels = name.lower().rstrip(".").split(".")
+        found = None
         for k in range(len(labels) - 1):
-            hit = self._domains.get(".".join(labels[k:]))
-            if hit is not None:
-                return hit
-        return None
+            found = self._domains.get(".".join(labels[k:]))
+            if found is not None:
+                break
+        if len(self._memo) >= MEMO_NAMES:
+            self._memo.clear()
+        self._memo[name] = found
+        return found
+
+    def wire_suffixes(self) -> dict[int, np.ndarray]:
+        """The listed domains in DNS wire form (length-prefixed labels and the final zero),
+        hashed with ``suffix_hashes`` and grouped by length: a vectorised first test of which
+        DNS questions can name a listed pool (a hit is then checked exactly)."""
+        by_len: dict[int, list[int]] = {}
+        for domain in self._domains:
+            wire = b"".join(bytes([len(lb)]) + lb.encode() for lb in domain.split(".")) + b"\0"
+            rev = np.frombuffer(wire[::-1], dtype=np.uint8)[None, :]
+            by_len.setdefault(len(wire), []).append(int(suffix_hashes(rev)[0, -1]))
+        return {n: np.unique(np.array(h, dtype=np.uint64)) for n, h in by_len.items()}
+
 
     def listed(self, fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Vectorised: which addresses (family, high and low 64 bits) fall in a listed network."""

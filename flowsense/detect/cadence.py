@@ -67,9 +67,11 @@ def candidates(frame: FeatureFrame) -> np.ndarray:
     ok &= payload <= MAX_RATE_BPS * np.maximum(dur_s, 1.0)
     ok &= (c["src2dst_payload_bytes"] > 0) & (c["dst2src_payload_bytes"] > 0)
     if frame.head is not None and ok.any():
-        json = (frame.head[:, :, 0] == ord("{")).any(axis=1)
-        ssh = (frame.head[:, :, :4] == np.frombuffer(b"SSH-", np.uint8)).all(axis=2).any(axis=1)
-        ok &= ~(json | ssh)
+        rows = np.flatnonzero(ok)
+        head = frame.head[rows, :, :4]
+        json = (head[:, :, 0] == ord("{")).any(axis=1)
+        ssh = (head == np.frombuffer(b"SSH-", np.uint8)).all(axis=2).any(axis=1)
+        ok[rows[json | ssh]] = False
     return ok
 
 

@@ -13,6 +13,7 @@ long-lived low-volume flow (``detect.cadence``, lower confidence, the figures as
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.table import WatchRule
-from flowsense.signatures import PoolEntry, PoolSet
+from flowsense.signatures import PoolEntry, PoolSet, suffix_hashes
 
 VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidence, signature)
     "login": (3400001, 1, 0.95, "mining pool named in the miner's own protocol"),
@@ -39,6 +40,17 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
                                  "share submits"),
 }
 DNS_CACHE_ENTRIES = 100_000
+MAX_SEEN_OPEN = 1_000_000  # DNS flows remembered as read while open (cleared past this)
+_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def _members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``values`` (any shape) found in the sorted, unique ``table``: a binary search each, no
+    sort of the values (``np.isin`` sorts both)."""
+    if not len(table):
+        return np.zeros(values.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(table, values), len(table) - 1)
+    return table[at] == values
 
 
 class DnsAnswers:
@@ -48,6 +60,7 @@ class DnsAnswers:
         self.capacity = capacity
         self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
         self._clients: Counter[str] = Counter()  # answers held per client
+        self.version = 0  # changes whenever the set of clients does
 
     @property
     def clients(self) -> Counter[str]:
@@ -57,6 +70,7 @@ class DnsAnswers:
     def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
         key = (client, addr)
         if key not in self._map:
+            self.version += client not in self._clients
             self._clients[client] += 1
         self._map[key] = (name, expiry_ns)
         self._map.move_to_end(key)
@@ -65,6 +79,7 @@ class DnsAnswers:
             self._clients[old] -= 1
             if not self._clients[old]:
                 del self._clients[old]
+                self.version += 1
 
     def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
         hit = self._map.get((client, addr))
@@ -135,15 +150,16 @@ def tls_sni(data: bytes) -> str | None:
 
 
 def http_host(data: bytes) -> str | None:
+    """The Host header of an HTTP request at the start of ``data`` (in its first 2 KiB)."""
     head = data[:2048]
     if not head[:8].split(b" ", 1)[0].isalpha():
         return None
-    for line in head.split(b"\r\n")[1:]:
-        if not line:
-            break
-        if line[:5].lower() == b"host:":
-            return wire_text(line[5:].strip().split(b":")[0])
-    return None
+    at = head.lower().find(b"\r\nhost:")
+    if at < 0 or head.find(b"\r\n\r\n", 0, at + 2) >= 0:  # none, or only in the body
+        return None
+    end = head.find(b"\r\n", at + 7)
+    value = head[at + 7:end if end >= 0 else len(head)]
+    return wire_text(value.strip().split(b":")[0])
 
 
 class PoolDetector(Detector):
@@ -152,6 +168,13 @@ class PoolDetector(Detector):
     def __init__(self, resources: Resources | None = None) -> None:
         super().__init__(resources)
         self.dns = DnsAnswers()
+        self._suffixes = self.pools.wire_suffixes()
+        self._suffix_table = (np.array(sorted(self._suffixes), dtype=np.int64),
+                              np.unique(np.concatenate([np.zeros(0, np.uint64),
+                                                        *self._suffixes.values()])))
+        self._seen_open: set[int] = set()  # DNS flows read while open (their reply's prompt)
+        self._asked_version = -1
+        self._asked_lo = np.zeros(0, dtype=np.uint64)
 
     @property
     def pools(self) -> PoolSet:
@@ -168,7 +191,8 @@ class PoolDetector(Detector):
         if frame.n == 0:
             return []
         c = frame.cols
-        dns_rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
+        dns_rows = self._new_lookups(frame)
+        dns_rows = dns_rows[self._may_ask_pool(frame, dns_rows)]
         for i in dns_rows.tolist():  # learn answers before judging the flows of this frame
             query = frame.payload(i, 0)
             qname = dns_qname(query)
@@ -183,13 +207,18 @@ class PoolDetector(Detector):
         assert frame.head is not None and frame.addr is not None
         first = frame.head[:, 0, 0]
         named = (first == ord("{")) | ((first == 0x16) & (frame.head[:, 0, 5] == 1))
-        named |= np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
+        http = np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
+        named |= self._listed_host(frame, np.flatnonzero(http))
         fam = c["ip_version"]
         listed = self.pools.listed(fam, frame.addr[:, 2], frame.addr[:, 3])
         asked = np.zeros(frame.n, dtype=bool)
-        if self.dns.clients:
-            asked = np.fromiter((ip in self.dns.clients for ip in c["src_ip"].tolist()),
-                                dtype=bool, count=frame.n)
+        if self.dns.clients:  # by the address's low 64 bits: a superset, _judge looks up exactly
+            if self._asked_version != self.dns.version:
+                self._asked_version = self.dns.version
+                self._asked_lo = np.unique(np.array(
+                    [int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
+                     for ip in self.dns.clients], dtype=np.uint64))
+            asked = _members(frame.addr[:, 1], self._asked_lo)
         transport = (c["protocol"] == 6) | ((c["protocol"] == 17) & (c["dst_port"] != 53))
         rhythm = cadence.candidates(frame)
         candidates = np.flatnonzero(transport & (named | listed | asked | rhythm))
@@ -203,6 +232,67 @@ class PoolDetector(Detector):
             if found:
                 alerts.append(self._alert(frame, i, found, figures))
         return alerts
+
+    def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
+        """Rows of DNS lookups not read before: a lookup whose reply was shown at once (a
+        prompt rule) is not read again when its flow ends (only the first message of each
+        direction is parsed, and that has not changed)."""
+        c = frame.cols
+        rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
+        if not len(rows):
+            return rows
+        fids = c["flow_id"][rows].tolist()
+        if c["expiration"][rows[0]] == "":  # a live record (prompt or snapshot frame)
+            if len(self._seen_open) > MAX_SEEN_OPEN:
+                self._seen_open.clear()
+            self._seen_open.update(fids)
+            return rows
+        seen = self._seen_open
+        fresh = [fid not in seen for fid in fids]
+        seen.difference_update(fids)
+        return rows[np.array(fresh, dtype=bool)]
+
+    def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
+        """Which rows (of ``frame.n``) among HTTP-looking ``rows`` carry a Host header naming a
+        listed pool: one regular-expression pass over their heads laid end to end, then the
+        (memoised) name match; ``http_host`` checks the few hits exactly."""
+        ok = np.zeros(frame.n, dtype=bool)
+        if not len(rows) or not self._suffixes:
+            return ok
+        assert frame.head is not None
+        heads = np.ascontiguousarray(frame.head[rows, 0, :])
+        width = heads.shape[1]
+        blob = heads.tobytes()
+        for m in _HOST.finditer(blob):
+            k = m.start() // width
+            value = blob[m.start(1):min(m.end(1), (k + 1) * width)]
+            name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
+            if self.pools.match_name(name) is not None:
+                ok[rows[k]] = True
+        return ok
+
+    def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
+        """Vectorised: which DNS queries' first question can end in a listed domain. The name's
+        wire bytes up to its terminating zero are read backwards and hashed for every suffix
+        length at once; the lengths of listed domains are looked up; a hit is checked exactly
+        (``dns_qname``, ``match_name``)."""
+        ok = np.zeros(len(rows), dtype=bool)
+        if not len(rows) or not self._suffixes:
+            return ok
+        assert frame.head is not None and frame.head_len is not None
+        # most names end within 96 bytes: look there first, at the rest only where they do not
+        q = frame.head[rows, 0, : 12 + 96]
+        zero = q[:, 12:] == 0
+        if not zero.any(axis=1).all():
+            q = frame.head[rows, 0, : 12 + 256]
+            zero = q[:, 12:] == 0
+        end = np.argmax(zero, axis=1) + 12  # where the first question's name ends
+        found = zero.any(axis=1) & (end < frame.head_len[rows, 0])
+        lengths, listed = self._suffix_table
+        back = np.maximum(end[:, None] - np.arange(lengths[-1]), 0)
+        hashes = suffix_hashes(np.take_along_axis(q, back, axis=1))[:, lengths - 1]
+        fit = found[:, None] & (end[:, None] - lengths[None, :] + 1 >= 12)
+        return (fit & _members(hashes, listed)).any(axis=1)
 
     def _judge(self, frame: FeatureFrame, i: int,
                listed: bool) -> list[tuple[str, str, PoolEntry | None]]:

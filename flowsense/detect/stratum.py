@@ -10,10 +10,11 @@ XMRig's and xmr-stak's pool protocol, nDPI's and Emerging Threats' mining signat
 misses and false positives the strictness here answers).
 
 Jobs and shares are counted past the 4 KiB slab too: the lines parsed in the slab give the sizes
-of this flow's job pushes and share submits; past the slab's end, each non-retransmitted packet
-of the trace whose size falls in that band counts as one more (``count_method`` in the
-evidence). The count is kept per flow across snapshots, so a session longer than the trace ring
-is counted whole when it was seen live.
+of this flow's job pushes and share submits; past the slab's end, runs of one direction's
+packets in the trace are counted as so many messages of the size they match (``count_method``
+in the evidence; ``count_past_slab``). Past the slab it is an estimate: segments the capture
+reordered look like retransmissions and are skipped. The count is kept per flow across
+snapshots, so a session longer than the trace ring is counted whole when it was seen live.
 
 Stratum V2 is encrypted from its first byte (a Noise NX handshake), so only its shape is left:
 on its usual ports, the client's first message is 64 bytes (an ElligatorSwift key) and the
@@ -60,8 +61,8 @@ SIDS = {  # category stratum-mining: 3300000-3399999
 SV2_PORTS = (34254, 3336)
 SV2_CLIENT = 64
 SV2_SERVER = (234, 170)
-COUNT_METHOD = ("lines parsed in the slab, then trace packets past it sized like the parsed "
-                "jobs/shares")
+COUNT_METHOD = ("lines parsed in the slab, then runs of trace packets past it sized like the "
+                "parsed jobs/shares")
 COUNT_FLOWS = 8192  # flows whose counting state is kept between snapshots (LRU)
 
 
@@ -230,9 +231,17 @@ class Tally:
 
 
 def count_past_slab(ev: Evidence, trace: Trace, slab: tuple[int, int], tally: Tally) -> None:
-    """Add to ``tally`` the trace packets past the slab sized like this flow's parsed jobs and
-    shares (a band of 0.8x the smallest to 1.25x the largest, per kind and direction)."""
-    bands = {key: (0.8 * min(v), 1.25 * max(v)) for key, v in ev.sizes.items()}
+    """Add to ``tally`` the messages past the slab sized like this flow's parsed jobs and shares.
+
+    Consecutive payload packets of one direction (until the other direction sends payload) form
+    a run: a message split over segments (an Equihash share is ~2.9 kB) or several coalesced
+    ones. A run of g bytes counts k messages of a kind when k = round(g / the kind's median
+    parsed size) and g lies within k times the band (0.8x the smallest to 1.25x the largest
+    parsed size), per kind and direction; a run that is not whole messages (a share beside a
+    keepalive) counts its packets that are in the band. Retransmissions and bare ACKs are
+    skipped."""
+    bands = {key: (0.8 * min(v), 1.25 * max(v), sorted(v)[len(v) // 2])
+             for key, v in ev.sizes.items()}
     if not bands:
         return
     start = trace.dropped
@@ -241,19 +250,33 @@ def count_past_slab(ev: Evidence, trace: Trace, slab: tuple[int, int], tally: Ta
     off = list(tally.offset)
     if start > tally.read and tally.read == 0:
         off = [max(off[0], slab[0]), max(off[1], slab[1])]  # the ring lost the start: past it
+    run_d, run = -1, []  # the run's packet sizes past the slab
+
+    def close() -> None:
+        for kind in ("jobs", "shares"):
+            band = bands.get((kind, run_d))
+            if band is None or not run:
+                continue
+            g = sum(run)
+            k = max(1, round(g / band[2]))
+            if not k * band[0] <= g <= k * band[1]:  # not whole messages: its packets one by one
+                k = sum(band[0] <= n <= band[1] for n in run)
+            if k:
+                setattr(tally, kind, getattr(tally, kind) + k)
+                return
+
     for k in range(max(0, tally.read - start), len(lengths)):
         n, f = lengths[k], flags[k]
         d = f & 1
         if n == 0 or f & 2:  # bare ACK or retransmission
             continue
         off[d] += n
-        if off[d] <= slab[d]:
-            continue  # its bytes are in the slab: parsed there
-        for kind in ("jobs", "shares"):
-            band = bands.get((kind, d))
-            if band and band[0] <= n <= band[1]:
-                setattr(tally, kind, getattr(tally, kind) + 1)
-                break
+        if d != run_d:
+            close()
+            run_d, run = d, []
+        if off[d] > slab[d]:  # bytes in the slab were parsed there
+            run.append(n)
+    close()
     tally.read = start + len(lengths)
     tally.offset = (off[0], off[1])
 

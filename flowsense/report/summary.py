@@ -22,6 +22,12 @@ SHOWN_EVIDENCE = ("agent", "worker", "algo", "jobs", "shares", "pool", "matched"
 def evidence_brief(a: Alert) -> dict[str, object]:
     """The few evidence values worth a line: miner and pool names, SSH versions."""
     brief = {k: v for k, v in a.evidence.items() if k in SHOWN_EVIDENCE}
+    rhythm = a.evidence.get("cadence", {})
+    if rhythm:
+        brief["cadence"] = (f"{rhythm['duration_s']}s, {rhythm['pushes']} pushes and "
+                            f"{rhythm['submits']} submits, median gaps "
+                            f"{rhythm['median_gap_s']['pushes']}s/"
+                            f"{rhythm['median_gap_s']['submits']}s")
     ssh = a.evidence.get("ssh", {})
     for side in ("client", "server"):
         if ssh.get(side, {}).get("software_version"):

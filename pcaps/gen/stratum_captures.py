@@ -320,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         ("fss-im", "benign-imap-idle.pcap", lambda n: imap(n, m)),
     ]
     if a.only:
+        unknown = set(a.only) - {Path(name).stem for _, name, _ in (*short, *long)}
+        if unknown:
+            print(f"stratum_captures: no such capture: {', '.join(sorted(unknown))}",
+                  file=sys.stderr)
+            return 2
         short = [s for s in short if Path(s[1]).stem in a.only]
         long = [s for s in long if Path(s[1]).stem in a.only]
     failures: list[str] = []
