@@ -36,6 +36,15 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in the metrics")
 
 
+def _alert_during_replay(w: Watch, lab, pcap: Path, pps: float,  # type: ignore[no-untyped-def]
+                         *categories: str) -> None:
+    """Replay ``pcap`` slowly; the alerts of ``categories`` must arrive before it ends."""
+    tr = replay(lab, pcap, pps=pps)
+    w.wait_for(lambda: all(w.has_alert(c) for c in categories), 30,
+               f"{'/'.join(categories)} alert during the replay", also=lambda: tr.poll() is None)
+    assert tr.wait(60) == 0
+
+
 def test_alerts_arrive_while_the_replay_runs(lab) -> None:  # type: ignore[no-untyped-def]
     w = Watch(["-i", lab.inside_if, "--metrics-port", str(METRICS_PORT)], lab, lab.inside)
     try:
@@ -43,14 +52,8 @@ def test_alerts_arrive_while_the_replay_runs(lab) -> None:  # type: ignore[no-un
         status, body = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/healthz")
         assert (status, body.strip()) == (200, "ok")
 
-        tr = replay(lab, SSH_PCAP, pps=8)  # 74 packets: about 9 s
-        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert",
-                   also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
-        tr = replay(lab, STRATUM_PCAP, pps=12)  # 145 packets: about 12 s
-        w.wait_for(lambda: w.has_alert("stratum-mining") and w.has_alert("mining-pool"), 30,
-                   "stratum-mining and mining-pool alerts", also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, SSH_PCAP, 8, "reverse-ssh")  # 74 packets: about 9 s
+        _alert_during_replay(w, lab, STRATUM_PCAP, 12, "stratum-mining", "mining-pool")  # 12 s
 
         status, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
         assert status == 200
@@ -108,10 +111,7 @@ def test_sigusr2_with_a_broken_signature_file_keeps_the_old_set(
         w.wait_for(lambda: any("reload failed" in e and "pools.yaml" in e for e in w.err), 20,
                    "the reload failure report")
         # the pool list is still the old one: the pool's address is still known
-        tr = replay(lab, STRATUM_PCAP, pps=40)
-        w.wait_for(lambda: w.has_alert("mining-pool"), 30, "mining-pool alert after the bad "
-                   "reload", also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, STRATUM_PCAP, 40, "mining-pool")
         pools.write_text(good, encoding="utf-8")
         w.proc.send_signal(signal.SIGUSR2)
         w.wait_for(lambda: any("reloaded" in e for e in w.err), 20, "the reload report")
@@ -218,10 +218,7 @@ def test_drops_to_user_and_keeps_capturing(lab) -> None:  # type: ignore[no-unty
         assert st["Gid"].split() == [str(nobody.pw_gid)] * 4
         assert st["Groups"].strip() == ""
         assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
-        tr = replay(lab, SSH_PCAP, pps=20)
-        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert as nobody",
-                   also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
         assert w.stop() == 0
     finally:
         w.kill()
@@ -246,10 +243,7 @@ def test_scapy_backend_where_af_packet_is_missing(lab) -> None:  # type: ignore[
     w = Watch(["-i", lab.inside_if, "--backend", "scapy"], lab, lab.inside)
     try:
         w.ready()
-        tr = replay(lab, SSH_PCAP, pps=20)
-        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert through scapy",
-                   also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
         assert w.stop() == 0
     finally:
         w.kill()

@@ -38,8 +38,10 @@ DLT_NAMES = {RK.LINKTYPE_ETHERNET: "EN10MB", RK.LINKTYPE_RAW: "RAW"}
 
 @dataclass(frozen=True)
 class RingConfig:
-    block_bytes: int = 1 << 20
-    """Ring block size (a power-of-two number of pages); the largest frame must fit in one."""
+    block_bytes: int = 256 << 10
+    """Ring block size (a power-of-two number of pages); the largest frame must fit in one.
+    Small blocks, many of them: on a moderate link blocks are retired by the timeout, part
+    full, so the ring absorbs a stall of about blocks x ``retire_ms``, not of its bytes."""
     buffer_bytes: int = 64 << 20
     """Whole ring per interface (block_bytes x blocks); what absorbs bursts."""
     retire_ms: int = 50

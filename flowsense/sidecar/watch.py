@@ -124,8 +124,10 @@ def open_source(opts: WatchOptions, config: Config) -> LiveSource:
 class Watcher:
     def __init__(self, opts: WatchOptions, config: Config) -> None:
         if opts.max_flows:
-            config = dataclasses.replace(
-                config, flows=dataclasses.replace(config.flows, max_flows=opts.max_flows))
+            # the whole bound at once: untouched slots cost no memory, and the table never
+            # grows, whose copy would briefly hold the old and the new arrays
+            config = dataclasses.replace(config, flows=dataclasses.replace(
+                config.flows, max_flows=opts.max_flows, initial_flows=opts.max_flows))
         self.opts = opts
         self.config = config
         self.resources = Resources(pools=load_pools(opts.signatures))
