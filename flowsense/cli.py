@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import numpy as np
@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     sg = sub.add_parser("signatures", help="check or list signature files")
     sg.add_argument("action", choices=("validate", "list"))
     sg.add_argument("paths", nargs="*", metavar="PATH", help="default: the bundled signatures/")
+    po = sub.add_parser("policy", help="check response policy files")
+    po.add_argument("action", choices=("validate",))
+    po.add_argument("paths", nargs="+", metavar="FILE")
+    vl = sub.add_parser("verify-log", help="check a sealed alert log (exit 1: tampered)")
+    vl.add_argument("paths", nargs="+", metavar="FILE", help="the log and its rotated files")
+    vl.add_argument("--seed", required=True, metavar="FILE", help="the seal seed")
+    vl.add_argument("--head", metavar="SEQ:HASH", help="a chain head exported earlier: a log "
+                    "that ends before it was cut")
+    vl.add_argument("--partial", action="store_true",
+                    help="older files were pruned: the chain may start after record 0")
     return p
 
 
@@ -192,23 +202,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return rc
 
 
+def _validate(paths: Sequence[object], count: Callable[[object], int], what: str) -> int:
+    """Load each file; print ``ok`` with ``count`` of it, or its file:line finding (exit 1)."""
+    from flowsense.errors import SignatureError
+
+    findings = 0
+    for path in paths:
+        try:
+            n = count(path)
+        except SignatureError as exc:
+            print(f"{exc}")
+            findings += 1
+            continue
+        print(f"{path}: ok, {n} {what}")
+    return 1 if findings else 0
+
+
 def cmd_signatures(args: argparse.Namespace) -> int:
     """``validate``: every file loads (exit 1 on a finding, named file:line); ``list``: entries."""
-    from flowsense.errors import SignatureError
     from flowsense.signatures import BUNDLED, load_pools, signature_files
 
     paths = args.paths or [str(BUNDLED)]
     if args.action == "validate":
-        findings = 0
-        for f in signature_files(paths):
-            try:
-                pools = load_pools([f])
-            except SignatureError as exc:
-                print(f"{exc}")
-                findings += 1
-                continue
-            print(f"{f}: ok, {len(pools.entries)} entries")
-        return 1 if findings else 0
+        return _validate(signature_files(paths), lambda f: len(load_pools([f]).entries),
+                         "entries")
     pools = load_pools(paths)
     for e in pools.entries:
         what = e.domain or str(e.network)
@@ -237,8 +254,29 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(opts, _config(args))
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    """``validate``: each file loads (exit 1 on a finding, named file:line)."""
+    from flowsense.sidecar.policy import load_policy
+
+    return _validate(args.paths, lambda f: len(load_policy(str(f)).rules), "rules")
+
+
+def cmd_verify_log(args: argparse.Namespace) -> int:
+    """The verdict on stdout; exit 1 when the log was tampered with (the record named)."""
+    from flowsense.errors import InputMissingError
+    from flowsense.sidecar.verify import verify
+
+    for path in args.paths:
+        if not os.path.isfile(path):
+            raise InputMissingError(f"{path}: no such file")
+    result = verify(args.paths, args.seed, head=args.head, partial=args.partial)
+    for line in result.report():
+        print(line)
+    return 0 if result.ok else 1
+
+
 COMMANDS = {"analyze": cmd_analyze, "flows": cmd_flows, "watch": cmd_watch,
-            "signatures": cmd_signatures}
+            "signatures": cmd_signatures, "policy": cmd_policy, "verify-log": cmd_verify_log}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,12 +194,17 @@ def _entry(path: str, node: yaml.Node) -> PoolEntry:
     return PoolEntry(None, net, ports, coins, source, date, origin)
 
 
-def load_yaml(path: str, text: str, into: PoolSet) -> None:
+def compose(path: str, text: str) -> yaml.Node | None:
+    """The YAML node tree (safe loader; nodes keep their lines), or SignatureError(path:line)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SignatureError(path, mark.line + 1 if mark else 0, "invalid YAML") from None
+
+
+def load_yaml(path: str, text: str, into: PoolSet) -> None:
+    root = compose(path, text)
     if root is None:
         return
     if not isinstance(root, yaml.MappingNode):
@@ -260,19 +265,25 @@ def signature_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
+def read_rule_file(f: Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """A signature or policy file's text: UTF-8, at most ``max_bytes`` (SignatureError)."""
+    name = str(f)
+    try:
+        if f.stat().st_size > max_bytes:
+            raise SignatureError(name, 0, f"larger than {max_bytes} bytes")
+        return f.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SignatureError(name, 0, "not UTF-8 text") from None
+    except OSError as exc:
+        raise SignatureError(name, 0, f"cannot read: {exc.strerror}") from None
+
+
 def load_pools(paths: Iterable[str | Path] | None = None) -> PoolSet:
     """Every signature file under ``paths`` (default: the bundled ``signatures/``)."""
     pools = PoolSet()
     for f in signature_files([BUNDLED] if paths is None else paths):
         name = str(f)
-        try:
-            if f.stat().st_size > MAX_FILE_BYTES:
-                raise SignatureError(name, 0, f"larger than {MAX_FILE_BYTES} bytes")
-            text = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise SignatureError(name, 0, "not UTF-8 text") from None
-        except OSError as exc:
-            raise SignatureError(name, 0, f"cannot read: {exc.strerror}") from None
+        text = read_rule_file(f)
         if f.suffix in (".yaml", ".yml"):
             load_yaml(name, text, pools)
         else:

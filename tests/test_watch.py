@@ -248,3 +248,41 @@ def test_scapy_backend_where_af_packet_is_missing(lab) -> None:  # type: ignore[
     finally:
         w.kill()
     assert any("watch ended: 74 packets" in line for line in w.err)
+
+
+def test_sealed_log_and_policy_wired_in(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Alerts go through the sealed log and the policy's actions (a dry-run block and an exec
+    hook); after SIGTERM the log verifies and holds every alert and action."""
+    import json
+
+    got = tmp_path / "hook.json"
+    policy = tmp_path / "policy.yaml"
+    hook = f"import sys; open({str(got)!r}, 'w').write(sys.stdin.read())"
+    policy.write_text(json.dumps({
+        "version": 1,
+        "rules": [{"name": "miners", "match": {"category": "stratum-mining"},
+                   "actions": ["block", {"exec": [sys.executable, "-c", hook]}]}],
+    }), encoding="utf-8")
+    log, seed = tmp_path / "alerts.log", tmp_path / "seal.seed"
+    w = Watch(["-i", lab.inside_if, "--log", str(log), "--log-seed", str(seed),
+               "--policy", str(policy), "--metrics-port", str(METRICS_PORT)], lab, lab.inside)
+    try:
+        w.ready()
+        _alert_during_replay(w, lab, STRATUM_PCAP, 40, "stratum-mining")
+        w.wait_for(lambda: got.exists() and got.stat().st_size > 0, 20, "the exec hook's input")
+        _, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+        assert _metric(text, "flowsense_log_chain_seq") >= 1
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    hooked = json.loads(got.read_text())
+    assert hooked["alert"]["category"] == "stratum-mining"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    alerts = [r for r in records if r["event_type"] == "alert"]
+    actions = [r for r in records if r["event_type"] == "action"]
+    assert {a["flow_id"] for a in alerts} == {a["flow_id"] for a in w.alerts()}
+    kinds = {a["action"]["type"] for a in actions}
+    assert {"block", "exec"} <= kinds, actions
+    res = subprocess.run([sys.executable, "-m", "flowsense", "verify-log", str(log), "--seed",
+                          str(seed)], capture_output=True, text=True, env=env(), timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stdout + res.stderr

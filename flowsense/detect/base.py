@@ -80,6 +80,14 @@ def flow_fields(frame: FeatureFrame, i: int) -> dict[str, Any]:
             "pkts_toclient": int(c["dst2src_packets"][i]),
             "bytes_toserver": int(c["src2dst_bytes"][i]),
             "bytes_toclient": int(c["dst2src_bytes"][i]),
+            "payload_bytes_toserver": int(c["src2dst_payload_bytes"][i]),
+            "payload_bytes_toclient": int(c["dst2src_payload_bytes"][i]),
+            # SYN from the client (the flow's first packet), SYN from the server (its SYN-ACK),
+            # then an ACK from the client: a peer that answered, not a spoofed one-way stream
+            "tcp_handshake": bool(
+                c["protocol"][i] == 6 and c["orientation"][i] == "syn"
+                and c["dst2src_syn_packets"][i] > 0 and c["dst2src_ack_packets"][i] > 0
+                and c["src2dst_ack_packets"][i] > 0),
         },
     }
 

@@ -244,6 +244,8 @@ class Watcher:
         self._packets_since_tick = 0
         self._last_tick = now
         self._flush()
+        if self.sealed is not None:
+            self.sealed.tick()  # fsync and export the chain head on their cadence
         self._report_pressure(now)
         self._update_metrics()
 
@@ -269,11 +271,11 @@ class Watcher:
             assert self.out is not None
             self.out.write(json.dumps(rec, ensure_ascii=False))
             if self.sealed is not None:
-                self.sealed.append(rec)
+                rec = self.sealed.append(rec)  # with its seal: the actions cite its seq
             if self.actions is not None:
                 try:
                     self.actions.handle(alert, rec)
-                except FlowsenseError as exc:
+                except (FlowsenseError, OSError) as exc:
                     log.error("action failed: %s", exc)
             self.alerts_out += 1
             self._pending += 1
@@ -352,8 +354,10 @@ class Watcher:
         m.evictions.set(d["flows_evicted"])
         m.watches.set(d["watches_active"])
         m.watches_refused.set(d["watches_refused"])
-        if self.sealed is not None and hasattr(self.sealed, "head"):
-            m.chain.info({k: str(v) for k, v in _head_fields(self.sealed.head()).items()})
+        if self.sealed is not None:
+            head = self.sealed.head()
+            m.chain.info({k: str(v) for k, v in head.items()})
+            m.chain_seq.set(head["seq"])
 
     def _report_end(self) -> None:
         d = self.stats()
@@ -368,18 +372,12 @@ class Watcher:
             self.source.close()
         if self.out is not None:
             self.out.close()
+        if self.actions is not None:
+            self.actions.close()  # running execs write their outcome records first
         if self.sealed is not None:
             self.sealed.close()
         if self.metrics is not None:
             self.metrics.close()
-
-
-def _head_fields(head: Any) -> dict[str, Any]:
-    if isinstance(head, dict):
-        return head
-    if isinstance(head, tuple):
-        return {f"h{i}": v for i, v in enumerate(head)}
-    return {"head": head}
 
 
 def watch(opts: WatchOptions, config: Config) -> int:
