@@ -42,11 +42,12 @@ def _eve_flow(ef: dict) -> dict:
     return out
 
 
-def eve_record(alert: Alert, cfg: Config) -> str:
-    return json.dumps(eve_dict(alert, cfg), ensure_ascii=False)
+def eve_record(alert: Alert, cfg: Config, signatures: str = "") -> str:
+    """One EVE line; ``signatures`` names the indicator set's version(s) (ALERTS.md)."""
+    return json.dumps(eve_dict(alert, cfg, signatures), ensure_ascii=False)
 
 
-def eve_dict(alert: Alert, cfg: Config) -> dict:
+def eve_dict(alert: Alert, cfg: Config, signatures: str = "") -> dict:
     """The EVE alert record (ALERTS.md) as a dict, for writers that add to it or chain it."""
     f = alert.flow
     rec = {
@@ -68,7 +69,7 @@ def eve_dict(alert: Alert, cfg: Config) -> dict:
         "evidence": alert.evidence,
         "flow": _eve_flow(f.get("eve_flow", {})),
         "source": f.get("source", {}),
-        "flowsense": {"version": __version__},
+        "flowsense": {"version": __version__, "signatures": signatures},
     }
     if alert.update:
         rec["update"] = True

@@ -265,7 +265,7 @@ class Watcher:
             key = "pcap" if self.opts.read is not None else "interface"
             assert self.source is not None
             alert.flow["source"] = {key: self.source.name}
-            rec = eve_dict(alert, self.config)
+            rec = eve_dict(alert, self.config, ",".join(self.resources.pools.versions))
             now_ns = time.time_ns()
             rec["flowsense"]["emitted"] = iso_ts(now_ns)
             assert self.out is not None
