@@ -77,24 +77,31 @@ def _wait_line(proc: subprocess.Popen[str], pattern: str, lines: list[str],
     raise RuntimeError(f"no {pattern!r} within {timeout} s")
 
 
-def run_flowsense(lab: Any, capture: Path, pps: int, packets: int, buffer_mib: int) -> dict:
-    out = Path(f"/tmp/fsw-live-rate-{os.getpid()}.json")
-    proc = lab.popen(lab.inside, [sys.executable, "-m", "flowsense", "watch", "-i",
-                                  lab.inside_if, "--buffer-mib", str(buffer_mib), "-o", str(out),
-                                  "--idle-timeout", "3600"],
-                     stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+def _round(lab: Any, cmd: list[str], ready: str, stop: int, capture: Path, pps: int,
+           packets: int, **popen: Any) -> tuple[dict[str, float], str]:
+    """Start ``cmd`` in the inside namespace, wait for ``ready`` on its stderr, replay, stop it
+    with ``stop``: (tcpreplay's figures, the capturer's stderr)."""
+    proc = lab.popen(lab.inside, cmd, stderr=subprocess.PIPE, text=True, **popen)
     err: list[str] = []
     try:
-        _wait_line(proc, "watching", err, 600)
+        _wait_line(proc, ready, err, 600)
         rep = _replay(lab, capture, pps, packets)
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         _, rest = proc.communicate(timeout=600)
         err.append(rest)
     finally:
         if proc.poll() is None:
             proc.kill()
-    text = "".join(err)
+    return rep, "".join(err)
+
+
+def run_flowsense(lab: Any, capture: Path, pps: int, packets: int, buffer_mib: int) -> dict:
+    out = Path(f"/tmp/fsw-live-rate-{os.getpid()}.json")
+    cmd = [sys.executable, "-m", "flowsense", "watch", "-i", lab.inside_if, "--buffer-mib",
+           str(buffer_mib), "-o", str(out), "--idle-timeout", "3600"]
+    rep, text = _round(lab, cmd, "watching", signal.SIGTERM, capture, pps, packets,
+                       env=_env(), cwd=REPO)
     m = re.search(r"watch ended: (\d+) packets, (\d+) dropped by the kernel", text)
     if m is None:
         raise RuntimeError(f"flowsense gave no end line: {text[-500:]}")
@@ -111,21 +118,9 @@ def run_flowsense(lab: Any, capture: Path, pps: int, packets: int, buffer_mib: i
 
 
 def run_tcpdump(lab: Any, capture: Path, pps: int, packets: int, buffer_mib: int) -> dict:
-    proc = lab.popen(lab.inside, ["tcpdump", "-n", "-i", lab.inside_if, "-B",
-                                  str(buffer_mib * 1024), "-w", "/dev/null"],
-                     stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
-    try:
-        _wait_line(proc, "listening on", err, 60)
-        rep = _replay(lab, capture, pps, packets)
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        _, rest = proc.communicate(timeout=120)
-        err.append(rest)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = "".join(err)
+    cmd = ["tcpdump", "-n", "-i", lab.inside_if, "-B", str(buffer_mib * 1024), "-w",
+           "/dev/null"]
+    rep, text = _round(lab, cmd, "listening on", signal.SIGINT, capture, pps, packets)
     got = re.search(r"(\d+) packets captured", text)
     dropped = re.search(r"(\d+) packets dropped by kernel", text)
     if got is None or dropped is None:
