@@ -13,6 +13,10 @@ packets of the capture are replayed into the outside end, and the capturer is st
   ``timestamp``, the capture time of the packet that completed the evidence);
 * tcpdump: ``tcpdump -i IF -B B*1024 -w /dev/null``; drops from its "dropped by kernel" line.
 
+The capturer's CPU time (user + system, from /proc) over the replay, per packet sent, is
+recorded too: where tcpreplay cannot push a capturer to its limit, about 1e6 / (µs a packet)
+is what one core would take.
+
 Both get the same ring size. A capturer's clean rate is the highest step at which it dropped
 nothing and received every packet tcpreplay sent. tcpreplay's own achieved rate is reported:
 on a busy 2-core machine it cannot reach high rates, which then bounds both capturers alike.
@@ -77,6 +81,13 @@ def _wait_line(proc: subprocess.Popen[str], pattern: str, lines: list[str],
     raise RuntimeError(f"no {pattern!r} within {timeout} s")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _round(lab: Any, cmd: list[str], ready: str, stop: int, capture: Path, pps: int,
            packets: int, **popen: Any) -> tuple[dict[str, float], str]:
     """Start ``cmd`` in the inside namespace, wait for ``ready`` on its stderr, replay, stop it
@@ -85,8 +96,11 @@ def _round(lab: Any, cmd: list[str], ready: str, stop: int, capture: Path, pps: 
     err: list[str] = []
     try:
         _wait_line(proc, ready, err, 600)
+        cpu0 = _cpu_s(proc.pid)  # `ip netns exec` execs: the pid is the capturer's
         rep = _replay(lab, capture, pps, packets)
         time.sleep(1.0)
+        rep["cpu_s"] = _cpu_s(proc.pid) - cpu0
+        rep["cpu_us_per_packet"] = rep["cpu_s"] * 1e6 / max(1.0, rep["sent"])
         proc.send_signal(stop)
         _, rest = proc.communicate(timeout=600)
         err.append(rest)
@@ -156,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["clean"] = r["dropped"] == 0 and r["received"] >= r["sent"]
                 results[tool].append(r)
                 print(f"{tool:9s} pps={pps or 'top':>7} achieved={r['achieved_pps']:>9,.0f} "
-                      f"sent={r['sent']:,} received={r['received']:,} dropped={r['dropped']:,}"
+                      f"sent={r['sent']:,} received={r['received']:,} dropped={r['dropped']:,} "
+                      f"cpu={r['cpu_us_per_packet']:.2f} us/packet"
                       + (f" alerts={r['alerts']} latency median={r['latency_s_median']} "
                          f"max={r['latency_s_max']}" if tool == "flowsense" else ""),
                       flush=True)

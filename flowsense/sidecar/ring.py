@@ -122,7 +122,11 @@ class PacketRing:
         self.skipped = 0
         self.kernel_packets = 0
         self.kernel_drops = 0
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except OSError as exc:
+            raise ConfigError(f"cannot capture on {iface}: {exc.strerror} (capturing needs "
+                              "root or CAP_NET_RAW)") from None
         try:
             self._setup(iface, cfg, bpf)
         except OSError as exc:
