@@ -286,3 +286,28 @@ def test_sealed_log_and_policy_wired_in(lab, tmp_path: Path) -> None:  # type: i
     res = subprocess.run([sys.executable, "-m", "flowsense", "verify-log", str(log), "--seed",
                           str(seed)], capture_output=True, text=True, env=env(), timeout=120)
     assert res.returncode == 0 and res.stdout.startswith("ok"), res.stdout + res.stderr
+
+
+def test_several_interfaces(lab) -> None:  # type: ignore[no-untyped-def]
+    """Two rings in one watcher: the lab's veth, and a second veth pair made inside the inside
+    namespace (gone with it), each replayed into from its other end."""
+    for cmd in (["ip", "link", "add", "fsw1-x", "type", "veth", "peer", "name", "fsw1-y"],
+                ["ip", "link", "set", "fsw1-x", "up"], ["ip", "link", "set", "fsw1-y", "up"]):
+        lab.run(lab.inside, cmd, check=True)
+    for dev in ("fsw1-x", "fsw1-y"):
+        for feature in ("tso", "gso", "gro", "tx", "rx"):
+            lab.run(lab.inside, ["ethtool", "-K", dev, feature, "off"])
+    w = Watch(["-i", lab.inside_if, "-i", "fsw1-x"], lab, lab.inside)
+    try:
+        w.ready()
+        other = lab.popen(lab.inside, ["tcpreplay", "-q", "-i", "fsw1-y", "--pps", "40",
+                                       str(STRATUM_PCAP)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
+        assert other.wait(60) == 0
+        w.wait_for(lambda: w.has_alert("stratum-mining"), 30, "stratum alert on the second ring")
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    assert any("watch ended: 219 packets, 0 dropped" in line for line in w.err), w.err
+    assert {a["source"]["interface"] for a in w.alerts()} == {f"{lab.inside_if},fsw1-x"}
