@@ -272,6 +272,15 @@ def test_sealed_log_and_policy_wired_in(lab, tmp_path: Path) -> None:  # type: i
         w.wait_for(lambda: got.exists() and got.stat().st_size > 0, 20, "the exec hook's input")
         _, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
         assert _metric(text, "flowsense_log_chain_seq") >= 1
+        good = policy.read_text(encoding="utf-8")
+        policy.write_text(good.replace('"rules"', '"rulez"'), encoding="utf-8")
+        w.proc.send_signal(signal.SIGUSR2)  # a bad policy: the running one stays
+        w.wait_for(lambda: any("reload failed" in e and "policy.yaml" in e for e in w.err), 20,
+                   "the policy reload failure")
+        policy.write_text(good, encoding="utf-8")
+        w.proc.send_signal(signal.SIGUSR2)
+        w.wait_for(lambda: any("reloaded" in e and "policy" in e for e in w.err), 20,
+                   "the policy reload")
         assert w.stop() == 0
     finally:
         w.kill()
