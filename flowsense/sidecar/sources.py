@@ -19,6 +19,7 @@ import select
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from flowsense.config import CaptureConfig
 from flowsense.errors import CaptureError, ConfigError
 from flowsense.schema import RECORD_COLUMNS
 from flowsense.sidecar import ring_kernels as RK
+
+if TYPE_CHECKING:
+    from flowsense.sidecar.ring import RingConfig
 
 Idle = Callable[[], bool]
 POLL_S = 0.2
@@ -55,7 +59,7 @@ class LiveSource:
 
 
 class RingSource(LiveSource):
-    def __init__(self, ifaces: list[str], ring_cfg: object, cap: CaptureConfig,
+    def __init__(self, ifaces: list[str], ring_cfg: RingConfig, cap: CaptureConfig,
                  bpf: str | None = None) -> None:
         from flowsense.sidecar.ring import PacketRing
 
@@ -63,11 +67,11 @@ class RingSource(LiveSource):
         self.rings: list[PacketRing] = []
         try:
             for iface in ifaces:
-                self.rings.append(PacketRing(iface, ring_cfg, bpf))  # type: ignore[arg-type]
+                self.rings.append(PacketRing(iface, ring_cfg, bpf))
         except BaseException:
             self.close()
             raise
-        self.retire_s = getattr(ring_cfg, "retire_ms", 50) / 1000
+        self.retire_s = ring_cfg.retire_ms / 1000
         need = max(r.max_frames for r in self.rings)
         self.max_n = max(cap.batch_packets, need)
         if cap.batch_packets < need:
