@@ -320,3 +320,22 @@ def test_several_interfaces(lab) -> None:  # type: ignore[no-untyped-def]
         w.kill()
     assert any("watch ended: 219 packets, 0 dropped" in line for line in w.err), w.err
     assert {a["source"]["interface"] for a in w.alerts()} == {f"{lab.inside_if},fsw1-x"}
+
+
+def test_interface_down_then_away(lab) -> None:  # type: ignore[no-untyped-def]
+    """Down: a warning, and capture resumes when it is up again. Removed: the watcher flushes
+    what it has and exits 1 (a service manager restarts it)."""
+    w = Watch(["-i", lab.inside_if], lab, lab.inside)
+    try:
+        w.ready()
+        lab.run(lab.inside, ["ip", "link", "set", lab.inside_if, "down"], check=True)
+        w.wait_for(lambda: any("capture resumes" in e for e in w.err), 20, "the down warning")
+        lab.run(lab.inside, ["ip", "link", "set", lab.inside_if, "up"], check=True)
+        lab.run(lab.outside, ["ip", "link", "set", lab.outside_if, "up"], check=True)
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
+        lab.run(lab.inside, ["ip", "link", "del", lab.inside_if], check=True)
+        assert w.proc.wait(60) == 1
+    finally:
+        w.kill()
+    assert any("went away" in e for e in w.err), w.err
+    assert [a["alert"]["category"] for a in w.alerts()] == ["reverse-ssh"]
