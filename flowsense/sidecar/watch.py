@@ -84,10 +84,12 @@ class _Output:
         self.f.flush()
 
     def reopen(self) -> None:
+        """The new file first: if it cannot be opened, the old one stays in use."""
         if self.path is None:
             return
+        new = self._open()
         self.f.close()
-        self.f = self._open()
+        self.f = new
 
     def close(self) -> None:
         self.f.flush()
@@ -291,10 +293,13 @@ class Watcher:
     # --- signals' work ------------------------------------------------------------------------
     def _reopen(self) -> None:
         log.warning("SIGHUP: reopening outputs")
-        if self.out is not None:
-            self.out.reopen()
-        if self.sealed is not None:
-            self.sealed.reopen()
+        try:
+            if self.out is not None:
+                self.out.reopen()
+            if self.sealed is not None:
+                self.sealed.reopen()
+        except (OSError, FlowsenseError) as exc:  # e.g. a directory the --user cannot write
+            log.error("SIGHUP: cannot reopen: %s", exc)
 
     def reload(self) -> bool:
         """Signatures and policy, all or nothing: on any error the running set stays."""
