@@ -48,6 +48,10 @@ class RingConfig:
     """A block is handed up after this long even if not full (a quiet link still delivers)."""
     promisc: bool = True
     """Put the interface in promiscuous mode (mirror ports, bridges)."""
+    batch_packets: int = 8192
+    """Records walked into one batch. The batch's blocks stay out of the kernel's hands until
+    it is fed (no copy of the frames), so a batch must be a small part of the ring: 65,536
+    packets of 700 B held two thirds of a 64 MiB ring, and the kernel dropped meanwhile."""
 
 
 class _SockFilter(ctypes.Structure):

@@ -81,10 +81,10 @@ class RingSource(LiveSource):
             self.close()
             raise
         self.retire_s = ring_cfg.retire_ms / 1000
-        need = max(r.max_frames for r in self.rings)
-        self.max_n = max(cap.batch_packets, need)
+        need = max(r.max_frames for r in self.rings)  # a whole block always fits
         if cap.batch_packets < need:
             raise ConfigError(f"batch_packets must be at least {need} for this ring block size")
+        self.max_n = max(min(ring_cfg.batch_packets, cap.batch_packets), need)
         self.rec = _alloc(RECORD_COLUMNS, self.max_n)
         self.vlan_tci = np.zeros(self.max_n, dtype=np.uint16)
         self._poll = select.poll()
