@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,20 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO))
 
 
-NICE = [-15]  # tcpreplay's nice value (--replay-nice): below 0 the replayer keeps its rate
+@dataclass(frozen=True)
+class Plan:
+    capture: Path
+    packets: int  # replay only the first N (0: all)
+    buffer_mib: int  # ring size, both capturers
+    nice: int  # tcpreplay's nice value: below 0 the replayer keeps its rate
 
 
-def _replay(lab: Any, capture: Path, pps: int, packets: int) -> dict[str, float]:
+def _replay(lab: Any, plan: Plan, pps: int) -> dict[str, float]:
     rate = ["--pps", str(pps)] if pps else ["--topspeed"]
-    limit = ["--limit", str(packets)] if packets else []
-    nice = ["nice", "-n", str(NICE[0])] if NICE[0] else []
+    limit = ["--limit", str(plan.packets)] if plan.packets else []
+    nice = ["nice", "-n", str(plan.nice)] if plan.nice else []
     res = lab.run(lab.outside, [*nice, "tcpreplay", "-i", lab.outside_if, *rate, *limit,
-                                str(capture)], timeout=3600)
+                                str(plan.capture)], timeout=3600)
     if res.returncode != 0:
         raise RuntimeError(f"tcpreplay failed: {res.stderr.strip()[-300:]}")
     sent = int(re.search(r"Actual: (\d+) packets", res.stdout).group(1))  # type: ignore[union-attr]
@@ -92,8 +98,8 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _round(lab: Any, cmd: list[str], ready: str, stop: int, capture: Path, pps: int,
-           packets: int, **popen: Any) -> tuple[dict[str, float], str]:
+def _round(lab: Any, cmd: list[str], ready: str, stop: int, plan: Plan, pps: int,
+           **popen: Any) -> tuple[dict[str, float], str]:
     """Start ``cmd`` in the inside namespace, wait for ``ready`` on its stderr, replay, stop it
     with ``stop``: (tcpreplay's figures, the capturer's stderr)."""
     proc = lab.popen(lab.inside, cmd, stderr=subprocess.PIPE, text=True, **popen)
@@ -101,7 +107,7 @@ def _round(lab: Any, cmd: list[str], ready: str, stop: int, capture: Path, pps: 
     try:
         _wait_line(proc, ready, err, 600)
         cpu0 = _cpu_s(proc.pid)  # `ip netns exec` execs: the pid is the capturer's
-        rep = _replay(lab, capture, pps, packets)
+        rep = _replay(lab, plan, pps)
         time.sleep(1.0)
         rep["cpu_s"] = _cpu_s(proc.pid) - cpu0
         rep["cpu_us_per_packet"] = rep["cpu_s"] * 1e6 / max(1.0, rep["sent"])
@@ -114,12 +120,11 @@ def _round(lab: Any, cmd: list[str], ready: str, stop: int, capture: Path, pps: 
     return rep, "".join(err)
 
 
-def run_flowsense(lab: Any, capture: Path, pps: int, packets: int, buffer_mib: int) -> dict:
+def run_flowsense(lab: Any, plan: Plan, pps: int) -> dict:
     out = Path(f"/tmp/fsw-live-rate-{os.getpid()}.json")
     cmd = [sys.executable, "-m", "flowsense", "watch", "-i", lab.inside_if, "--buffer-mib",
-           str(buffer_mib), "-o", str(out), "--idle-timeout", "3600"]
-    rep, text = _round(lab, cmd, "watching", signal.SIGTERM, capture, pps, packets,
-                       env=_env(), cwd=REPO)
+           str(plan.buffer_mib), "-o", str(out), "--idle-timeout", "3600"]
+    rep, text = _round(lab, cmd, "watching", signal.SIGTERM, plan, pps, env=_env(), cwd=REPO)
     m = re.search(r"watch ended: (\d+) packets, (\d+) dropped by the kernel", text)
     if m is None:
         raise RuntimeError(f"flowsense gave no end line: {text[-500:]}")
@@ -135,10 +140,10 @@ def run_flowsense(lab: Any, capture: Path, pps: int, packets: int, buffer_mib: i
             "latency_s_max": max(lat) if lat else None}
 
 
-def run_tcpdump(lab: Any, capture: Path, pps: int, packets: int, buffer_mib: int) -> dict:
-    cmd = ["tcpdump", "-n", "-i", lab.inside_if, "-B", str(buffer_mib * 1024), "-w",
+def run_tcpdump(lab: Any, plan: Plan, pps: int) -> dict:
+    cmd = ["tcpdump", "-n", "-i", lab.inside_if, "-B", str(plan.buffer_mib * 1024), "-w",
            "/dev/null"]
-    rep, text = _round(lab, cmd, "listening on", signal.SIGINT, capture, pps, packets)
+    rep, text = _round(lab, cmd, "listening on", signal.SIGINT, plan, pps)
     got = re.search(r"(\d+) packets captured", text)
     dropped = re.search(r"(\d+) packets dropped by kernel", text)
     if got is None or dropped is None:
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="nice value for tcpreplay (default -15: on a small machine the offered "
                          "rate must not yield to the capturer; 0 lets them share)")
     args = ap.parse_args(argv)
-    NICE[0] = args.replay_nice
+    plan = Plan(args.capture, args.packets, args.buffer_mib, args.replay_nice)
     if os.geteuid() != 0:
         print("live_rate: needs root (namespaces, AF_PACKET)", file=sys.stderr)
         return 2
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     with Lab("fsw9", rtt_ms=0) as lab:
         for tool, run in runners.items():
             for pps in rates:
-                r = run(lab, args.capture, pps, args.packets, args.buffer_mib)
+                r = run(lab, plan, pps)
                 r["pps"] = pps
                 r["clean"] = r["dropped"] == 0 and r["received"] >= r["sent"]
                 results[tool].append(r)
