@@ -36,6 +36,15 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in the metrics")
 
 
+def _alert_during_replay(w: Watch, lab, pcap: Path, pps: float,  # type: ignore[no-untyped-def]
+                         *categories: str) -> None:
+    """Replay ``pcap`` slowly; the alerts of ``categories`` must arrive before it ends."""
+    tr = replay(lab, pcap, pps=pps)
+    w.wait_for(lambda: all(w.has_alert(c) for c in categories), 30,
+               f"{'/'.join(categories)} alert during the replay", also=lambda: tr.poll() is None)
+    assert tr.wait(60) == 0
+
+
 def test_alerts_arrive_while_the_replay_runs(lab) -> None:  # type: ignore[no-untyped-def]
     w = Watch(["-i", lab.inside_if, "--metrics-port", str(METRICS_PORT)], lab, lab.inside)
     try:
@@ -43,14 +52,8 @@ def test_alerts_arrive_while_the_replay_runs(lab) -> None:  # type: ignore[no-un
         status, body = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/healthz")
         assert (status, body.strip()) == (200, "ok")
 
-        tr = replay(lab, SSH_PCAP, pps=8)  # 74 packets: about 9 s
-        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert",
-                   also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
-        tr = replay(lab, STRATUM_PCAP, pps=12)  # 145 packets: about 12 s
-        w.wait_for(lambda: w.has_alert("stratum-mining") and w.has_alert("mining-pool"), 30,
-                   "stratum-mining and mining-pool alerts", also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, SSH_PCAP, 8, "reverse-ssh")  # 74 packets: about 9 s
+        _alert_during_replay(w, lab, STRATUM_PCAP, 12, "stratum-mining", "mining-pool")  # 12 s
 
         status, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
         assert status == 200
@@ -78,9 +81,12 @@ def test_alerts_arrive_while_the_replay_runs(lab) -> None:  # type: ignore[no-un
     assert any("watch ended" in line and "0 dropped" in line for line in w.err)
 
 
-def test_sigterm_flushes_what_is_pending(lab) -> None:  # type: ignore[no-untyped-def]
-    # no wall-clock snapshot for an hour: the alert can only come from SIGTERM's flush
-    w = Watch(["-i", lab.inside_if, "--tick", "3600"], lab, lab.inside)
+def test_sigterm_flushes_what_is_pending(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # no snapshot, by wall clock (an hour's tick) nor by capture time (past the clock's
+    # range): the alert can only come from SIGTERM's flush
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("flows: {snapshot_interval_s: 1.0e+10}\n", encoding="utf-8")
+    w = Watch(["-i", lab.inside_if, "--tick", "3600", "--config", str(cfg)], lab, lab.inside)
     try:
         w.ready()
         tr = replay(lab, SSH_PCAP, pps=60)
@@ -108,10 +114,7 @@ def test_sigusr2_with_a_broken_signature_file_keeps_the_old_set(
         w.wait_for(lambda: any("reload failed" in e and "pools.yaml" in e for e in w.err), 20,
                    "the reload failure report")
         # the pool list is still the old one: the pool's address is still known
-        tr = replay(lab, STRATUM_PCAP, pps=40)
-        w.wait_for(lambda: w.has_alert("mining-pool"), 30, "mining-pool alert after the bad "
-                   "reload", also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, STRATUM_PCAP, 40, "mining-pool")
         pools.write_text(good, encoding="utf-8")
         w.proc.send_signal(signal.SIGUSR2)
         w.wait_for(lambda: any("reloaded" in e for e in w.err), 20, "the reload report")
@@ -218,10 +221,7 @@ def test_drops_to_user_and_keeps_capturing(lab) -> None:  # type: ignore[no-unty
         assert st["Gid"].split() == [str(nobody.pw_gid)] * 4
         assert st["Groups"].strip() == ""
         assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0
-        tr = replay(lab, SSH_PCAP, pps=20)
-        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert as nobody",
-                   also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
         assert w.stop() == 0
     finally:
         w.kill()
@@ -246,11 +246,99 @@ def test_scapy_backend_where_af_packet_is_missing(lab) -> None:  # type: ignore[
     w = Watch(["-i", lab.inside_if, "--backend", "scapy"], lab, lab.inside)
     try:
         w.ready()
-        tr = replay(lab, SSH_PCAP, pps=20)
-        w.wait_for(lambda: w.has_alert("reverse-ssh"), 30, "reverse-ssh alert through scapy",
-                   also=lambda: tr.poll() is None)
-        assert tr.wait(60) == 0
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
         assert w.stop() == 0
     finally:
         w.kill()
     assert any("watch ended: 74 packets" in line for line in w.err)
+
+
+def test_sealed_log_and_policy_wired_in(lab, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Alerts go through the sealed log and the policy's actions (a dry-run block and an exec
+    hook); after SIGTERM the log verifies and holds every alert and action."""
+    import json
+
+    got = tmp_path / "hook.json"
+    policy = tmp_path / "policy.yaml"
+    hook = f"import sys; open({str(got)!r}, 'w').write(sys.stdin.read())"
+    policy.write_text(json.dumps({
+        "version": 1,
+        "rules": [{"name": "miners", "match": {"category": "stratum-mining"},
+                   "actions": ["block", {"exec": [sys.executable, "-c", hook]}]}],
+    }), encoding="utf-8")
+    log, seed = tmp_path / "alerts.log", tmp_path / "seal.seed"
+    w = Watch(["-i", lab.inside_if, "--log", str(log), "--log-seed", str(seed),
+               "--policy", str(policy), "--metrics-port", str(METRICS_PORT)], lab, lab.inside)
+    try:
+        w.ready()
+        _alert_during_replay(w, lab, STRATUM_PCAP, 40, "stratum-mining")
+        w.wait_for(lambda: got.exists() and got.stat().st_size > 0, 20, "the exec hook's input")
+        _, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+        assert _metric(text, "flowsense_log_chain_seq") >= 1
+        good = policy.read_text(encoding="utf-8")
+        policy.write_text(good.replace('"rules"', '"rulez"'), encoding="utf-8")
+        w.proc.send_signal(signal.SIGUSR2)  # a bad policy: the running one stays
+        w.wait_for(lambda: any("reload failed" in e and "policy.yaml" in e for e in w.err), 20,
+                   "the policy reload failure")
+        policy.write_text(good, encoding="utf-8")
+        w.proc.send_signal(signal.SIGUSR2)
+        w.wait_for(lambda: any("reloaded" in e and "policy" in e for e in w.err), 20,
+                   "the policy reload")
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    hooked = json.loads(got.read_text())
+    assert hooked["alert"]["category"] == "stratum-mining"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    alerts = [r for r in records if r["event_type"] == "alert"]
+    actions = [r for r in records if r["event_type"] == "action"]
+    assert {a["flow_id"] for a in alerts} == {a["flow_id"] for a in w.alerts()}
+    kinds = {a["action"]["type"] for a in actions}
+    assert {"block", "exec"} <= kinds, actions
+    res = subprocess.run([sys.executable, "-m", "flowsense", "verify-log", str(log), "--seed",
+                          str(seed)], capture_output=True, text=True, env=env(), timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stdout + res.stderr
+
+
+def test_several_interfaces(lab) -> None:  # type: ignore[no-untyped-def]
+    """Two rings in one watcher: the lab's veth, and a second veth pair made inside the inside
+    namespace (gone with it), each replayed into from its other end."""
+    for cmd in (["ip", "link", "add", "fsw1-x", "type", "veth", "peer", "name", "fsw1-y"],
+                ["ip", "link", "set", "fsw1-x", "up"], ["ip", "link", "set", "fsw1-y", "up"]):
+        lab.run(lab.inside, cmd, check=True)
+    for dev in ("fsw1-x", "fsw1-y"):
+        for feature in ("tso", "gso", "gro", "tx", "rx"):
+            lab.run(lab.inside, ["ethtool", "-K", dev, feature, "off"])
+    w = Watch(["-i", lab.inside_if, "-i", "fsw1-x"], lab, lab.inside)
+    try:
+        w.ready()
+        other = lab.popen(lab.inside, ["tcpreplay", "-q", "-i", "fsw1-y", "--pps", "40",
+                                       str(STRATUM_PCAP)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
+        assert other.wait(60) == 0
+        w.wait_for(lambda: w.has_alert("stratum-mining"), 30, "stratum alert on the second ring")
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    assert any("watch ended: 219 packets, 0 dropped" in line for line in w.err), w.err
+    assert {a["source"]["interface"] for a in w.alerts()} == {f"{lab.inside_if},fsw1-x"}
+
+
+def test_interface_down_then_away(lab) -> None:  # type: ignore[no-untyped-def]
+    """Down: a warning, and capture resumes when it is up again. Removed: the watcher flushes
+    what it has and exits 1 (a service manager restarts it)."""
+    w = Watch(["-i", lab.inside_if], lab, lab.inside)
+    try:
+        w.ready()
+        lab.run(lab.inside, ["ip", "link", "set", lab.inside_if, "down"], check=True)
+        w.wait_for(lambda: any("capture resumes" in e for e in w.err), 20, "the down warning")
+        lab.run(lab.inside, ["ip", "link", "set", lab.inside_if, "up"], check=True)
+        lab.run(lab.outside, ["ip", "link", "set", lab.outside_if, "up"], check=True)
+        _alert_during_replay(w, lab, SSH_PCAP, 20, "reverse-ssh")
+        lab.run(lab.inside, ["ip", "link", "del", lab.inside_if], check=True)
+        assert w.proc.wait(60) == 1
+    finally:
+        w.kill()
+    assert any("went away" in e for e in w.err), w.err
+    assert [a["alert"]["category"] for a in w.alerts()] == ["reverse-ssh"]

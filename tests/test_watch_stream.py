@@ -51,3 +51,16 @@ def test_damaged_stream_exits_1_after_what_was_readable(tmp_path: Path) -> None:
     assert b"reverse-ssh" in res.stdout  # the readable part was analysed and reported
     err = res.stderr.decode().strip().splitlines()
     assert any("<stdin>: at byte" in line for line in err) and b"Traceback" not in res.stderr
+
+
+def test_bad_usage_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    for args, says in ((["--read", str(SSH_PCAP)], "--read takes '-'"),
+                       (["--read", "-", "--log", str(tmp_path / "a.log")], "--log-seed"),
+                       (["--read", "-", "--enforce"], "--enforce needs --policy"),
+                       (["--read", "-", "--tick", "0"], "--tick"),
+                       (["--read", "-", "--max-flows", "-1"], "--max-flows"),
+                       ([], "--interface")):
+        res = subprocess.run([*Watch.command(), *args], input=b"", capture_output=True,
+                             timeout=300, env=Watch.environment(), cwd=Watch.cwd())
+        err = res.stderr.decode().strip().splitlines()
+        assert res.returncode == 2 and len(err) == 1 and says in err[0], (args, res.stderr)

@@ -56,7 +56,10 @@ class Metrics:
         self.alert_latency = Gauge("flowsense_alert_latency_seconds",
                                    "Emit time minus evidence time of the latest alert", registry=r)
         self.reloads = Counter("flowsense_reloads", "SIGUSR2 reloads", ["result"], registry=r)
-        self.chain = Info("flowsense_log_chain", "Head of the sealed alert log", registry=r)
+        self.chain = Info("flowsense_log_chain", "Head of the sealed alert log (seq, hash, file)",
+                          registry=r)
+        self.chain_seq = Gauge("flowsense_log_chain_seq", "Sequence number of the sealed log's "
+                               "last record (-1 before the first)", registry=r)
         self.heartbeat = time.monotonic()
         self._server: ThreadingHTTPServer | None = None
 

@@ -11,6 +11,7 @@ standard library has no binding.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import os
 import pwd
@@ -54,6 +55,10 @@ def drop_to(user: str, keep_net_admin: bool = False) -> None:
         pw = pwd.getpwnam(user)
     except KeyError:
         raise ConfigError(f"--user {user}: no such user") from None
+    # the install may be unreadable by the user (a root-owned virtualenv): codecs looked up
+    # by name later (open(..., encoding="ascii")) are loaded while we still can
+    for name in ("ascii", "latin-1", "utf-8"):
+        codecs.lookup(name)
     libc = _libc()
     if keep_net_admin:
         _check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")

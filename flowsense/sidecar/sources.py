@@ -14,11 +14,14 @@ and end. Every batch is valid until the next one is requested.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,11 +35,21 @@ from flowsense.capture.reader import (
 )
 from flowsense.capture.source import StreamSource as _ReaderStream
 from flowsense.config import CaptureConfig
-from flowsense.errors import CaptureError, ConfigError
+from flowsense.errors import CaptureError, ConfigError, FlowsenseError
 from flowsense.schema import RECORD_COLUMNS
 from flowsense.sidecar import ring_kernels as RK
 
+if TYPE_CHECKING:
+    from flowsense.sidecar.ring import RingConfig
+
+log = logging.getLogger(__name__)
 Idle = Callable[[], bool]
+
+
+class InterfaceGone(FlowsenseError):
+    """A captured interface was removed: what was captured is flushed, then exit 1."""
+
+    exit_code = 1
 POLL_S = 0.2
 
 
@@ -55,7 +68,7 @@ class LiveSource:
 
 
 class RingSource(LiveSource):
-    def __init__(self, ifaces: list[str], ring_cfg: object, cap: CaptureConfig,
+    def __init__(self, ifaces: list[str], ring_cfg: RingConfig, cap: CaptureConfig,
                  bpf: str | None = None) -> None:
         from flowsense.sidecar.ring import PacketRing
 
@@ -63,15 +76,15 @@ class RingSource(LiveSource):
         self.rings: list[PacketRing] = []
         try:
             for iface in ifaces:
-                self.rings.append(PacketRing(iface, ring_cfg, bpf))  # type: ignore[arg-type]
+                self.rings.append(PacketRing(iface, ring_cfg, bpf))
         except BaseException:
             self.close()
             raise
-        self.retire_s = getattr(ring_cfg, "retire_ms", 50) / 1000
-        need = max(r.max_frames for r in self.rings)
-        self.max_n = max(cap.batch_packets, need)
+        self.retire_s = ring_cfg.retire_ms / 1000
+        need = max(r.max_frames for r in self.rings)  # a whole block always fits
         if cap.batch_packets < need:
             raise ConfigError(f"batch_packets must be at least {need} for this ring block size")
+        self.max_n = max(min(ring_cfg.batch_packets, cap.batch_packets), need)
         self.rec = _alloc(RECORD_COLUMNS, self.max_n)
         self.vlan_tci = np.zeros(self.max_n, dtype=np.uint16)
         self._poll = select.poll()
@@ -108,11 +121,26 @@ class RingSource(LiveSource):
                 got = True
                 yield batch
             if not got and not self._stopping:
-                self._poll.poll(int(POLL_S * 1000))
+                for fd, ev in self._poll.poll(int(POLL_S * 1000)):
+                    if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                        self._socket_error(fd)
                 self._stopping = not idle()
         # stopping: the block being filled is handed up within the retire timeout
         time.sleep(self.retire_s * 2)
         yield from self._drain(decoder, None)
+
+    def _socket_error(self, fd: int) -> None:
+        """A ring's socket reports an error: its interface went down (capture resumes when it
+        comes back up) or away (the end: a CaptureError, after what was captured)."""
+        ring = next(r for r in self.rings if r.fileno() == fd)
+        err = ring.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # reading clears it
+        try:
+            socket.if_nametoindex(ring.iface)
+        except OSError:
+            raise InterfaceGone(f"{ring.iface}: the interface went away") from None
+        log.warning("%s: %s (capture resumes when the interface is up)", ring.iface,
+                    os.strerror(err) if err else "socket error")
+        time.sleep(POLL_S)  # an error that stays set must not make the loop spin
 
     def kernel_drops(self) -> int:
         return sum(r.read_stats()[1] for r in self.rings)

@@ -84,10 +84,12 @@ class _Output:
         self.f.flush()
 
     def reopen(self) -> None:
+        """The new file first: if it cannot be opened, the old one stays in use."""
         if self.path is None:
             return
+        new = self._open()
         self.f.close()
-        self.f = self._open()
+        self.f = new
 
     def close(self) -> None:
         self.f.flush()
@@ -124,8 +126,10 @@ def open_source(opts: WatchOptions, config: Config) -> LiveSource:
 class Watcher:
     def __init__(self, opts: WatchOptions, config: Config) -> None:
         if opts.max_flows:
-            config = dataclasses.replace(
-                config, flows=dataclasses.replace(config.flows, max_flows=opts.max_flows))
+            # the whole bound at once: untouched slots cost no memory, and the table never
+            # grows, whose copy would briefly hold the old and the new arrays
+            config = dataclasses.replace(config, flows=dataclasses.replace(
+                config.flows, max_flows=opts.max_flows, initial_flows=opts.max_flows))
         self.opts = opts
         self.config = config
         self.resources = Resources(pools=load_pools(opts.signatures))
@@ -242,6 +246,8 @@ class Watcher:
         self._packets_since_tick = 0
         self._last_tick = now
         self._flush()
+        if self.sealed is not None:
+            self.sealed.tick()  # fsync and export the chain head on their cadence
         self._report_pressure(now)
         self._update_metrics()
 
@@ -261,17 +267,17 @@ class Watcher:
             key = "pcap" if self.opts.read is not None else "interface"
             assert self.source is not None
             alert.flow["source"] = {key: self.source.name}
-            rec = eve_dict(alert, self.config)
+            rec = eve_dict(alert, self.config, ",".join(self.resources.pools.versions))
             now_ns = time.time_ns()
             rec["flowsense"]["emitted"] = iso_ts(now_ns)
             assert self.out is not None
             self.out.write(json.dumps(rec, ensure_ascii=False))
             if self.sealed is not None:
-                self.sealed.append(rec)
+                rec = self.sealed.append(rec)  # with its seal: the actions cite its seq
             if self.actions is not None:
                 try:
                     self.actions.handle(alert, rec)
-                except FlowsenseError as exc:
+                except (FlowsenseError, OSError) as exc:
                     log.error("action failed: %s", exc)
             self.alerts_out += 1
             self._pending += 1
@@ -287,10 +293,13 @@ class Watcher:
     # --- signals' work ------------------------------------------------------------------------
     def _reopen(self) -> None:
         log.warning("SIGHUP: reopening outputs")
-        if self.out is not None:
-            self.out.reopen()
-        if self.sealed is not None:
-            self.sealed.reopen()
+        try:
+            if self.out is not None:
+                self.out.reopen()
+            if self.sealed is not None:
+                self.sealed.reopen()
+        except (OSError, FlowsenseError) as exc:  # e.g. a directory the --user cannot write
+            log.error("SIGHUP: cannot reopen: %s", exc)
 
     def reload(self) -> bool:
         """Signatures and policy, all or nothing: on any error the running set stays."""
@@ -350,8 +359,10 @@ class Watcher:
         m.evictions.set(d["flows_evicted"])
         m.watches.set(d["watches_active"])
         m.watches_refused.set(d["watches_refused"])
-        if self.sealed is not None and hasattr(self.sealed, "head"):
-            m.chain.info({k: str(v) for k, v in _head_fields(self.sealed.head()).items()})
+        if self.sealed is not None:
+            head = self.sealed.head()
+            m.chain.info({k: str(v) for k, v in head.items()})
+            m.chain_seq.set(head["seq"])
 
     def _report_end(self) -> None:
         d = self.stats()
@@ -366,18 +377,12 @@ class Watcher:
             self.source.close()
         if self.out is not None:
             self.out.close()
+        if self.actions is not None:
+            self.actions.close()  # running execs write their outcome records first
         if self.sealed is not None:
             self.sealed.close()
         if self.metrics is not None:
             self.metrics.close()
-
-
-def _head_fields(head: Any) -> dict[str, Any]:
-    if isinstance(head, dict):
-        return head
-    if isinstance(head, tuple):
-        return {f"h{i}": v for i, v in enumerate(head)}
-    return {"head": head}
 
 
 def watch(opts: WatchOptions, config: Config) -> int:
