@@ -144,7 +144,8 @@ def test_cadence_on_tls_mining_to_an_unlisted_name(tmp_path: Path) -> None:
     assert a["flow"]["state"] == "open"
     summary = tmp_path / "summary.txt"
     assert main(["analyze", "-o", str(summary), str(CAPS / "stratum-tls-cadence.pcap")]) == 0
-    line = next(x for x in summary.read_text().splitlines() if "mining-pool/cadence " in x and "cadence=" in x)
+    line = next(x for x in summary.read_text().splitlines()
+                if "mining-pool/cadence " in x and "cadence=" in x)
     assert f"{figs['pushes']} pushes and {figs['submits']} submits" in line
 
 
