@@ -203,15 +203,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     alerts = []
     n_flows = [0]
 
-    gate = AlertGate()
+    gate = AlertGate(cfg)  # the allowlist, and one alert a flow and signature
 
     def emit(found: list[Alert]) -> None:
         for alert in found:
-            f = alert.flow
-            # policy: sanctioned endpoints (config ``allowlist``) raise nothing
-            if cfg.allows_flow(f["src_ip"], f["src_port"], f["dst_ip"], f["dst_port"],
-                               alert.category):
-                continue
             if not gate.admit(alert):
                 continue
             # the input holding the flow's last packet (ms in the record: its last ns within)

@@ -85,3 +85,41 @@ def test_analyze_suppresses_allowlisted_endpoints(tmp_path: Path) -> None:
     assert {r["alert"]["category"] for r in left} == {"ssh-tunnel"}
     wrong_port = _cfg(tmp_path, "allowlist: [{cidr: 203.0.113.7/32, port: 22}]\n")
     assert len(_analyze(pcap, "--config", str(wrong_port))) == len(base)
+
+
+def test_watch_applies_the_same_allowlist(tmp_path: Path) -> None:
+    """The sidecar shares the gate: an allowlisted endpoint raises nothing live either."""
+    from tests.watchlab import Watch
+
+    s = Session(sport=443)
+    s.handshake()
+    s.reverse_keys(8, 76)
+    s.close()
+    pcap = s.write(tmp_path / "rev443.pcap")
+    only_reverse = _cfg(tmp_path, "allowlist: [{cidr: 203.0.113.7/32, port: 443, "
+                                  "categories: [reverse-ssh]}]\n")
+    runs = {}
+    for name, extra in (("plain", []), ("allowed", ["--config", str(only_reverse)])):
+        res = subprocess.run([*Watch.command(), "--read", "-", *extra], input=pcap.read_bytes(),
+                             capture_output=True, timeout=300, env=Watch.environment(),
+                             cwd=Watch.cwd())
+        assert res.returncode == 0, res.stderr
+        runs[name] = {json.loads(x)["alert"]["category"] for x in res.stdout.splitlines()}
+    assert runs["plain"] == {"reverse-ssh", "ssh-tunnel"}
+    assert runs["allowed"] == {"ssh-tunnel"}
+
+
+def test_gate_memory_is_bounded() -> None:
+    from flowsense.detect.base import Alert
+    from flowsense.report.alerts import AlertGate
+
+    gate = AlertGate(capacity=3)
+
+    def alert(flow_id: int) -> Alert:
+        return Alert(1, "s", "c", "v", 1, 0.5, 0, {"flow_id": flow_id, "src_ip": "10.0.0.1",
+                                                  "src_port": 1, "dst_ip": "10.0.0.2",
+                                                  "dst_port": 2})
+
+    assert all(gate.admit(alert(k)) for k in range(5))
+    assert not gate.admit(alert(4))  # remembered: one alert a flow and signature
+    assert gate.admit(alert(0))  # forgotten past the bound (least recently alerted first)

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import ipaddress
 import json
+from collections import OrderedDict
 
 from flowsense import __version__
 from flowsense.config import Config
@@ -83,16 +84,25 @@ def eve_dict(alert: Alert, cfg: Config, signatures: str = "") -> dict:
 
 
 class AlertGate:
-    """One alert a flow and signature (ALERTS.md): a later finding on the same pair passes only
-    if it is stronger and a minute has gone by, marked ``update``."""
+    """What may go out, for ``analyze`` and ``watch`` alike: nothing on a flow the config's
+    allowlist sanctions, and one alert a flow and signature (ALERTS.md): a later finding on the
+    same pair passes only if it is stronger and a minute has gone by, marked ``update``. The
+    memory of what went out is bounded (least recently alerted forgotten first), as a sidecar
+    runs for weeks."""
 
     UPDATE_AFTER_NS = 60 * 1_000_000_000
 
-    def __init__(self) -> None:
-        self._seen: dict[tuple[int, int], tuple[float, int]] = {}
+    def __init__(self, config: Config | None = None, capacity: int = 200_000) -> None:
+        self.config = config
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[int, int], tuple[float, int]] = OrderedDict()
 
     def admit(self, alert: Alert) -> bool:
-        key = (int(alert.flow["flow_id"]), alert.signature_id)
+        f = alert.flow
+        if self.config is not None and self.config.allows_flow(
+                f["src_ip"], f["src_port"], f["dst_ip"], f["dst_port"], alert.category):
+            return False
+        key = (int(f["flow_id"]), alert.signature_id)
         prior = self._seen.get(key)
         if prior is not None:
             conf, ts = prior
@@ -100,4 +110,7 @@ class AlertGate:
                 return False
             alert.update = True
         self._seen[key] = (alert.confidence, alert.timestamp_ns)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
         return True

@@ -132,9 +132,9 @@ class Watcher:
                 config.flows, max_flows=opts.max_flows, initial_flows=opts.max_flows))
         self.opts = opts
         self.config = config
-        self.resources = Resources(pools=load_pools(opts.signatures))
+        self.resources = Resources(pools=load_pools(opts.signatures), config=config)
         self.detectors = [cls(self.resources) for cls in DETECTORS.values()]
-        self.gate = AlertGate()
+        self.gate = AlertGate(config)
         self.policy: Any = None
         self.actions: Any = None
         self.sealed: Any = None
