@@ -83,6 +83,7 @@ def markdown(res: dict[str, Any]) -> str:
     """Every section of a result, as Markdown (no images)."""
     lines = _header(res) + _throughput(res) + _startup(res) + _counts(res)
     lines += _memory_lines(res.get("memory") or {})
+    lines += _drift_lines(res)
     scale = res.get("scaling") or {}
     if scale:
         lines += ["", "### Scaling", ""] + _scaling(scale)
@@ -330,6 +331,48 @@ def _scaling(sc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def drift(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """How far this run's figures are from a previous result's: per throughput row the ratio of
+    medians (new / old packets a second) and of the x-nfstream ratios, flagged beyond 20 %."""
+    if old.get("mode") != new.get("mode") or old.get("capture", {}).get("path") != new.get(
+        "capture", {}
+    ).get("path"):
+        return {}
+    rows: dict[str, Any] = {}
+    o, n = old.get("results", {}), new.get("results", {})
+    for key, _, _, ref in ROWS:
+        a, b = o.get(key, {}), n.get(key, {})
+        if "pps_median" not in a or "pps_median" not in b:
+            continue
+        row: dict[str, Any] = {"pps": round(b["pps_median"] / a["pps_median"], 3)}
+        ra, rb = o.get(ref, {}).get("median_s"), n.get(ref, {}).get("median_s")
+        if ra and rb and key != ref:
+            row["x_ref"] = round((rb / b["median_s"]) / (ra / a["median_s"]), 3)
+        row["beyond_20pct"] = any(abs(v - 1) > 0.2 for k, v in row.items() if k != "beyond_20pct")
+        rows[key] = row
+    return {
+        "against": old.get("date"),
+        "commit": (old.get("git") or {}).get("commit"),
+        "rows": rows,
+    }
+
+
+def _drift_lines(res: dict[str, Any]) -> list[str]:
+    d = res.get("drift") or {}
+    if not d.get("rows"):
+        return []
+    far = {k: v for k, v in d["rows"].items() if v["beyond_20pct"]}
+    cells = ", ".join(
+        f"{k} {v['pps']:.2f}x" + (f" (ratio {v['x_ref']:.2f}x)" if "x_ref" in v else "")
+        for k, v in far.items()
+    )
+    return [
+        "",
+        f"- against the previous published run ({d['against']}): "
+        + (f"beyond 20 %: {cells}" if far else "every throughput row within 20 %"),
+    ]
+
+
 def _gaps(res: dict[str, Any]) -> list[str]:
     lines = []
     for key, why in (res.get("skipped") or {}).items():
@@ -394,4 +437,11 @@ def update_main_readme(path: str, res: dict[str, Any]) -> None:
         f"right on every category in {acc.get('flowsense_correct', '?')}, nDPI 4.2 in "
         f"{acc.get('ndpi_correct', '?')}; the benchmark README lists every gap.\n"
     )
+    goals = "; ".join(
+        f"{t['name']}: {t['ratio']}x against a goal of {t['target']}x "
+        f"({'met' if t['met'] else 'not met'})"
+        for t in res.get("targets", [])
+    )
+    if goals:
+        text += f"Goals we set ourselves: {goals}.\n"
     _splice(path, MAIN_BEGIN, MAIN_END, text)
