@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Any
 
 from benchmarks import accuracy
@@ -178,14 +179,16 @@ def _startup(res: dict[str, Any]) -> list[str]:
     if "median_s" in cold:
         parts.append(f"whole first start with an empty cache (compiling) {cold['median_s']:.1f} s")
     lines.append("- " + "; ".join(parts) + ".")
-    tools = [(k, v) for k, v in st.items() if k not in ("capture", "python")]
+    tools = [(k, v) for k, v in st.items() if k not in ("capture", "python", "packets")]
     if tools:
         cells = ", ".join(
-            f"{k} {v if isinstance(v, float) else _first_line(v, 40)} s" for k, v in tools
+            f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} failed ({_first_line(v, 60)})"
+            for k, v in tools
         )
         lines.append(
-            f"- whole process on `{st.get('capture')}` (5 packets: start-up alone; "
-            f"flowsense with a warm cache): {cells}."
+            f"- whole process on `{st.get('capture')}` (the main capture's first "
+            f"{st.get('packets', '?')} packets: start-up alone; flowsense with a warm cache): "
+            f"{cells}."
         )
     return lines
 
@@ -240,22 +243,33 @@ def _memory_lines(mem: dict[str, Any]) -> list[str]:
     return lines
 
 
+def peak_per_flow_unmapped(row: dict[str, Any]) -> int | None:
+    """Peak RSS growth per flow less the capture's size: flowsense memory-maps the capture, and
+    every page of it it walked counts in RSS until the map is closed."""
+    fs = row.get("flowsense", {})
+    if "peak_growth_kib" not in fs or not fs.get("flows"):
+        return None
+    return round(max(fs["peak_growth_kib"] * 1024 - row["bytes"], 0) / fs["flows"])
+
+
 def _fs_cells(row: dict[str, Any]) -> str:
     fs = row.get("flowsense", {})
     if "pps" not in fs:
-        return f"{_first_line(fs.get('error', 'not measured'), 60)} | - | - | -"
+        return f"{_first_line(fs.get('error', 'not measured'), 60)} | - | - | - | - | -"
     nf = row.get("nfstream", {})
     nf_cell = _n(nf["pps"]) if "pps" in nf else "-"
     x = f"{row['x_nfstream']:.1f}x" if "x_nfstream" in row else "-"
+    unmapped = peak_per_flow_unmapped(row)
     return (
-        f"{_n(fs['pps'])} | {fs['gbit_s']:.2f} | {_n(fs['peak_bytes_per_flow'])} | {nf_cell} | {x}"
+        f"{_n(fs['pps'])} | {fs['gbit_s']:.2f} | {_n(fs['peak_bytes_per_flow'])} | "
+        f"{_n(unmapped) if unmapped is not None else '-'} | {nf_cell} | {x}"
     )
 
 
 def _scaling(sc: dict[str, Any]) -> list[str]:
     head = (
-        "flowsense packets/s (steady) | Gbit/s | peak B per flow | nfstream packets/s | "
-        "x nfstream |"
+        "flowsense packets/s (steady) | Gbit/s | peak RSS B per flow | less the mapped capture "
+        "| nfstream packets/s | x nfstream |"
     )
     lines: list[str] = []
     cf = sc.get("concurrent_flows")
@@ -264,7 +278,7 @@ def _scaling(sc: dict[str, Any]) -> list[str]:
             "Concurrent flows (`live-N`: N TCP flows all open at the end, 5 packets each):",
             "",
             "| live flows | packets | " + head,
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [f"| {_n(r['live_flows'])} | {_n(r['packets'])} | {_fs_cells(r)} |" for r in cf]
         lines.append("")
@@ -274,7 +288,7 @@ def _scaling(sc: dict[str, Any]) -> list[str]:
             "Packet-size mix (the realistic mix with more or fewer full segments):",
             "",
             "| mix | packets | mean frame B | " + head,
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {r['size_mix']} | {_n(r['packets'])} | {r['mean_frame_bytes']:.0f} | "
@@ -426,7 +440,8 @@ def update_main_readme(path: str, res: dict[str, Any]) -> None:
     acc = (res.get("accuracy") or {}).get("groups", {}).get("_all", {})
     text = (
         f"In short, on the machine of the last full run ({res['machine']['cpu']}, "
-        f"{res['machine']['usable_cores']} cores, {res['date'][:10]}), flowsense aggregates "
+        f"{res['machine']['usable_cores']} cores, {res['date'][:10]}, load average "
+        f"{res['machine']['load_avg_1_5_15'][1]} over its last 5 minutes), flowsense aggregates "
         f"{pps('flowsense_steady')} packets a second in steady state "
         f"({ratio('flowsense_steady', 'nfstream')} the pinned nfstream, "
         f"{ratio('flowsense_steady', 'dpkt')} dpkt), {pps('flowsense_process_warm')} a second "
@@ -444,4 +459,5 @@ def update_main_readme(path: str, res: dict[str, Any]) -> None:
     )
     if goals:
         text += f"Goals we set ourselves: {goals}.\n"
-    _splice(path, MAIN_BEGIN, MAIN_END, text)
+    wrapped = "\n".join(textwrap.fill(par, 100) for par in text.strip().split("\n")) + "\n"
+    _splice(path, MAIN_BEGIN, MAIN_END, wrapped)

@@ -75,6 +75,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--out-dir", help="where JSON, summary and plots go (results/, quick: results/quick/)"
     )
     ap.add_argument("--update-readme", action="store_true", help="rewrite the READMEs' figures")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: redraw summary, plots (and READMEs) from the out dir's JSON",
+    )
     return ap.parse_args(argv)
 
 
@@ -183,9 +188,38 @@ def _scaling(
     return out
 
 
+def publish(res: dict[str, Any], out_dir: Path, update_readme: bool) -> None:
+    """Plots, ``latest.json``, ``summary.md`` and, from a conforming run into ``results/``,
+    the READMEs' figures."""
+    res["plots"] = plots.write_all(res, out_dir)
+    json_path = out_dir / "latest.json"
+    with open(str(json_path) + ".tmp", "w") as fh:
+        json.dump(res, fh, indent=2)
+        fh.write("\n")
+    os.replace(str(json_path) + ".tmp", json_path)
+    summary = report.markdown(res)
+    (out_dir / "summary.md").write_text(report.standalone(res, summary))
+    print(summary)
+    if update_readme:
+        if res["conforming"] and out_dir == HERE / "results":
+            report.update_readme(str(HERE / "README.md"), report.readme_section(res, summary))
+            report.update_main_readme(str(REPO / "README.md"), res)
+            log("README figures updated")
+        else:
+            log(
+                "not a conforming run (quick, < 5 runs, an error, unequal counts, another "
+                "capture or output folder): README kept"
+            )
+    log(f"wrote {json_path}, {out_dir / 'summary.md'} and {len(res['plots'])} plots")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     quick = args.quick
+    if args.render_only:
+        out_dir = Path(args.out_dir or (HERE / "results" / "quick" if quick else HERE / "results"))
+        publish(json.loads((out_dir / "latest.json").read_text()), out_dir, args.update_readme)
+        return 0
     mode = "quick" if quick else "full"
     capture = args.capture or str(HERE / "data" / ("quick.pcap" if quick else "mixed.pcap"))
     runs = args.runs or (1 if quick else 5)
@@ -306,24 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             res["drift"] = report.drift(json.loads(json_path.read_text()), res)
         except (ValueError, KeyError, TypeError) as e:
             log(f"previous {json_path} not comparable: {e}")
-    res["plots"] = plots.write_all(res, out_dir)
-    with open(str(json_path) + ".tmp", "w") as fh:
-        json.dump(res, fh, indent=2)
-        fh.write("\n")
-    os.replace(str(json_path) + ".tmp", json_path)
-    summary = report.markdown(res)
-    (out_dir / "summary.md").write_text(report.standalone(res, summary))
-    print(summary)
-    if args.update_readme:
-        if conforming and out_dir == HERE / "results":
-            report.update_readme(str(HERE / "README.md"), report.readme_section(res, summary))
-            report.update_main_readme(str(REPO / "README.md"), res)
-            log("README figures updated")
-        else:
-            log(
-                "not a conforming run (quick, < 5 runs, an error, unequal counts, another "
-                "capture or output folder): README kept"
-            )
+    publish(res, out_dir, args.update_readme)
     if not flow_counts["agree"]:
         shown = {k: v for k, v in flow_counts.items() if k != "agree"}
         log(f"FLOW COUNTS DISAGREE: {json.dumps(shown)}")
@@ -331,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"skipped {key}: {why}")
     for key, err in errors.items():
         log(f"ERROR {key}: {err.splitlines()[0]}")
-    log(f"wrote {json_path}, {out_dir / 'summary.md'} and {len(res['plots'])} plots")
     return 0 if flow_counts["agree"] and not errors else 1
 
 
