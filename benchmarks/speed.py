@@ -90,6 +90,8 @@ class Speed:
         if tool in ("flowsense-cli", "flowsense-analyze", "flowsense-jobs"):
             command = "analyze" if tool == "flowsense-analyze" else "flows"
             jobs = self.jobs if tool == "flowsense-jobs" else None
+            if tool == "flowsense-jobs" and "flowsense_jobs" not in self.counts:
+                self._count("flowsense_jobs", self._jobs_flows(jobs))
             r = measure.flowsense_cli(cap, idle, active, None, command=command, jobs=jobs)
             t[ROWS_OF[tool][0]].append(r["seconds"])
         elif tool == "tshark":
@@ -123,6 +125,16 @@ class Speed:
                 if r.get("packets") is not None:
                     self._count("flowsense_packets", r["packets"])
         return r["seconds"] if tool == "scapy" else t[ROWS_OF[tool][0]][-1]
+
+    def _jobs_flows(self, jobs: int | None) -> int:
+        """Flows that ``flowsense flows --jobs`` writes (an untimed run): chunks aggregated apart
+        and merged must give the same flows as one core."""
+        with tempfile.TemporaryDirectory(prefix="flowsense-jobs-") as tmp:
+            out = os.path.join(tmp, "flows.jsonl")
+            r = measure.flowsense_cli(
+                self.capture, self.idle_s, self.active_s, None, out=out, jobs=jobs
+            )
+        return int(r["flows"])
 
     def check_scapy_head(self) -> None:
         """The scapy loop's subsample must hold as many flows for dpkt as for scapy."""
