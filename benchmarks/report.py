@@ -393,7 +393,12 @@ def _gaps(res: dict[str, Any]) -> list[str]:
         lines.append(f"- skipped {key}: {why}")
     for key, err in (res.get("errors") or {}).items():
         lines.append(f"- ERROR {key}: {_first_line(err, 150)}")
-    return ["", "### Not measured, and errors", ""] + lines if lines else []
+    secs = res.get("section_seconds")
+    if secs:
+        lines.append(
+            "- wall time per section: " + ", ".join(f"{k} {v:,.0f} s" for k, v in secs.items())
+        )
+    return ["", "### Skipped, errors and run time", ""] + lines if lines else []
 
 
 def standalone(res: dict[str, Any], body: str) -> str:

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         "scapy_limit": args.scapy_packets or (2_000 if quick else 20_000),
         "tshark_runs": args.tshark_runs or 1,
     }
+    clock = [time.monotonic()]
+    sections: dict[str, float] = {}
+
+    def lap(name: str) -> None:  # wall seconds per section: what a full run's budget goes to
+        now = time.monotonic()
+        sections[name] = round(now - clock[0], 1)
+        clock[0] = now
+
     sp, skipped = speed.measure_speed(capture, runs, cold_runs, problem is None, settings)
+    lap("throughput")
     errors = sp.errors
     if problem:
         for key in speed.ALL_ROWS:
@@ -257,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     start_up = speed.startup(tiny, TINY_PACKETS, 1 if quick else 3, IDLE_S, ACTIVE_S, tools)
     start_up["python"] = speed.python_startup()
 
+    lap("startup")
     memory: dict[str, Any] = {}
     if not args.no_memory:
         try:
@@ -270,11 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             memory = {"error": str(e)}
         if memory.get("error"):
             errors["memory"] = memory["error"]
+    lap("memory")
     scale: dict[str, Any] = {}
     if not args.no_scaling and not problem:
         # nfstream beside flowsense in the scaling tables: full runs only (quick stays quick)
         with_nf = "nfstream" not in skipped and not quick
         scale = _scaling(args, quick, capture, runs, results, meta, with_nf)
+    lap("scaling")
     acc: dict[str, Any] = {}
     if not args.no_accuracy and not problem:
         try:
@@ -283,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             acc = {"error": str(e).splitlines()[0]}
             errors["accuracy"] = acc["error"]
 
+    lap("accuracy")
     # Someone editing flowsense mid-run mixes versions and invalidates numba's cache: say so.
     sources_after = sysinfo.source_digest(str(REPO / "flowsense"))
     if sources_after != sources_before:
@@ -332,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": acc,
         "skipped": skipped,
         "errors": errors,
+        "section_seconds": sections,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "latest.json"
