@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -183,6 +184,7 @@ def analyze_eve(path: str, out: str) -> int:
     return int(main(["analyze", "--format", "eve", "-o", out, path]))
 
 
+@functools.cache
 def has_jobs_flag(python: str) -> bool:
     """Whether ``flowsense flows`` takes ``--jobs`` (several cores) in this checkout."""
     import subprocess
@@ -191,3 +193,9 @@ def has_jobs_flag(python: str) -> bool:
         [python, "-m", "flowsense", "flows", "--help"], capture_output=True, text=True
     )
     return r.returncode == 0 and "--jobs" in r.stdout
+
+
+def one_core(python: str) -> int | None:
+    """``--jobs`` for a one-core whole-process run: 1 where the flag exists (its default is every
+    core), else None (no flag: one core is all there is)."""
+    return 1 if has_jobs_flag(python) else None

@@ -220,7 +220,18 @@ def cores(res: dict[str, Any], plt: Any, path: Path) -> bool:
     if not rows:
         return False
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["jobs"] for r in rows], [r["pps_median"] for r in rows], "o-", color="tab:green")
+    jobs = [r["jobs"] for r in rows]
+    ax.plot(jobs, [r["pps_median"] for r in rows], "o-", color="tab:green")
+    for r in rows:
+        ax.annotate(
+            f"{rows[0]['median_s'] / r['median_s']:.2f}x",
+            (r["jobs"], r["pps_median"]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(jobs)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("--jobs")
     ax.set_ylabel("packets per second, whole process")
     ax.set_title("flowsense flows on more cores")

@@ -40,13 +40,13 @@ ROWS = [
     (
         "flowsense_process_warm",
         "flowsense",
-        "whole process `flowsense flows`, warm numba cache",
+        "whole process `flowsense flows`, one core, warm numba cache",
         "nfstream_process",
     ),
     (
         "flowsense_analyze_process_warm",
         "flowsense",
-        "whole process `flowsense analyze --format eve`, warm cache",
+        "whole process `flowsense analyze --format eve`, one core, warm cache",
         "nfstream_process",
     ),
     (

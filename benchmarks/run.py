@@ -331,7 +331,14 @@ def main(argv: list[str] | None = None) -> int:
             "active_timeout_s": ACTIVE_S,
             "nfstream": NFSTREAM_SETTINGS,
             "flowsense_cli": " ".join(
-                fs_api.cli_command("python", "CAPTURE", IDLE_S, ACTIVE_S, os.devnull)
+                fs_api.cli_command(
+                    "python",
+                    "CAPTURE",
+                    IDLE_S,
+                    ACTIVE_S,
+                    os.devnull,
+                    jobs=fs_api.one_core(sys.executable),
+                )
             ),
             "tshark": " ".join(["tshark", "-r", "CAPTURE", *peers.TSHARK_ARGS]),
             "ndpiReader": " ".join(["ndpiReader", "-i", "CAPTURE", *peers.NDPI_ARGS]),

@@ -120,7 +120,9 @@ def capture_size(
         meta = measure.ensure_capture(path, packets=n, seed=seed)
         row: dict[str, Any] = {"packets": n, "bytes": meta["bytes"]}
         try:
-            fs = measure.flowsense_cli(path, idle_s, active_s, None)
+            fs = measure.flowsense_cli(
+                path, idle_s, active_s, None, jobs=fs_api.one_core(sys.executable)
+            )
             row["flowsense_process_s"] = round(fs["seconds"], 4)
             if with_nf:
                 nf = measure.worker("nfstream", path, idle_s, active_s)

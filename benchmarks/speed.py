@@ -77,7 +77,14 @@ class Speed:
             cache = tempfile.mkdtemp(prefix="flowsense-numba-")
             tmp_dirs.append(cache)
             out = os.path.join(cache, "flows.jsonl")
-            r = measure.flowsense_cli(self.capture, self.idle_s, self.active_s, cache, out)
+            r = measure.flowsense_cli(
+                self.capture,
+                self.idle_s,
+                self.active_s,
+                cache,
+                out,
+                jobs=fs_api.one_core(sys.executable),
+            )
             os.remove(out)
             self.times["flowsense_process_cold"].append(r["seconds"])
             self._count("flowsense_cli", r["flows"])
@@ -89,7 +96,8 @@ class Speed:
         t = self.times
         if tool in ("flowsense-cli", "flowsense-analyze", "flowsense-jobs"):
             command = "analyze" if tool == "flowsense-analyze" else "flows"
-            jobs = self.jobs if tool == "flowsense-jobs" else None
+            one = fs_api.one_core(sys.executable)
+            jobs = self.jobs if tool == "flowsense-jobs" else one
             if tool == "flowsense-jobs" and "flowsense_jobs" not in self.counts:
                 self._count("flowsense_jobs", self._jobs_flows(jobs))
             r = measure.flowsense_cli(cap, idle, active, None, command=command, jobs=jobs)
@@ -205,7 +213,9 @@ def startup(
         "nfstream": lambda: measure.worker("nfstream", tiny, idle_s, active_s)["wall_seconds"],
         "tshark": lambda: peers.tshark_run(tiny)["seconds"],
         "ndpi": lambda: peers.ndpi_run(tiny)["seconds"],
-        "flowsense-cli": lambda: measure.flowsense_cli(tiny, idle_s, active_s, None)["seconds"],
+        "flowsense-cli": lambda: measure.flowsense_cli(
+            tiny, idle_s, active_s, None, jobs=fs_api.one_core(sys.executable)
+        )["seconds"],
     }
     for tool, fn in runners.items():
         if tool not in tools:
