@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -118,27 +119,27 @@ def version() -> str | None:
     return str(getattr(flowsense, "__version__", "unknown"))
 
 
-def cli_command(python: str, path: str, idle_s: float, active_s: float, out: str) -> list[str]:
-    """The whole-process run: the ``flows`` subcommand writing JSON lines to ``out``."""
-    return [
-        python,
-        "-m",
-        "flowsense",
-        "flows",
-        path,
-        "--format",
-        "jsonl",
-        "-o",
-        out,
-        "--idle-timeout",
-        str(idle_s),
-        "--active-timeout",
-        str(active_s),
-    ]
+def cli_command(
+    python: str,
+    path: str,
+    idle_s: float,
+    active_s: float,
+    out: str,
+    command: str = "flows",
+    jobs: int | None = None,
+) -> list[str]:
+    """The whole-process run: ``flows`` writing JSON lines to ``out``, or ``analyze`` writing
+    EVE alerts there; ``jobs`` adds ``--jobs N`` (only where the flag exists)."""
+    fmt = "jsonl" if command == "flows" else "eve"
+    cmd = [python, "-m", "flowsense", command, path, "--format", fmt, "-o", out]
+    cmd += ["--idle-timeout", str(idle_s), "--active-timeout", str(active_s)]
+    return cmd + (["--jobs", str(jobs)] if jobs else [])
 
 
-def pipeline_seconds(path: str, cfg: Any, with_detectors: bool) -> float:
-    """One pass of the pipeline over ``path``, with every registered detector or none."""
+def pipeline_run(path: str, cfg: Any, names: list[str] | None) -> dict[str, Any]:
+    """One pass of the pipeline over ``path`` as ``analyze`` runs it (ended flows and snapshots
+    to the detectors), with the registered detectors named in ``names`` (None: all of them);
+    its seconds and the alerts raised per category."""
     import time
 
     from flowsense.detect.base import Resources
@@ -146,23 +147,55 @@ def pipeline_seconds(path: str, cfg: Any, with_detectors: bool) -> float:
     from flowsense.pipeline import Pipeline
     from flowsense.signatures import load_pools
 
-    dets = []
-    if with_detectors:
-        res = Resources(pools=load_pools())
-        dets = [cls(res) for cls in DETECTORS.values()]
+    chosen = [n for n in DETECTORS if names is None or n in names]
+    res = Resources(pools=load_pools()) if chosen else None
+    dets = [DETECTORS[n](res) for n in chosen]
+    alerts: dict[str, int] = {}
+
+    def count(found: list) -> None:
+        for a in found:
+            alerts[a.category] = alerts.get(a.category, 0) + 1
 
     def sink(frame: Any) -> None:
         for d in dets:
-            d.on_frame(frame)
+            count(d.on_frame(frame))
 
-    pipe = Pipeline(cfg, sink, [r for d in dets for r in d.watch_rules()])
+    def snapshot(frame: Any) -> None:
+        for d in dets:
+            count(d.on_snapshot(frame))
+
+    pipe = Pipeline(cfg, sink, [r for d in dets for r in d.watch_rules()], snapshot)
     t0 = time.perf_counter()
     pipe.run_file(path)
     pipe.finish()
-    return time.perf_counter() - t0
+    return {"seconds": time.perf_counter() - t0, "alerts": alerts}
 
 
 def detector_names() -> list[str]:
     from flowsense.detect.registry import DETECTORS
 
     return list(DETECTORS)
+
+
+def analyze_eve(path: str, out: str) -> int:
+    """``flowsense analyze --format eve -o OUT PATH`` run in this process; its exit status."""
+    from flowsense.cli import main
+
+    return int(main(["analyze", "--format", "eve", "-o", out, path]))
+
+
+@functools.cache
+def has_jobs_flag(python: str) -> bool:
+    """Whether ``flowsense flows`` takes ``--jobs`` (several cores) in this checkout."""
+    import subprocess
+
+    r = subprocess.run(
+        [python, "-m", "flowsense", "flows", "--help"], capture_output=True, text=True
+    )
+    return r.returncode == 0 and "--jobs" in r.stdout
+
+
+def one_core(python: str) -> int | None:
+    """``--jobs`` for a one-core whole-process run: 1 where the flag exists (its default is every
+    core), else None (no flag: one core is all there is)."""
+    return 1 if has_jobs_flag(python) else None

@@ -24,6 +24,9 @@ from benchmarks.pcap_writer import PCAP_EPOCH_S, frame_lengths, write_pcap
 from benchmarks.synth_packets import FIN, KINDS, RST, Flows, Packets
 from benchmarks.synth_plan import MixSpec, plan_live, plan_mixed
 
+# --size-mix: shares of the TCP profiles (download: full segments one way; interactive: small
+# packets both ways; upload), which set the packet-size mix; "default" is the realistic mix.
+SIZE_MIXES = {"small": (0.0, 1.0, 0.0), "default": (0.6, 0.3, 0.1), "large": (1.0, 0.0, 0.0)}
 GENERATOR_VERSION = 1  # bump when the same arguments would give different bytes
 FLOW_KEY_NOTE = (
     "every flow has its own client (address, port), an ICMP flow its own client address, and a "
@@ -138,8 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--duration", type=float, default=None, help="capture length in seconds (default 90)"
     )
+    ap.add_argument(
+        "--size-mix",
+        choices=sorted(SIZE_MIXES),
+        default="default",
+        help="packet sizes: small (interactive TCP), default, large (bulk downloads)",
+    )
     args = ap.parse_args(argv)
-    overrides = {"duration_s": args.duration} if args.duration else {}
+    overrides: dict = {"duration_s": args.duration} if args.duration else {}
+    if args.size_mix != "default":
+        overrides["tcp_profile_p"] = SIZE_MIXES[args.size_mix]
     meta = generate(args.output, args.packets, args.seed, args.live_flows, overrides)
     if args.live_flows:
         load = f"{meta['tcp_flows_open_at_end']} still open at the end"

@@ -47,7 +47,12 @@ def _slope(rows: list[dict[str, Any]], key: str) -> int:
 
 
 def measure_memory(
-    mode: str, repeats: int, seed: int, idle_s: int, active_s: int
+    mode: str,
+    repeats: int,
+    seed: int,
+    idle_s: int,
+    active_s: int,
+    phases: tuple[str, ...] = ("table", "compute"),
 ) -> dict[str, Any]:
     """Both phases at both sizes; ``bytes_per_flow`` is the table phase's slope (or, if that
     phase cannot run, the compute phase's peak slope)."""
@@ -64,7 +69,7 @@ def measure_memory(
         "repeats": repeats,
         "target_bytes": TARGET_BYTES,
     }
-    for phase in ("table", "compute"):
+    for phase in phases:
         try:
             rows = [_median_run(p, warm, phase, repeats, idle_s, active_s) for p in paths]
         except measure.MeasureError as e:

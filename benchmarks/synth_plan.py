@@ -85,6 +85,8 @@ class MixSpec:
     zipf_a: float = 1.8  # flow sizes: P(n) ~ n^-a
     max_data_packets: int = 30_000  # the elephants' cap
     median_tcp_lifetime_s: float = 14.0
+    # shares of the TCP profiles (download, interactive, upload): the packet-size mix
+    tcp_profile_p: tuple[float, float, float] = (0.6, 0.3, 0.1)
 
 
 def host_vlan(host: np.ndarray, vlan_share: float) -> np.ndarray:
@@ -290,7 +292,7 @@ def _bulk_packets(
     start = (rng.random(n) * (d_us - 100_000 - life)).astype(np.int64)
     ids = first_id + np.arange(n)
 
-    profile = rng.choice(3, n, p=[0.6, 0.3, 0.1])
+    profile = rng.choice(3, n, p=list(spec.tcp_profile_p))
     mss = np.where(fl.v6, 1440, 1460)
     http = fl.srv_port == 80
     t = tcp

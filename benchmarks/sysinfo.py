@@ -41,6 +41,7 @@ def machine() -> dict[str, Any]:
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "ram_gib": round(ram / 2**30, 1),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "os": platform.platform(),
     }
 
@@ -48,7 +49,7 @@ def machine() -> dict[str, Any]:
 def versions() -> dict[str, str | None]:
     """Versions of the interpreter and of every library the benchmark compares or relies on."""
     out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for dist in ("numpy", "numba", "llvmlite", "dpkt", "nfstream", "psutil"):
+    for dist in ("numpy", "numba", "llvmlite", "dpkt", "scapy", "nfstream", "psutil", "matplotlib"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -14,26 +14,13 @@ import json
 import subprocess
 import sys
 
+from benchmarks import peers
 from benchmarks.workers import dpkt_flows, nfstream_flows
 
 
 def tshark_counts(path: str) -> dict[str, int]:
     """TCP and UDP conversations, and ICMP/ICMPv6 address pairs, as tshark sees them."""
-    counts: dict[str, int] = {}
-    out = subprocess.run(
-        ["tshark", "-n", "-r", path, "-q", "-z", "conv,tcp", "-z", "conv,udp"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    section = None
-    for line in out.splitlines():
-        if "TCP Conversations" in line:
-            section = "tcp"
-        elif "UDP Conversations" in line:
-            section = "udp"
-        elif section and "<->" in line:
-            counts[section] = counts.get(section, 0) + 1
+    counts = dict(peers.tshark_run(path)["conversations"])
     out = subprocess.run(
         [
             "tshark",

@@ -12,6 +12,7 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks import fs_api
@@ -30,19 +31,23 @@ NFSTREAM_JOB = {
 }
 
 
-def dpkt_flows(path: str) -> dict[str, Any]:
+def dpkt_flows(path: str, limit: int = 0) -> dict[str, Any]:
     """The idiomatic dpkt loop: decode every frame, key by the sorted 5-tuple, keep simple stats.
 
     VLAN tags are decoded by dpkt and not part of the key (the capture keeps one VLAN per host).
-    ICMP flows are keyed by the address pair, as nfstream does.
+    ICMP flows are keyed by the address pair, as nfstream does. ``limit``: stop after that many
+    packets (0: read everything), to count the flows of the scapy loop's subsample.
     """
     import dpkt
 
     flows: dict[tuple, list] = {}
     packets = 0
+    limit = limit or -1
     t0 = time.perf_counter()
     with open(path, "rb") as fh:
         for ts, buf in dpkt.pcap.Reader(fh):
+            if packets == limit:
+                break
             packets += 1
             eth = dpkt.ethernet.Ethernet(buf)
             ip = eth.data
@@ -90,10 +95,57 @@ def nfstream_flows(path: str, idle_s: float, active_s: float) -> dict[str, Any]:
     return {"seconds": seconds, "packets": packets, "flows": flows}
 
 
+def scapy_flows(path: str, limit: int) -> dict[str, Any]:
+    """The idiomatic scapy loop over the first ``limit`` packets: ``PcapReader``, ``IP in pkt``,
+    the same sorted 5-tuple key and statistics as the dpkt loop. scapy dissects every layer in
+    Python (tens of microseconds a packet), so the runner times a subsample and extrapolates."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.utils import PcapReader
+
+    flows: dict[tuple, list] = {}
+    packets = 0
+    limit = limit or -1
+    t0 = time.perf_counter()
+    with PcapReader(path) as reader:
+        for pkt in reader:
+            if packets == limit:
+                break
+            packets += 1
+            if IP in pkt:
+                ip, proto = pkt[IP], pkt[IP].proto
+            elif IPv6 in pkt:
+                ip, proto = pkt[IPv6], pkt[IPv6].nh
+            else:
+                continue
+            l4 = ip.payload
+            if isinstance(l4, (TCP, UDP)):
+                a, b = (ip.src, l4.sport), (ip.dst, l4.dport)
+            else:
+                a, b = (ip.src, 0), (ip.dst, 0)
+            key = (a, b, proto) if a <= b else (b, a, proto)
+            size = len(pkt)
+            ts = float(pkt.time)
+            st = flows.get(key)
+            if st is None:
+                flows[key] = [ts, ts, 1, size, size, size]
+                continue
+            st[1] = ts
+            st[2] += 1
+            st[3] += size
+            st[4] = min(st[4], size)
+            st[5] = max(st[5], size)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "packets": packets, "flows": len(flows)}
+
+
 def flowsense_steady(path: str, idle_s: float, active_s: float) -> dict[str, Any]:
     """compute_flows over an already-warm JIT: the first pass compiles or loads kernels and warms
-    the page cache, the second is timed."""
+    the page cache, the second is timed; then one pass of the pipeline with every detector
+    (``analyze``'s job, in-process)."""
+    t0 = time.perf_counter()
     compute = fs_api.compute_flows()
+    imported = time.perf_counter() - t0
     cfg = fs_api.make_config(idle_s, active_s)
     t0 = time.perf_counter()
     compute([path], cfg)
@@ -102,24 +154,75 @@ def flowsense_steady(path: str, idle_s: float, active_s: float) -> dict[str, Any
     t0 = time.perf_counter()
     result = compute([path], cfg)
     seconds = time.perf_counter() - t0
-    # the detectors' cost: the pipeline with and without them, both warm, in this process
-    fs_api.pipeline_seconds(path, cfg, True)
-    plain = fs_api.pipeline_seconds(path, cfg, False)
-    detect = fs_api.pipeline_seconds(path, cfg, True)
+    analyze = fs_api.pipeline_run(path, cfg, None)  # kernels and page cache warm already
     return {
         "seconds": seconds,
+        "import_seconds": imported,
         "warmup_seconds": warm,
+        "analyze_seconds": analyze["seconds"],
+        "alerts": analyze["alerts"],
         "packets": fs_api.packet_count(result),
         "flows": fs_api.flow_count(result),
-        "plain_seconds": plain,
-        "detect_seconds": detect,
+    }
+
+
+def flowsense_detectors(path: str, idle_s: float, active_s: float, repeats: int) -> dict[str, Any]:
+    """Each detector's cost: the pipeline alone, with every detector, and with each alone, all
+    warm in this process; medians of ``repeats`` passes, and the alerts each configuration
+    raised (proof that the detector had work to do)."""
+    cfg = fs_api.make_config(idle_s, active_s)
+    names = fs_api.detector_names()
+    configs: dict[str, list[str] | None] = {"none": [], "all": None}
+    configs.update({n: [n] for n in names})
+    fs_api.pipeline_run(path, cfg, None)  # warm: kernels, page cache, signatures
+    out: dict[str, Any] = {}
+    for label, dets in configs.items():
+        runs = [fs_api.pipeline_run(path, cfg, dets) for _ in range(repeats)]
+        secs = sorted(r["seconds"] for r in runs)
+        med = secs[len(secs) // 2]
+        out[label] = {"median_s": med, "seconds": secs, "alerts": runs[0]["alerts"]}
+    return {"detectors": names, "configs": out}
+
+
+def _read_through(path: str) -> None:
+    """Bring the file into the page cache (a sequential read, far cheaper than a pass)."""
+    with open(path, "rb", buffering=0) as fh:
+        while fh.read(1 << 24):
+            pass
+
+
+def flowsense_scale(path: str, warm_path: str, idle_s: float, active_s: float) -> dict[str, Any]:
+    """Throughput and peak memory of ``compute_flows`` on ``path`` after a warm-up on a small
+    capture (kernels loaded) and a read of ``path`` (page cache): one timed pass whose peak RSS
+    growth over the pre-call RSS is the memory the flows cost."""
+    compute = fs_api.compute_flows()
+    cfg = fs_api.make_config(idle_s, active_s)
+    compute([warm_path], cfg)
+    _read_through(path)
+    gc.collect()
+    peak_reset = _reset_peak()
+    before = _status_kib()
+    t0 = time.perf_counter()
+    result = compute([path], cfg)
+    seconds = time.perf_counter() - t0
+    after = _status_kib()
+    return {
+        "seconds": seconds,
+        "packets": fs_api.packet_count(result),
+        "flows": fs_api.flow_count(result),
+        "rss_before_kib": before["VmRSS"],
+        "peak_growth_kib": after["VmHWM"] - before["VmRSS"],
+        "peak_reset": peak_reset,
     }
 
 
 def _status_kib() -> dict[str, int]:
     with open("/proc/self/status") as fh:
-        rows = (line.split() for line in fh
-                if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")))
+        rows = (
+            line.split()
+            for line in fh
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:"))
+        )
         return {r[0].rstrip(":"): int(r[1]) for r in rows}
 
 
@@ -179,13 +282,32 @@ def flowsense_memory(
     return out
 
 
+TOOLS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "dpkt": lambda a: dpkt_flows(a.capture, a.limit),
+    "scapy": lambda a: scapy_flows(a.capture, a.limit),
+    "nfstream": lambda a: nfstream_flows(a.capture, a.idle_timeout, a.active_timeout),
+    "flowsense-steady": lambda a: flowsense_steady(a.capture, a.idle_timeout, a.active_timeout),
+    "flowsense-detectors": lambda a: flowsense_detectors(
+        a.capture, a.idle_timeout, a.active_timeout, a.repeats
+    ),
+    "flowsense-scale": lambda a: flowsense_scale(
+        a.capture, a.warm_capture or a.capture, a.idle_timeout, a.active_timeout
+    ),
+    "flowsense-memory": lambda a: flowsense_memory(
+        a.capture, a.warm_capture or a.capture, a.idle_timeout, a.active_timeout, a.phase
+    ),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.workers")
-    ap.add_argument("tool", choices=["dpkt", "nfstream", "flowsense-steady", "flowsense-memory"])
+    ap.add_argument("tool", choices=sorted(TOOLS))
     ap.add_argument("capture")
     ap.add_argument("--idle-timeout", type=float, default=3600.0)
     ap.add_argument("--active-timeout", type=float, default=7200.0)
-    ap.add_argument("--warm-capture", help="flowsense-memory: small capture for the warm-up")
+    ap.add_argument("--warm-capture", help="flowsense-memory/-scale: small capture to warm up on")
+    ap.add_argument("--limit", type=int, default=0, help="dpkt, scapy: packets to read (0: all)")
+    ap.add_argument("--repeats", type=int, default=3, help="flowsense-detectors: passes each")
     ap.add_argument(
         "--phase",
         choices=["table", "compute"],
@@ -193,17 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         help="flowsense-memory: the loaded table, or a whole compute_flows call",
     )
     args = ap.parse_args(argv)
-    if args.tool == "dpkt":
-        out = dpkt_flows(args.capture)
-    elif args.tool == "nfstream":
-        out = nfstream_flows(args.capture, args.idle_timeout, args.active_timeout)
-    elif args.tool == "flowsense-steady":
-        out = flowsense_steady(args.capture, args.idle_timeout, args.active_timeout)
-    else:
-        warm = args.warm_capture or args.capture
-        out = flowsense_memory(
-            args.capture, warm, args.idle_timeout, args.active_timeout, args.phase
-        )
+    out = TOOLS[args.tool](args)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0
