@@ -47,6 +47,10 @@ VARIANTS = {  # category dns-tunnel: 3500000-3599999; (sid, severity, confidence
 DNS_PORT = 53
 MIN_ENCODED_CHARS = 40  # characters below the registered domain, dots left out
 MIN_LABEL_CHARS = 16
+# the shortest query that can hold such a name: header, the name (the encoded chars in one
+# label and a two-label domain of one char each, with their length bytes and the root), qtype
+# and class
+MIN_MESSAGE_BYTES = 12 + (1 + MIN_ENCODED_CHARS) + 2 * 2 + 1 + 4
 HEX_SHARE = 0.9
 ENTROPY_BITS = 4.2  # per character; random hex tops out at 4, words stay under ~3.9
 NULL_QUERIES = 2
@@ -189,8 +193,16 @@ def name_figures(labels: tuple[bytes, ...]) -> dict[str, Any]:
         "digit_share": sum(b in _DIGITS for b in chars) / n,
         "upper_share": upper / letters if letters else 0.0,
         "non_hostname": sum(b not in _HOSTNAME for b in chars),
+        "alnum_share": sum(b in _HOSTNAME and b not in b"-_" for b in chars) / n,
         "base": b".".join(base).lower(),
     }
+
+
+def _long(labels: tuple[bytes, ...]) -> bool:
+    """Whether a name can hold encoded data at all (cheap: lengths only)."""
+    sub = split_name(labels)[0]
+    return (sum(len(x) for x in sub) >= MIN_ENCODED_CHARS
+            and max((len(x) for x in sub), default=0) >= MIN_LABEL_CHARS)
 
 
 def encoded(f: dict[str, Any]) -> str | None:
@@ -201,6 +213,8 @@ def encoded(f: dict[str, Any]) -> str | None:
         return "raw"
     if f["hex_share"] >= HEX_SHARE and 0.15 <= f["digit_share"] <= 0.95:
         return "hex"
+    if f["alnum_share"] < 0.95:
+        return None  # words, UUIDs and CamelCase host names joined by hyphens
     if 0.2 <= f["upper_share"] <= 0.8 and f["digit_share"] >= 0.05:
         return "base64"
     if f["entropy"] >= ENTROPY_BITS and f["digit_share"] >= 0.05:
@@ -219,28 +233,30 @@ def judge(qs: list[Query], cols: dict[str, np.ndarray], i: int, d: int) -> Verdi
     v = Verdict()
     if not qs:
         return v
-    figs = [name_figures(q.labels) for q in qs]
-    kinds = [encoded(f) for f in figs]
-    bases = Counter(f["base"] for f in figs)
-    base = bases.most_common(1)[0][0]
+    # figures only for names long enough to hold encoded data: most names stop here
+    figs = [name_figures(q.labels) if _long(q.labels) else None for q in qs]
+    kinds = [encoded(f) if f is not None else None for f in figs]
     hits = [k for k, kind in enumerate(kinds) if kind]
     nulls = [q for q in qs if q.qtype == QTYPE_NULL or 65280 <= q.qtype <= 65534]
     sent = "src2dst" if d == 0 else "dst2src"
     back = "dst2src" if d == 0 else "src2dst"
     n_queries = int(cols[f"{sent}_packets"][i])
     answer_bytes = int(cols[f"{back}_payload_bytes"][i])
-    subs = {split_name(q.labels)[0] for q in qs if split_name(q.labels)[1] == figs[0]["base"]}
+    split = [split_name(q.labels) for q in qs]
+    bases = Counter(b".".join(b).lower() for _, b in split)
+    base = bases.most_common(1)[0][0]
     if hits:
         v.found.append("encoded-names")
-        base = figs[hits[0]]["base"]
+        base = b".".join(split[hits[0]][1]).lower()
     if len(nulls) >= NULL_QUERIES:
         v.found.append("tunnel-qtypes")
     if (n_queries >= VOLUME_QUERIES and answer_bytes >= VOLUME_ANSWER_BYTES
-            and len(qs) >= VOLUME_NAMES and bases[figs[0]["base"]] == len(qs)
-            and len(subs) == len(qs)):
+            and len(qs) >= VOLUME_NAMES and len(bases) == 1
+            and len({sub for sub, _ in split}) == len(qs)):
         v.found.append("volume")
     if not v.found:
         return v
+    figs = [f if f is not None else name_figures(q.labels) for f, q in zip(figs, qs)]
     shown = [k for k in hits] or list(range(len(qs)))
     v.evidence = {
         "base_domain": wire_text(base),
@@ -273,12 +289,19 @@ class DnsTunnelDetector(Detector):
         c = frame.cols
         transport = (c["protocol"] == 17) | (c["protocol"] == 6)
         to_server = c["dst_port"] == DNS_PORT
-        rows = np.flatnonzero(transport & (to_server | (c["src_port"] == DNS_PORT)))
+        dns = transport & (to_server | (c["src_port"] == DNS_PORT))
+        # the querier's direction (a capture begun on an answer guesses the roles reversed)
+        d = np.where(to_server, 0, 1)
+        assert frame.head_len is not None
+        sent = np.where(to_server, c["src2dst_packets"], c["dst2src_packets"])
+        kept = frame.head_len[np.arange(frame.n), d]
+        # one query too short to hold an encoded name cannot show any sign: most DNS flows
+        rows = np.flatnonzero(dns & ((sent >= NULL_QUERIES) | (kept >= MIN_MESSAGE_BYTES)))
         alerts = []
         for i in rows.tolist():
-            d = 0 if to_server[i] else 1  # a capture begun on an answer guesses roles reversed
-            qs = queries(frame.payload(i, d), tcp=bool(c["protocol"][i] == 6))
-            verdict = judge(qs, c, i, d)
+            di = int(d[i])
+            qs = queries(frame.payload(i, di), tcp=bool(c["protocol"][i] == 6))
+            verdict = judge(qs, c, i, di)
             if verdict.found:
                 alerts.append(self._alert(frame, i, verdict))
         return alerts
