@@ -4,9 +4,12 @@ and stays silent on every other capture (corpus and bundled) and on long but ord
 from __future__ import annotations
 
 import base64
+import json
 import random
 import string
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import dpkt
@@ -155,6 +158,7 @@ ORDINARY = [
     ("this-is-a-rather-long-but-ordinary-marketing-subdomain.example.co.uk", dpkt.dns.DNS_A),
     ("d2ykvmkh5ajl5y.cloudfront.net", dpkt.dns.DNS_A),
     ("MyCompany-Prod-WebServer01-EastUS2-Cluster.corp.example.com", dpkt.dns.DNS_A),
+    ("mYcOmPaNyPrOdWeBsErVeR01eAsTuS2cLuStErV2.corp.example.com", dpkt.dns.DNS_A),  # DNS 0x20
     ("prod-eu-central-1-telemetry-ingest-collector-v2.monitoring.example.com", dpkt.dns.DNS_A),
 ]
 
@@ -190,3 +194,22 @@ def test_parser_is_bounded() -> None:
     for _ in range(2000):  # never raises on garbage
         data = bytes(rng.randrange(256) for _ in range(rng.randrange(80)))
         queries(data, tcp=bool(rng.randrange(2)))
+
+
+def test_analyze_reports_the_tunnel(corpus: Path, tmp_path: Path) -> None:
+    """Through the CLI: one EVE alert on the iodine flow, names escaped in JSON and in the HTML
+    report, and the summary lists the category."""
+    cap = str(corpus / "ndpi/dns-tunnel-iodine.pcap")
+    html = tmp_path / "r.html"
+    r = subprocess.run([sys.executable, "-m", "flowsense", "analyze", cap, "--format", "eve",
+                        "--report", str(html)], capture_output=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (alert,) = [json.loads(x) for x in r.stdout.decode().splitlines() if x.strip()]
+    assert alert["alert"]["category"] == "dns-tunnel" and alert["app_proto"] == "dns"
+    assert (alert["src_port"], alert["dest_port"], alert["proto"]) == (44639, 53, "UDP")
+    assert "J\\xe4germeister" in alert["evidence"]["qnames"][0]
+    page = html.read_text(encoding="utf-8")
+    assert "pirate.sea" in page and "J\\xe4germeister" in page and "J\u00e4germeister" not in page
+    r = subprocess.run([sys.executable, "-m", "flowsense", "analyze", cap], capture_output=True,
+                       cwd=REPO, timeout=300)
+    assert "dns-tunnel/encoded-names 10.0.2.30:44639 -> 10.0.2.20:53" in r.stdout.decode()

@@ -189,6 +189,7 @@ def name_figures(labels: tuple[bytes, ...]) -> dict[str, Any]:
         "sub_chars": len(chars),
         "longest_label": max((len(x) for x in sub), default=0),
         "entropy": round(entropy(chars), 2),
+        "folded_entropy": entropy(chars.lower()),
         "hex_share": sum(b in _HEX for b in chars) / n,
         "digit_share": sum(b in _DIGITS for b in chars) / n,
         "upper_share": upper / letters if letters else 0.0,
@@ -215,9 +216,10 @@ def encoded(f: dict[str, Any]) -> str | None:
         return "hex"
     if f["alnum_share"] < 0.95:
         return None  # words, UUIDs and CamelCase host names joined by hyphens
-    if 0.2 <= f["upper_share"] <= 0.8 and f["digit_share"] >= 0.05:
-        return "base64"
-    if f["entropy"] >= ENTROPY_BITS and f["digit_share"] >= 0.05:
+    if (0.2 <= f["upper_share"] <= 0.8 and f["digit_share"] >= 0.05
+            and f["folded_entropy"] >= ENTROPY_BITS):
+        return "base64"  # case-folded first: resolvers randomise case (DNS 0x20)
+    if f["folded_entropy"] >= ENTROPY_BITS and f["digit_share"] >= 0.05:
         return "base32"
     return None
 
