@@ -115,6 +115,7 @@ def test_one_long_random_label_fires(tmp_path: Path, alphabet: str) -> None:
     (a,) = alerts_for(dns_capture(tmp_path, [(name, dpkt.dns.DNS_A)]))
     assert a.variant == "encoded-names" and a.evidence["base_domain"] == "example.net"
     assert a.evidence["encodings"] == [alphabet] and a.confidence < 0.85  # one name only
+    assert a.timestamp_ns == 1_000_000_000  # the query, not its answer 50 ms later
 
 
 def test_exfiltrated_file_in_base64_fires(tmp_path: Path) -> None:
@@ -129,6 +130,7 @@ def test_null_queries_fire(tmp_path: Path) -> None:
     names = [(f"p{k}a.t.pirate.example", 10) for k in range(3)]  # short names: qtype alone
     (a,) = alerts_for(dns_capture(tmp_path, names))
     assert a.variant == "tunnel-qtypes" and a.evidence["qtypes"] == {"NULL": 3}
+    assert a.timestamp_ns == 1_100_000_000  # the second NULL query completed the sign
 
 
 def test_one_null_query_is_silent(tmp_path: Path) -> None:

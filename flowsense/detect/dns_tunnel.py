@@ -80,6 +80,7 @@ _LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 class Query:
     labels: tuple[bytes, ...]
     qtype: int
+    message: int = 0  # which message of the direction asked it (0: the first)
 
 
 def _name(msg: bytes, p: int) -> tuple[tuple[bytes, ...], int] | None:
@@ -109,7 +110,7 @@ def _name(msg: bytes, p: int) -> tuple[tuple[bytes, ...], int] | None:
     return None
 
 
-def parse_message(msg: bytes) -> tuple[bool, list[Query], int] | None:
+def parse_message(msg: bytes, index: int = 0) -> tuple[bool, list[Query], int] | None:
     """(is a response, its questions, its length) of the DNS message at the start of ``msg``,
     walked through every section to find where it ends; None where it is cut or malformed."""
     if len(msg) < 12:
@@ -125,7 +126,7 @@ def parse_message(msg: bytes) -> tuple[bool, list[Query], int] | None:
         if got is None or got[1] + 4 > len(msg):
             return None
         labels, p = got
-        questions.append(Query(labels, int.from_bytes(msg[p:p + 2], "big")))
+        questions.append(Query(labels, int.from_bytes(msg[p:p + 2], "big"), index))
         p += 4
     for _ in range(sum(counts[1:])):
         got = _name(msg, p)
@@ -143,15 +144,15 @@ def queries(data: bytes, tcp: bool) -> list[Query]:
     messages behind their 2-byte length), up to the first message that is cut or malformed."""
     out: list[Query] = []
     p = 0
-    for _ in range(MAX_MESSAGES):
+    for k in range(MAX_MESSAGES):
         if tcp:
             if p + 2 > len(data):
                 break
             size = int.from_bytes(data[p:p + 2], "big")
-            got = parse_message(data[p + 2:p + 2 + size]) if size else None
+            got = parse_message(data[p + 2:p + 2 + size], k) if size else None
             step = 2 + size
         else:
-            got = parse_message(data[p:])
+            got = parse_message(data[p:], k)
             step = got[2] if got is not None else 0
         if got is None or step <= 0:
             break
@@ -228,6 +229,7 @@ def encoded(f: dict[str, Any]) -> str | None:
 class Verdict:
     found: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    message: int = -1  # the query message that completed the first sign (-1: the flow's counts)
 
 
 def judge(qs: list[Query], cols: dict[str, np.ndarray], i: int, d: int) -> Verdict:
@@ -250,8 +252,11 @@ def judge(qs: list[Query], cols: dict[str, np.ndarray], i: int, d: int) -> Verdi
     if hits:
         v.found.append("encoded-names")
         base = b".".join(split[hits[0]][1]).lower()
+        v.message = qs[hits[0]].message
     if len(nulls) >= NULL_QUERIES:
         v.found.append("tunnel-qtypes")
+        if v.message < 0:
+            v.message = nulls[NULL_QUERIES - 1].message
     if (n_queries >= VOLUME_QUERIES and answer_bytes >= VOLUME_ANSWER_BYTES
             and len(qs) >= VOLUME_NAMES and len(bases) == 1
             and len({sub for sub, _ in split}) == len(qs)):
@@ -259,7 +264,7 @@ def judge(qs: list[Query], cols: dict[str, np.ndarray], i: int, d: int) -> Verdi
     if not v.found:
         return v
     figs = [f if f is not None else name_figures(q.labels) for f, q in zip(figs, qs)]
-    shown = [k for k in hits] or list(range(len(qs)))
+    shown = hits or list(range(len(qs)))
     v.evidence = {
         "base_domain": wire_text(base),
         "queries_seen": len(qs),
@@ -274,6 +279,25 @@ def judge(qs: list[Query], cols: dict[str, np.ndarray], i: int, d: int) -> Verdi
                    for k in shown[:EVIDENCE_NAMES]],
     }
     return v
+
+
+def evidence_time(frame: FeatureFrame, i: int, verdict: Verdict) -> int:
+    """Capture time (ns) of the query that completed the evidence: over UDP the n-th message is
+    the querier's n-th datagram, whose time the first-packets record (``splt``) holds, to the
+    millisecond (the flow's start is kept in ms); else (TCP, past the first packets, the flow's
+    counts) the flow's last packet."""
+    c = frame.cols
+    last_ns = int(c["bidirectional_last_seen_ms"][i]) * 1_000_000
+    if verdict.message < 0 or c["protocol"][i] != 17 or frame.splt_ps is None:
+        return last_ns
+    assert frame.splt_n is not None and frame.splt_t_ms is not None
+    n = int(frame.splt_n[i])
+    sign = 1 if c["dst_port"][i] == DNS_PORT else -1
+    sent = np.flatnonzero(frame.splt_ps[i, :n] * sign > 0)
+    if verdict.message >= len(sent):
+        return last_ns
+    offset_ns = int(round(float(frame.splt_t_ms[i, sent[verdict.message]]) * 1e6))
+    return min(last_ns, int(c["bidirectional_first_seen_ms"][i]) * 1_000_000 + offset_ns)
 
 
 class DnsTunnelDetector(Detector):
@@ -325,6 +349,6 @@ class DnsTunnelDetector(Detector):
         return Alert(
             signature_id=sid, signature=signature, category="dns-tunnel", variant=variant,
             severity=severity, confidence=confidence,
-            timestamp_ns=int(frame.cols["bidirectional_last_seen_ms"][i]) * 1_000_000,
+            timestamp_ns=evidence_time(frame, i, verdict),
             flow=flow_fields(frame, i), evidence=evidence, app_proto="dns",
         )
