@@ -138,10 +138,24 @@ def test_one_null_query_is_silent(tmp_path: Path) -> None:
 
 
 def test_volume_fires(tmp_path: Path) -> None:
-    names = [(f"s{k:04d}q.t.example.com", dpkt.dns.DNS_TXT) for k in range(40)]
+    rng = random.Random(5)  # names too short to look encoded, but each new and filled
+    names = [(f"{_random_label(rng, string.ascii_lowercase, 26)}.t.example.com", dpkt.dns.DNS_TXT)
+             for _ in range(40)]
     (a,) = alerts_for(dns_capture(tmp_path, names, answer_size=200))
     assert a.variant == "volume" and a.evidence["queries_in_flow"] == 40
     assert a.severity == 2
+
+
+def test_cluster_search_expansions_are_silent(tmp_path: Path) -> None:
+    """A cluster resolver's persistent upstream socket: many names under cluster.local."""
+    names = [(f"{svc}{k}.{sfx}cluster.local", dpkt.dns.DNS_A) for k in range(10)
+             for svc in ("api", "db") for sfx in ("default.svc.", "svc.")]
+    assert alerts_for(dns_capture(tmp_path, names, answer_size=200)) == []
+
+
+def test_many_short_names_under_one_domain_are_silent(tmp_path: Path) -> None:
+    names = [(f"host{k}.example.com", dpkt.dns.DNS_A) for k in range(40)]
+    assert alerts_for(dns_capture(tmp_path, names, answer_size=200)) == []
 
 
 def test_a_forwarder_asking_many_domains_is_silent(tmp_path: Path) -> None:

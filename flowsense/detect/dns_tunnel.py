@@ -14,7 +14,8 @@ risks, and Zeek's DNS scripts (long names and query counts per domain):
 - ``tunnel-qtypes``: repeated NULL (10) or private-use (65280-65534) queries, the record types
   iodine prefers and nothing ordinary asks for.
 - ``volume``: one flow carrying many queries (30 and more) with sizeable answers, each for a
-  different name below one domain.
+  different name of 20 chars and more below one public domain (not ``.local``, ``.arpa``...:
+  a cluster's search-domain expansions are a resolver's own business).
 
 The names come from the payload heads the flow table keeps (512 bytes a direction: the first
 few queries of a flow; a lease of a bigger slab measured no gain on the tunnels of the corpus,
@@ -57,6 +58,11 @@ NULL_QUERIES = 2
 VOLUME_QUERIES = 30
 VOLUME_ANSWER_BYTES = 4096
 VOLUME_NAMES = 4
+VOLUME_MEAN_CHARS = 20  # tunnels fill their names; service names and search expansions are short
+# special-use and private suffixes (RFC 6761, RFC 8375, de facto LAN ones): a cluster's or a
+# home network's own names, never a tunneller's domain on the Internet
+PRIVATE_TLDS = {b"local", b"arpa", b"internal", b"lan", b"home", b"corp", b"localdomain",
+                b"localhost", b"intranet", b"private"}
 MAX_MESSAGES = 64
 MAX_POINTERS = 8
 REMEMBERED_FLOWS = 100_000
@@ -259,7 +265,9 @@ def judge(qs: list[Query], cols: dict[str, np.ndarray], i: int, d: int) -> Verdi
             v.message = nulls[NULL_QUERIES - 1].message
     if (n_queries >= VOLUME_QUERIES and answer_bytes >= VOLUME_ANSWER_BYTES
             and len(qs) >= VOLUME_NAMES and len(bases) == 1
-            and len({sub for sub, _ in split}) == len(qs)):
+            and base.rsplit(b".", 1)[-1] not in PRIVATE_TLDS
+            and len({sub for sub, _ in split}) == len(qs)
+            and sum(len(b"".join(sub)) for sub, _ in split) >= VOLUME_MEAN_CHARS * len(qs)):
         v.found.append("volume")
     if not v.found:
         return v
