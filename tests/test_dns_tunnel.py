@@ -229,3 +229,24 @@ def test_analyze_reports_the_tunnel(corpus: Path, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "flowsense", "analyze", cap], capture_output=True,
                        cwd=REPO, timeout=300)
     assert "dns-tunnel/encoded-names 10.0.2.30:44639 -> 10.0.2.20:53" in r.stdout.decode()
+
+
+def test_a_flow_judged_again_keeps_its_signature(tmp_path: Path) -> None:
+    """A live flow looked at twice (its first answer, then its end) that shows a new sign the
+    second time is reported under the first signature: one alert a flow through the gate."""
+    from flowsense.pipeline import compute_flows
+    from flowsense.report.alerts import AlertGate
+
+    rng = random.Random(9)
+    names = [("a1.t.pirate.example", 10), ("a2.t.pirate.example", 10),
+             (f"{_random_label(rng, '0123456789abcdef', 56)}.t.pirate.example", 10)]
+    (tmp_path / "early").mkdir()
+    early = dns_capture(tmp_path / "early", names[:2])
+    late = dns_capture(tmp_path, names)
+    det, gate = DnsTunnelDetector(), AlertGate()
+    (first,) = det.on_frame(compute_flows([str(early)]).frame)
+    (second,) = det.on_frame(compute_flows([str(late)]).frame)
+    assert first.flow["flow_id"] == second.flow["flow_id"]
+    assert first.variant == second.variant == "tunnel-qtypes"
+    assert second.evidence["also"] == ["encoded-names"]
+    assert [gate.admit(a) for a in (first, second)] == [True, False]
