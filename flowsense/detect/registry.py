@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flowsense.detect.base import Detector
+from flowsense.detect.dns_tunnel import DnsTunnelDetector
 from flowsense.detect.pools import PoolDetector
 from flowsense.detect.ssh import SshDetector
 from flowsense.detect.stratum import StratumDetector
@@ -11,4 +12,5 @@ DETECTORS: dict[str, type[Detector]] = {
     "ssh": SshDetector,
     "stratum": StratumDetector,
     "pools": PoolDetector,
+    "dns-tunnel": DnsTunnelDetector,
 }
