@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,15 @@ def test_alerts_arrive_while_the_replay_runs(lab) -> None:  # type: ignore[no-un
         _alert_during_replay(w, lab, SSH_PCAP, 8, "reverse-ssh")  # 74 packets: about 9 s
         _alert_during_replay(w, lab, STRATUM_PCAP, 12, "stratum-mining", "mining-pool")  # 12 s
 
-        status, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
-        assert status == 200
+        # the counters move on the watcher's tick (1 s): wait for the replay's last packets
+        deadline = time.monotonic() + 10
+        while True:
+            status, text = fetch(lab, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+            assert status == 200
+            if (_metric(text, "flowsense_packets_total") >= 74 + 145 - 10
+                    or time.monotonic() > deadline):
+                break
+            time.sleep(0.5)
         assert _metric(text, "flowsense_packets_total") >= 74 + 145 - 10
         assert _metric(text, "flowsense_bytes_total") > 0
         assert _metric(text, "flowsense_kernel_drops_total") == 0
