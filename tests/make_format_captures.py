@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run as a script from anywhere: the repository's packages
+from pcaps.gen.netlab import csum  # noqa: E402  (RFC 1071; one implementation for both builders)
+
 OUT = HERE / "data" / "formats"
 DEFAULT_CORPUS = HERE.parents[1] / "shared" / "corpus"
 
@@ -52,16 +55,6 @@ LICENCES = {
 # =============================================================================================
 # Packet building (struct only: every byte is explicit)
 # =============================================================================================
-
-
-def csum(data: bytes) -> int:
-    """RFC 1071 Internet checksum."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ip4(text: str) -> bytes:

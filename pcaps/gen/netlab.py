@@ -312,7 +312,8 @@ _PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
                 b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}
 
 
-def _csum(data: bytes) -> int:
+def csum(data: bytes) -> int:
+    """RFC 1071 Internet checksum (the test captures' builder uses it too)."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -350,7 +351,7 @@ def _rewrite_frame(frame: bytearray, wire_len: int, table: Mapping[bytes, bytes]
         return
     frame[ip + 12:ip + 20] = new
     frame[ip + 10:ip + 12] = b"\0\0"
-    frame[ip + 10:ip + 12] = struct.pack("!H", _csum(bytes(frame[ip:ip + ihl])))
+    frame[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(frame[ip:ip + ihl])))
     proto = frame[ip + 9]
     total_len = struct.unpack_from("!H", frame, ip + 2)[0]
     frag = struct.unpack_from("!H", frame, ip + 6)[0]
@@ -366,7 +367,7 @@ def _rewrite_frame(frame: bytearray, wire_len: int, table: Mapping[bytes, bytes]
     if whole:  # recompute from scratch: fixes whatever was wrong
         frame[l4 + sum_off:l4 + sum_off + 2] = b"\0\0"
         pseudo = new + struct.pack("!BBH", 0, proto, seg_len)
-        value = _csum(pseudo + bytes(frame[l4:ip + total_len]))
+        value = csum(pseudo + bytes(frame[l4:ip + total_len]))
         if proto == 17 and value == 0:
             value = 0xFFFF
     else:  # truncated by the snap length or fragmented: update for the changed words
