@@ -147,6 +147,9 @@ def test_cadence_on_tls_mining_to_an_unlisted_name(tmp_path: Path) -> None:
     line = next(x for x in summary.read_text().splitlines()
                 if "mining-pool/cadence " in x and "cadence=" in x)
     assert f"{figs['pushes']} pushes and {figs['submits']} submits" in line
+    # by pool: no pool is named, so the server stands for it (never a blank key)
+    server = f"{a['dest_ip']}:{a['dest_port']} (not listed)"
+    assert any(x.strip().startswith(server) for x in summary.read_text().splitlines())
 
 
 @pytest.mark.parametrize("name", BENIGN)

@@ -35,9 +35,9 @@ def _host(src: str, dst: str, home_net: tuple[str, ...]) -> str:
 def pool_of(alert: Alert) -> str | None:
     """The pool a mining alert points at: the indicator for ``mining-pool``; for Stratum, the
     server (``pool_for`` below names it when a pool alert shares the flow)."""
-    if alert.category == "mining-pool":
-        return str(alert.evidence.get("pool", ""))
-    if alert.category == "stratum-mining":
+    if alert.category == "mining-pool" and alert.evidence.get("pool"):
+        return str(alert.evidence["pool"])
+    if alert.category in ("stratum-mining", "mining-pool"):  # no pool named (e.g. cadence)
         return f"{alert.flow['dst_ip']}:{alert.flow['dst_port']} (not listed)"
     return None
 
