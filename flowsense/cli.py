@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _skip_blas_probe() -> None:
     """numba probes for SciPy's BLAS when its CPU target first loads (importing scipy.linalg:
-    about 0.4 s, a tenth of a whole run on 2 million packets). No kernel of ours does linear
+    0.25 s of CPU here, a tenth of a whole run on 2 million packets). No kernel of ours does linear
     algebra, so in our own process (never when imported as a library) the probe is answered
     "absent"; the module is unblocked afterwards for anything else that wants SciPy."""
     name = "scipy.linalg.cython_blas"
