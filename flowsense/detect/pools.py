@@ -24,6 +24,7 @@ import numpy as np
 
 from flowsense.detect import cadence
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
+from flowsense.detect.dns_tunnel import parse_message
 from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
@@ -89,21 +90,12 @@ class DnsAnswers:
 
 
 def dns_qname(query: bytes) -> str | None:
-    """The first question's name of a DNS message, read by hand (bounds checked, no pointers:
-    a query's question is never compressed)."""
-    if len(query) < 17:
+    """The first question's name of a DNS message, lower case (the one bounded DNS parser:
+    ``dns_tunnel.parse_message``)."""
+    got = parse_message(query)
+    if got is None or not got[1] or not got[1][0].labels:
         return None
-    labels = []
-    p = 12
-    while p < len(query) and len(labels) < 64:
-        n = query[p]
-        if n == 0:
-            return ".".join(labels) if labels else None
-        if n & 0xC0 or p + 1 + n > len(query):
-            return None
-        labels.append(query[p + 1:p + 1 + n].decode("ascii", "replace").lower())
-        p += 1 + n
-    return None
+    return ".".join(label.decode("ascii", "replace").lower() for label in got[1][0].labels)
 
 
 def dns_answers(query: bytes, response: bytes) -> list[tuple[str, str, int]]:
