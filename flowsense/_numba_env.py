@@ -24,6 +24,7 @@ KERNEL_SOURCES = (
     "flows/table_kernels.py",
     "flows/text_kernels.py",
     "report/kernels.py",
+    "parallel/kernels.py",
 )
 
 

@@ -16,7 +16,10 @@ from flowsense import __version__
 from flowsense.config import Config, load_config, parse_home_net
 from flowsense.errors import ConfigError, FlowsenseError
 from flowsense.flows.features import FeatureFrame, concat
-from flowsense.pipeline import Pipeline, expand_inputs, order_by_time
+from flowsense.flows.table import WatchRule
+from flowsense.parallel.engine import ENGINES, ParallelPipeline, can_split, default_jobs
+from flowsense.parallel.partition import Output
+from flowsense.pipeline import FrameSink, Pipeline, expand_inputs, order_by_time
 from flowsense.report import flows as flows_out
 from flowsense.report.summary import write_summary
 from flowsense.schema import FLOW_COLUMNS
@@ -36,6 +39,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--active-timeout", type=float, metavar="S", help="interim record period")
     p.add_argument("--config", metavar="FILE", help="YAML config file")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    g = p.add_argument_group("scale-out (README: Many captures, many cores)")
+    g.add_argument("--jobs", type=int, metavar="N",
+                   help="partitions in parallel (default: the machine's cores; inputs smaller "
+                        "than one chunk run in one process)")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: forked workers on this machine; dask: Dask distributed")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler (tcp://host:8786); default: a local cluster on loopback")
+    g.add_argument("--independent", action="store_true",
+                   help="each file on its own (fresh flows and detector state), not one stream")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,26 +89,68 @@ def _open_out(path: str | None) -> TextIO:
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
 
 
-def _run(pipe: Pipeline, paths: list[str]) -> int:
-    for path in paths:
-        pipe.run_file(path)
-    pipe.finish()
-    for err in pipe.errors:
+AnyPipeline = Pipeline | ParallelPipeline
+
+
+def _groups(args: argparse.Namespace, cfg: Config) -> list[list[str]]:
+    """The streams to run: all inputs as one (in time order), or each file on its own."""
+    paths = order_by_time(expand_inputs(args.paths), cfg)
+    return [[p] for p in paths] if args.independent else [paths]
+
+
+def _pipeline(args: argparse.Namespace, cfg: Config, paths: list[str], sink: FrameSink | None,
+              rules: list[WatchRule] = (), snapshot: FrameSink | None = None,
+              output: Output | None = None,
+              text_sink: object = None) -> tuple[AnyPipeline, bool]:
+    """A parallel pipeline when asked for (or by default, when the inputs are worth it and can
+    be split), else one table; the flag says which."""
+    jobs = args.jobs
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    if jobs is None:
+        jobs = default_jobs()
+        small = sum(os.path.getsize(p) for p in paths if p != "-" and os.path.isfile(p))
+        if small <= cfg.capture.chunk_bytes:
+            jobs = 1
+    parallel = (jobs > 1 or args.engine == "dask") and can_split(paths)
+    if parallel:
+        return ParallelPipeline(cfg, sink, rules, snapshot, jobs=jobs, engine=args.engine,
+                                scheduler=args.scheduler, output=output,
+                                text_sink=text_sink), True  # type: ignore[arg-type]
+    if args.engine == "dask" or (args.jobs or 1) > 1:
+        log.info("stdin and pipes cannot be split: one process reads them")
+    return Pipeline(cfg, sink or (lambda frame: None), rules, snapshot), False
+
+
+def _report_errors(pipes: list[AnyPipeline]) -> int:
+    errors = [err for pipe in pipes for err in pipe.errors]
+    for err in errors:
         print(f"flowsense: {err}", file=sys.stderr)
-    return 1 if pipe.errors else 0
+    return 1 if errors else 0
+
+
+def _write_bytes(out: TextIO, data: bytes) -> None:
+    if hasattr(out, "buffer"):
+        out.flush()
+        out.buffer.write(data)
+    else:
+        out.write(data.decode("utf-8"))
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    paths = order_by_time(expand_inputs(args.paths), cfg)
+    groups = _groups(args, cfg)
+    pipes: list[AnyPipeline] = []
     if args.format == "parquet":
         if not args.output or args.output == "-":
             raise ConfigError("--format parquet needs -o FILE")
         frames: list[FeatureFrame] = []
-        pipe = Pipeline(cfg, frames.append)
-        rc = _run(pipe, paths)
+        for paths in groups:
+            pipe, _ = _pipeline(args, cfg, paths, frames.append)
+            pipe.run(paths)
+            pipes.append(pipe)
         flows_out.write_parquet(concat(frames), args.output)
-        return rc
+        return _report_errors(pipes)
     out = _open_out(args.output)
     first = [True]
 
@@ -106,15 +161,30 @@ def cmd_flows(args: argparse.Namespace) -> int:
         else:
             flows_out.write_jsonl(frame, out, splt=args.splt)
 
+    def text(data: bytes) -> None:
+        if first[0] and args.format == "csv":
+            _empty_csv(out)
+        first[0] = False
+        _write_bytes(out, data)
+
     try:
-        rc = _run(Pipeline(cfg, sink), paths)
+        output = Output("csv" if args.format == "csv" else "jsonl", splt=args.splt)
+        for paths in groups:
+            pipe, _ = _pipeline(args, cfg, paths, sink, output=output, text_sink=text)
+            pipe.run(paths)
+            pipes.append(pipe)
         if args.format == "csv" and first[0]:
-            empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
-            flows_out.write_csv(FeatureFrame(cols=empty), out)
+            _empty_csv(out)
     finally:
         if out is not sys.stdout:
             out.close()
-    return rc
+    return _report_errors(pipes)
+
+
+def _empty_csv(out: TextIO) -> None:
+    """The header alone (what a CSV of no flows holds, and what parallel text follows)."""
+    empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
+    flows_out.write_csv(FeatureFrame(cols=empty), out)
 
 
 
@@ -125,42 +195,55 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from flowsense.signatures import load_pools
 
     cfg = _config(args)
-    paths = order_by_time(expand_inputs(args.paths), cfg)
+    groups = _groups(args, cfg)
     resources = Resources(pools=load_pools(args.signatures))
-    detectors = [cls(resources) for cls in DETECTORS.values()]
-    rules = [r for d in detectors for r in d.watch_rules()]
     out = _open_out(args.output)
-    alerts = []
+    alerts: list[Alert] = []
     n_flows = [0]
+    pipes: list[AnyPipeline] = []
 
-    gate = AlertGate()
+    def run(paths: list[str]) -> None:
+        """One stream: its own detectors (their state), alert gate and flow table(s)."""
+        detectors = [cls(resources) for cls in DETECTORS.values()]
+        rules = [r for d in detectors for r in d.watch_rules()]
+        gate = AlertGate()
 
-    def emit(found: list[Alert]) -> None:
-        for alert in found:
-            if not gate.admit(alert):
-                continue
-            # the input holding the flow's last packet (ms in the record: its last ns within)
-            end_ms = alert.flow["eve_flow"]["end_ms"]
-            last_ns = pipe.table.clock_ns if end_ms is None else (end_ms + 1) * 10**6 - 1
-            alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
-            alerts.append(alert)
-            if args.format == "eve":
-                out.write(eve_record(alert, cfg) + "\n")
+        def emit(found: list[Alert]) -> None:
+            for alert in found:
+                if not gate.admit(alert):
+                    continue
+                # the input holding the flow's last packet (ms in the record: its last ns within)
+                end_ms = alert.flow["eve_flow"]["end_ms"]
+                last_ns = pipe.clock_ns if end_ms is None else (end_ms + 1) * 10**6 - 1
+                alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
+                alerts.append(alert)
+                if args.format == "eve":
+                    out.write(eve_record(alert, cfg) + "\n")
 
-    def sink(frame: FeatureFrame) -> None:
-        n_flows[0] += frame.n
-        for d in detectors:
-            emit(d.on_frame(frame))
+        def sink(frame: FeatureFrame) -> None:
+            n_flows[0] += frame.n
+            for d in detectors:
+                emit(d.on_frame(frame))
 
-    def snapshot(frame: FeatureFrame) -> None:
-        for d in detectors:
-            emit(d.on_snapshot(frame))
+        def snapshot(frame: FeatureFrame) -> None:
+            for d in detectors:
+                emit(d.on_snapshot(frame))
 
-    pipe = Pipeline(cfg, sink, rules, snapshot)
+        pipe, _ = _pipeline(args, cfg, paths, sink, rules, snapshot)
+        pipe.run(paths)
+        pipes.append(pipe)
+
     try:
-        rc = _run(pipe, paths)
+        for paths in groups:
+            run(paths)
+        rc = _report_errors(pipes)
         if args.format == "summary":
-            write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors)
+            counters: dict[str, int] = {}
+            for pipe in pipes:
+                for k, v in pipe.counters_dict().items():
+                    counters[k] = counters.get(k, 0) + v
+            write_summary(out, [p for g in groups for p in g], counters, n_flows[0], alerts,
+                          [e for pipe in pipes for e in pipe.errors])
     finally:
         if out is not sys.stdout:
             out.close()

@@ -110,6 +110,7 @@ from flowsense.schema import (
     S_REUSED,
     S_SEQ,
     ST_OK,
+    ST_TICK,
     TH_ACK,
     TH_CWR,
     TH_ECE,
@@ -135,6 +136,15 @@ def _mix(h, k):
 def _pack(fam, proto, pa, pb):
     return (np.uint64(fam) | (np.uint64(proto) << np.uint64(8))
             | (np.uint64(pa) << np.uint64(16)) | (np.uint64(pb) << np.uint64(32)))
+
+
+@inline_kernel
+def canonical(sh, sl, dh, dl, sp, dp):
+    """A packet's endpoints in the key's order (a <= b by address, then port): (whether the
+    sender is a, a_hi, a_lo, b_hi, b_lo, port a, port b)."""
+    if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
+        return True, sh, sl, dh, dl, sp, dp
+    return False, dh, dl, sh, sl, dp, sp
 
 
 @inline_kernel
@@ -255,7 +265,8 @@ def process(
     T, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
     sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, buf,
 ):
-    """Feed packets ``start..n-1`` of a batch into the table.
+    """Feed packets ``start..n-1`` of a batch into the table (status ST_OK; ST_TICK packets
+    only advance the clock and expiry, as the packets of other partitions do in a parallel run).
 
     Returns (status, i): K_DONE with i == n, or K_GROW / K_EVENTS with i the packet to resume at
     once Python has made room (grown or evicted) or drained the events.
@@ -270,7 +281,8 @@ def process(
     tcap = T.tr_len.shape[1]
     mask = T.ix.shape[0] - 1
     for i in range(start, n):
-        if status[i] != ST_OK:
+        sti = status[i]
+        if sti != ST_OK and sti != ST_TICK:
             continue
         ts = ts_ns[i]
         if ts < st[S_CLOCK] - T.prm[P_IDLE_NS]:
@@ -281,6 +293,10 @@ def process(
         if st[S_CLOCK] >= st[S_DEADLINE]:
             if expire(T, st[S_CLOCK]) != K_DONE:
                 return K_EVENTS, i
+        if sti == ST_TICK:
+            # another partition's packet (parallel engines): the clock and expiry move exactly
+            # as in one table; the packet belongs to another table's flow
+            continue
         f = fam[i]
         p = proto[i]
         sh = src_hi[i]
@@ -289,12 +305,7 @@ def process(
         dl = dst_lo[i]
         sp = sport[i]
         dp = dport[i]
-        if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
-            from_a = True
-            a_hi, a_lo, b_hi, b_lo, pa, pb = sh, sl, dh, dl, sp, dp
-        else:
-            from_a = False
-            a_hi, a_lo, b_hi, b_lo, pa, pb = dh, dl, sh, sl, dp, sp
+        from_a, a_hi, a_lo, b_hi, b_lo, pa, pb = canonical(sh, sl, dh, dl, sp, dp)
         h = flow_hash(T.hkey, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb)
         pos = np.int64(h & np.uint64(mask))
         s = -1
