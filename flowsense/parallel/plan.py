@@ -174,7 +174,10 @@ def file_buffer(path: str) -> np.ndarray:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return np.zeros(0, dtype=np.uint8)
-        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        # mapped whole at once (MAP_POPULATE): one pass over the page tables, not a fault
+        # each time a worker's packets reach a page the producing worker already read
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mm = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
     return np.frombuffer(mm, dtype=np.uint8)
 
 
@@ -241,10 +244,13 @@ class Producer:
                             start = piece.stop  # nothing found: the aggregating worker reads it
                     span = Span(start, piece.stop, start)
                     h[H_START] = start
+                # decoded straight into the region: the decoder's arrays are views of it
+                self.decoder.out = dict(region.cols)
                 try:
                     for batch in iter_batches(inp.path, self.config.capture, stats,
                                               self.decoder, span):
-                        n = self._put(region, batch, n)
+                        n += batch.n
+                        self.decoder.out = {k: v[n:] for k, v in region.cols.items()}
                 finally:
                     if span is not None:
                         h[H_NEXT] = span.next_pos
