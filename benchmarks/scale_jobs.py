@@ -5,11 +5,12 @@
     python -m benchmarks.scale_jobs --quick         # 200k packets, 2 runs: a smoke test
 
 Steady state: one child process, kernels loaded and the page cache warm, times
-``compute_flows(path, jobs=1)`` and ``jobs=N`` in turn (``--runs`` times each). Whole process:
-``python -m flowsense flows PATH --format jsonl -o /dev/null --jobs J`` in turn. Memory: the
-peak of anonymous memory (RssAnon, plus RssShmem for the workers' shared regions) summed over
-the process and its workers, sampled every 20 ms, for the capture and for the same flows
-repeated ten times, shifted in time (each copy after the previous one's flows idled out).
+``compute_flows(path, jobs=1)`` and ``jobs=N`` in turn (``--runs`` times each), with the CPU
+time of the process and of its workers. Whole process: ``python -m flowsense flows PATH
+--format jsonl -o /dev/null --jobs J`` in turn, its process tree sampled for CPU time and
+memory. Memory: the peak of anonymous memory (Pss_Anon + Pss_Shmem summed over the process and
+its workers) for the capture and for the same flows repeated ten times, shifted in time (each
+copy after the previous one's flows idled out).
 Results go to ``results/scale_jobs.json`` (``quick``: ``results/scale_jobs_quick.json``).
 """
 
@@ -28,19 +29,24 @@ import numpy as np
 from benchmarks.measure import REPO, ensure_capture, log
 
 STEADY = r"""
-import json, sys, time
+import json, resource, sys, time
 from flowsense.config import Config
 from flowsense.pipeline import compute_flows
 path, jobs, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cfg = Config().with_timeouts(3600, 7200)
 counts = {j: compute_flows([path], cfg, jobs=j).n_flows for j in (1, jobs)}  # warm-up
-times = {1: [], jobs: []}
+out = {j: {"wall": [], "cpu_self": [], "cpu_workers": []} for j in (1, jobs)}
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 for r in range(runs):
     for j in ((1, jobs) if r % 2 == 0 else (jobs, 1)):
-        t = time.perf_counter()
+        t, s, c = time.perf_counter(), cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
         compute_flows([path], cfg, jobs=j)
-        times[j].append(time.perf_counter() - t)
-print(json.dumps({"flows": counts, "times": times}))
+        out[j]["wall"].append(time.perf_counter() - t)
+        out[j]["cpu_self"].append(cpu(resource.RUSAGE_SELF) - s)
+        out[j]["cpu_workers"].append(cpu(resource.RUSAGE_CHILDREN) - c)
+print(json.dumps({"flows": counts, "runs": out}))
 """
 
 
@@ -48,7 +54,7 @@ def steady(path: str, jobs: int, runs: int) -> dict:
     r = subprocess.run([sys.executable, "-c", STEADY, path, str(jobs), str(runs)], cwd=REPO,
                        capture_output=True, text=True, check=True)
     out = json.loads(r.stdout)
-    return {"flows": out["flows"], "times": {int(k): v for k, v in out["times"].items()}}
+    return {"flows": out["flows"], "runs": {int(k): v for k, v in out["runs"].items()}}
 
 
 def cli(path: str, jobs: int, extra: tuple[str, ...] = ()) -> list[str]:
@@ -56,47 +62,60 @@ def cli(path: str, jobs: int, extra: tuple[str, ...] = ()) -> list[str]:
             os.devnull, "--jobs", str(jobs), *extra]
 
 
-def whole(path: str, jobs: int, runs: int) -> dict[int, list[float]]:
-    times: dict[int, list[float]] = {1: [], jobs: []}
-    timeouts = ("--idle-timeout", "3600", "--active-timeout", "7200")
-    for r in range(runs):
-        for j in ((1, jobs) if r % 2 == 0 else (jobs, 1)):
-            t = time.perf_counter()
-            subprocess.run(cli(path, j, timeouts), cwd=REPO, check=True)
-            times[j].append(time.perf_counter() - t)
-    return times
-
-
 def _anon_kib(pid: int) -> int:
+    """Proportional anonymous memory (Pss_Anon + Pss_Shmem, KiB): a forked worker's RssAnon
+    counts the parent's pages it shares, Pss divides them among the sharers, so the sum over a
+    process tree is the tree's real footprint. Serial runs: Pss_Anon = RssAnon."""
     total = 0
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith(("RssAnon:", "RssShmem:")):
+                if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
                     total += int(line.split()[1])
     except OSError:
         pass
     return total
 
 
-def peak_anon(cmd: list[str]) -> int:
-    """Peak of RssAnon + RssShmem (bytes) summed over a command and its children. Shared
-    regions are counted once per process mapping them: an upper bound."""
+def monitored(cmd: list[str]) -> dict:
+    """Run ``cmd``, sampling its process tree every 50 ms: wall seconds, the peak of its
+    anonymous memory (``_anon_kib`` summed over the tree), and CPU seconds per process (the
+    last sample before each exits)."""
     import psutil
 
+    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO)
-    ps = psutil.Process(proc.pid)
+    root = psutil.Process(proc.pid)
     peak = 0
+    cpu: dict[int, float] = {}
     while proc.poll() is None:
         try:
-            pids = [proc.pid] + [c.pid for c in ps.children(recursive=True)]
+            procs = [root, *root.children(recursive=True)]
         except psutil.Error:
-            pids = [proc.pid]
-        peak = max(peak, sum(_anon_kib(p) for p in pids))
-        time.sleep(0.02)
+            procs = [root]
+        peak = max(peak, sum(_anon_kib(p.pid) for p in procs))
+        for p in procs:
+            try:
+                ct = p.cpu_times()
+                cpu[p.pid] = ct.user + ct.system
+            except psutil.Error:
+                pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-    return peak * 1024
+    workers = [v for pid, v in cpu.items() if pid != proc.pid]
+    return {"wall": wall, "peak_anon_bytes": peak * 1024, "cpu_main": cpu.get(proc.pid, 0.0),
+            "cpu_workers_max": max(workers, default=0.0), "cpu_workers_sum": sum(workers)}
+
+
+def whole(path: str, jobs: int, runs: int) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {1: [], jobs: []}
+    timeouts = ("--idle-timeout", "3600", "--active-timeout", "7200")
+    for r in range(runs):
+        for j in ((1, jobs) if r % 2 == 0 else (jobs, 1)):
+            out[j].append(monitored(cli(path, j, timeouts)))
+    return out
 
 
 def repeated(src: str, dst: str, times: int, gap_s: int = 300) -> None:
@@ -126,10 +145,14 @@ def repeated(src: str, dst: str, times: int, gap_s: int = 300) -> None:
     os.replace(dst + ".tmp", dst)
 
 
-def summary(times: dict[int, list[float]], jobs: int) -> dict:
-    m1, mj = statistics.median(times[1]), statistics.median(times[jobs])
-    return {"median_s": {1: round(m1, 3), jobs: round(mj, 3)}, "speedup": round(m1 / mj, 2),
-            "runs": {k: [round(x, 3) for x in v] for k, v in times.items()}}
+def _median(runs: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def summary(runs: dict[int, list[dict]], jobs: int, keys: tuple[str, ...]) -> dict:
+    med = {j: {k: _median(runs[j], k) for k in keys} for j in (1, jobs)}
+    return {"median": med, "speedup_wall": round(med[1]["wall"] / med[jobs]["wall"], 2),
+            "runs": len(runs[1])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,9 +173,20 @@ def main(argv: list[str] | None = None) -> int:
                  "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     log("steady state")
     st = steady(args.capture, args.jobs, args.runs)
-    res["steady"] = summary(st["times"], args.jobs) | {"flows": st["flows"]}
+    runs = {j: [dict(zip(v, x)) for x in zip(*v.values())] for j, v in st["runs"].items()}
+    res["steady"] = summary(runs, args.jobs, ("wall", "cpu_self", "cpu_workers"))
+    res["steady"]["flows"] = st["flows"]
+    med = res["steady"]["median"]
+    # on an idle machine a parallel run takes about its busiest process's CPU time: the parent
+    # (its joining overlaps the workers) or a worker (the partitions are even by hash)
+    busiest = max(med[args.jobs]["cpu_self"], med[args.jobs]["cpu_workers"] / args.jobs)
+    res["steady"]["speedup_cpu_critical_path"] = round(med[1]["cpu_self"] / busiest, 2)
     log("whole process")
-    res["whole_process"] = summary(whole(args.capture, args.jobs, args.runs), args.jobs)
+    keys = ("wall", "cpu_main", "cpu_workers_max", "cpu_workers_sum", "peak_anon_bytes")
+    res["whole_process"] = summary(whole(args.capture, args.jobs, args.runs), args.jobs, keys)
+    med = res["whole_process"]["median"]
+    busiest = max(med[args.jobs]["cpu_main"], med[args.jobs]["cpu_workers_max"])
+    res["whole_process"]["speedup_cpu_critical_path"] = round(med[1]["cpu_main"] / busiest, 2)
     if args.memory:
         longer = args.capture.replace(".pcap", f"-x{args.repeat}.pcap")
         if not os.path.exists(longer):
@@ -160,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             repeated(args.capture, longer, args.repeat)
         mem = {}
         for j in sorted({1, args.jobs}):
-            base, long_ = peak_anon(cli(args.capture, j)), peak_anon(cli(longer, j))
+            log(f"memory, --jobs {j}")
+            base = monitored(cli(args.capture, j))["peak_anon_bytes"]
+            long_ = monitored(cli(longer, j))["peak_anon_bytes"]
             mem[j] = {"peak_anon_bytes": base, f"peak_anon_bytes_x{args.repeat}": long_,
                       "ratio": round(long_ / base, 3)}
         res["memory"] = mem
