@@ -13,6 +13,8 @@ reach it (README).
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +39,10 @@ def local_cluster(n_workers: int, processes: bool = True) -> Any:
     from distributed import LocalCluster
 
     where = {"host": "127.0.0.1"} if processes else {}
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
-                        dashboard_address=None, **where)
+    with warnings.catch_warnings():  # "port 8787 in use": its HTTP endpoint moves, on loopback
+        warnings.simplefilter("ignore", UserWarning)
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
+                            dashboard_address=None, **where)
 
 
 def run_dask(files: list[InputFile], config: Config, rules: list[WatchRule], output: Output,
@@ -48,6 +52,10 @@ def run_dask(files: list[InputFile], config: Config, rules: list[WatchRule], out
     for a local cluster of ``n_parts`` workers on loopback."""
     from distributed import Client
 
+    # Dask logs its scheduler's and workers' comings and goings (INFO, and a WARNING when a
+    # local worker is slow to stop): stderr keeps its errors only, unless -v asked for more
+    if logging.getLogger("flowsense").getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     cluster = None
     if scheduler is None:
         cluster = local_cluster(n_parts)

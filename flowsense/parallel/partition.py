@@ -26,6 +26,7 @@ from flowsense.parallel.kernels import tick_statuses
 from flowsense.parallel.plan import (
     H_DROPS,
     H_FRAG,
+    H_INLINE,
     H_NEXT,
     H_START,
     InputFile,
@@ -111,7 +112,19 @@ class Partition:
         assert region is not None and h is not None
         if h[H_DROPS] >= 0:
             self.stats.interface_drops = int(h[H_DROPS])
-        self._batch(region.batch(self._file_buf(f), inp.path), region.part)
+        batch = region.batch(np.zeros(0, dtype=np.uint8), inp.path)
+        if h[H_INLINE] < 0:  # payload offsets are file offsets
+            if piece.kind == "range":
+                # this range's bytes (a record starting in it may run past its end)
+                stop = piece.stop + self.config.capture.max_record_bytes + 16
+                buf, base = file_buffer(inp.path, int(h[H_START]), stop, populate=True)
+            else:
+                buf, base = self._file_buf(f), 0
+            cols = dict(batch.cols)
+            if base:
+                cols["pay_off"] = cols["pay_off"] - base
+            batch = PacketBatch(buf, batch.n, cols, batch.source)
+        self._batch(batch, region.part)
         err = region.error(inp.path)
         if err is not None:
             self._damage(f, err)
@@ -136,8 +149,9 @@ class Partition:
         self.errors.append(exc)
 
     def _file_buf(self, f: int) -> np.ndarray:
+        """A whole input mapped (a piece read whole, or a pcapng read as a stream)."""
         if self._buf is None or self._buf[0] != f:
-            self._buf = (f, file_buffer(self.files[f].path))
+            self._buf = (f, file_buffer(self.files[f].path)[0])
         return self._buf[1]
 
     # --- aggregation ------------------------------------------------------------------------
@@ -148,7 +162,8 @@ class Partition:
             self._part = np.empty(n, dtype=np.uint8)
         if part is None:
             part = assign_partitions(batch, self._part, self.n_parts, self.key)
-        self.counters.add(batch)
+        if self.p == 0:  # the run's packet counters are partition 0's
+            self.counters.add(batch)
         status = self._status[:n]
         tick_statuses(batch.cols["status"], part, n, self.p, status)
         feed = PacketBatch(batch.buf, n, {**batch.cols, "status": status}, batch.source)

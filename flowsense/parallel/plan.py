@@ -168,17 +168,21 @@ class Region:
         return PacketBatch(buf, n, {k: v[:n] for k, v in self.cols.items()}, source)
 
 
-def file_buffer(path: str) -> np.ndarray:
-    """A read-only view of a whole file (memory-mapped)."""
+def file_buffer(path: str, start: int = 0, stop: int = -1,
+                populate: bool = False) -> tuple[np.ndarray, int]:
+    """A read-only view of ``path`` from about ``start`` to ``stop`` (-1: the end), memory-mapped;
+    returns (view, the file offset of its first byte: ``start`` rounded down to a page). With
+    ``populate``, the page tables are filled at once (one pass, not a fault each time a worker's
+    packets reach a page); only ever for a bounded range, never a whole large file."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return np.zeros(0, dtype=np.uint8)
-        # mapped whole at once (MAP_POPULATE): one pass over the page tables, not a fault
-        # each time a worker's packets reach a page the producing worker already read
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        mm = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
-    return np.frombuffer(mm, dtype=np.uint8)
+        stop = size if stop < 0 else min(stop, size)
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        if stop <= base:
+            return np.zeros(0, dtype=np.uint8), base
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        mm = mmap.mmap(f.fileno(), stop - base, flags=flags, prot=mmap.PROT_READ, offset=base)
+    return np.frombuffer(mm, dtype=np.uint8), base
 
 
 def assign_partitions(batch: PacketBatch, out: np.ndarray, n_parts: int, key: int) -> np.ndarray:
@@ -215,7 +219,7 @@ class Producer:
 
     def buffer(self, f: int) -> np.ndarray:
         if f not in self._bufs:
-            self._bufs = {f: file_buffer(self.files[f].path)}  # one file mapped at a time
+            self._bufs = {f: file_buffer(self.files[f].path)[0]}  # one file mapped at a time
         return self._bufs[f]
 
     def produce(self, piece: Piece, region: Region) -> None:
