@@ -29,12 +29,18 @@ import numpy as np
 from benchmarks.measure import REPO, ensure_capture, log
 
 STEADY = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
+from flowsense.cli import main
 from flowsense.config import Config
 from flowsense.pipeline import compute_flows
-path, jobs, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, jobs, runs, what = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 cfg = Config().with_timeouts(3600, 7200)
-counts = {j: compute_flows([path], cfg, jobs=j).n_flows for j in (1, jobs)}  # warm-up
+def job(j):
+    if what == "compute_flows":
+        return compute_flows([path], cfg, jobs=j).n_flows
+    return main(["flows", path, "--format", "jsonl", "-o", os.devnull, "--jobs", str(j),
+                 "--idle-timeout", "3600", "--active-timeout", "7200"])
+counts = {j: job(j) for j in (1, jobs)}  # warm-up
 out = {j: {"wall": [], "cpu_self": [], "cpu_workers": []} for j in (1, jobs)}
 def cpu(who):
     r = resource.getrusage(who)
@@ -42,7 +48,7 @@ def cpu(who):
 for r in range(runs):
     for j in ((1, jobs) if r % 2 == 0 else (jobs, 1)):
         t, s, c = time.perf_counter(), cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
-        compute_flows([path], cfg, jobs=j)
+        job(j)
         out[j]["wall"].append(time.perf_counter() - t)
         out[j]["cpu_self"].append(cpu(resource.RUSAGE_SELF) - s)
         out[j]["cpu_workers"].append(cpu(resource.RUSAGE_CHILDREN) - c)
@@ -50,9 +56,11 @@ print(json.dumps({"flows": counts, "runs": out}))
 """
 
 
-def steady(path: str, jobs: int, runs: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", STEADY, path, str(jobs), str(runs)], cwd=REPO,
-                       capture_output=True, text=True, check=True)
+def steady(path: str, jobs: int, runs: int, what: str = "compute_flows") -> dict:
+    """``what``: ``compute_flows`` (every record gathered in the calling process) or ``flows``
+    (the CLI's job in a warm process: records formatted as JSON lines where they are made)."""
+    r = subprocess.run([sys.executable, "-c", STEADY, path, str(jobs), str(runs), what],
+                       cwd=REPO, capture_output=True, text=True, check=True)
     out = json.loads(r.stdout)
     return {"flows": out["flows"], "runs": {int(k): v for k, v in out["runs"].items()}}
 
@@ -164,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true", help="also the ten-times-longer capture")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-whole", action="store_true", help="skip the whole-process runs")
     args = ap.parse_args(argv)
     if args.quick:
         args.capture = os.path.join(REPO, "benchmarks/data/quick200k.pcap")
@@ -171,22 +180,26 @@ def main(argv: list[str] | None = None) -> int:
     ensure_capture(args.capture, packets=200_000 if args.quick else 2_000_000)
     res: dict = {"capture": os.path.relpath(args.capture, REPO), "jobs": args.jobs,
                  "cpus": os.cpu_count(), "load_before": os.getloadavg()}
-    log("steady state")
-    st = steady(args.capture, args.jobs, args.runs)
-    runs = {j: [dict(zip(v, x)) for x in zip(*v.values())] for j, v in st["runs"].items()}
-    res["steady"] = summary(runs, args.jobs, ("wall", "cpu_self", "cpu_workers"))
-    res["steady"]["flows"] = st["flows"]
-    med = res["steady"]["median"]
-    # on an idle machine a parallel run takes about its busiest process's CPU time: the parent
-    # (its joining overlaps the workers) or a worker (the partitions are even by hash)
-    busiest = max(med[args.jobs]["cpu_self"], med[args.jobs]["cpu_workers"] / args.jobs)
-    res["steady"]["speedup_cpu_critical_path"] = round(med[1]["cpu_self"] / busiest, 2)
-    log("whole process")
+    for what, name in (("compute_flows", "steady"), ("flows", "steady_flows_cli")):
+        log(f"steady state: {what}")
+        st = steady(args.capture, args.jobs, args.runs, what)
+        runs = {j: [dict(zip(v, x)) for x in zip(*v.values())] for j, v in st["runs"].items()}
+        res[name] = summary(runs, args.jobs, ("wall", "cpu_self", "cpu_workers"))
+        res[name]["flows_or_rc"] = st["flows"]
+        med = res[name]["median"]
+        # on an idle machine a parallel run takes at least its busiest process's CPU time:
+        # the parent (its joining overlaps the workers) or a worker (partitions even by hash)
+        busiest = max(med[args.jobs]["cpu_self"], med[args.jobs]["cpu_workers"] / args.jobs)
+        res[name]["speedup_cpu_critical_path"] = round(med[1]["cpu_self"] / busiest, 2)
     keys = ("wall", "cpu_main", "cpu_workers_max", "cpu_workers_sum", "peak_anon_bytes")
-    res["whole_process"] = summary(whole(args.capture, args.jobs, args.runs), args.jobs, keys)
-    med = res["whole_process"]["median"]
-    busiest = max(med[args.jobs]["cpu_main"], med[args.jobs]["cpu_workers_max"])
-    res["whole_process"]["speedup_cpu_critical_path"] = round(med[1]["cpu_main"] / busiest, 2)
+    if not args.no_whole:
+        log("whole process")
+        res["whole_process"] = summary(whole(args.capture, args.jobs, args.runs), args.jobs, keys)
+        med = res["whole_process"]["median"]
+        # the workers start after the parent's interpreter start and imports: an upper bound
+        busiest = med[args.jobs]["cpu_main"] + med[args.jobs]["cpu_workers_max"]
+        res["whole_process"]["speedup_cpu_critical_path"] = round(
+            med[1]["cpu_main"] / busiest, 2)
     if args.memory:
         longer = args.capture.replace(".pcap", f"-x{args.repeat}.pcap")
         if not os.path.exists(longer):
@@ -202,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         res["memory"] = mem
     res["load_after"] = os.getloadavg()
     name = "scale_jobs_quick.json" if args.quick else "scale_jobs.json"
+    old = os.path.join(REPO, "benchmarks/results", name)
+    if "memory" not in res and os.path.exists(old):  # keep the last memory figures
+        with open(old) as f:
+            prior = json.load(f)
+        if "memory" in prior:
+            res["memory"] = prior["memory"] | {"measured_in_an_earlier_run": True}
     with open(os.path.join(REPO, "benchmarks/results", name), "w") as f:
         json.dump(res, f, indent=2)
         f.write("\n")

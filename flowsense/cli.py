@@ -129,12 +129,12 @@ def _report_errors(pipes: list[AnyPipeline]) -> int:
     return 1 if errors else 0
 
 
-def _write_bytes(out: TextIO, data: bytes) -> None:
+def _write_bytes(out: TextIO, data: bytes | np.ndarray) -> None:
     if hasattr(out, "buffer"):
         out.flush()
         out.buffer.write(data)
     else:
-        out.write(data.decode("utf-8"))
+        out.write(bytes(data).decode("utf-8"))
 
 
 def cmd_flows(args: argparse.Namespace) -> int:

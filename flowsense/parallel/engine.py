@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+
 from flowsense.config import Config
 from flowsense.errors import CaptureError, ConfigError
 from flowsense.flows.features import FeatureFrame, in_end_order
@@ -57,7 +59,7 @@ class ParallelPipeline:
                  snapshot_sink: FrameSink | None = None, *, jobs: int = 2,
                  engine: str = "local", scheduler: str | None = None,
                  output: Output | None = None,
-                 text_sink: Callable[[bytes], None] | None = None,
+                 text_sink: Callable[[np.ndarray], None] | None = None,
                  key: int | None = None) -> None:
         if jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing as mp
+import pickle
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -54,11 +55,11 @@ def _worker(p: int, n: int, key: int, config: Config, rules: list[WatchRule], ou
             if stream_next and p == 0:
                 # after this round: the stream shares this worker's fragment decoder, in order
                 producer.produce(nxt[0], regions[(j + 1) % 2][0])
-            conn.send(("round", part.take()))
+            _send(conn, ("round", part.take()))
             barrier.wait()
             cur = nxt
             j += 1
-        conn.send(("final", part.finish()))
+        _send(conn, ("final", part.finish()))
     except BaseException:  # noqa: BLE001 - reported to the parent, which stops the others
         barrier.abort()
         try:
@@ -67,6 +68,33 @@ def _worker(p: int, n: int, key: int, config: Config, rules: list[WatchRule], ou
             pass
     finally:
         conn.close()
+
+
+def _send(conn: Connection, obj: object) -> None:
+    """Pickle protocol 5 with the arrays' memory out of band: each array goes into the pipe
+    straight from where it lies, and comes out into a writable buffer of its own (no copy into
+    or out of a pickle)."""
+    bufs: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    conn.send_bytes(pickle.dumps([r.nbytes for r in raws]))
+    conn.send_bytes(head)
+    for r in raws:
+        conn.send_bytes(r)
+
+
+def _recv(conn: Connection) -> Any:
+    sizes = pickle.loads(conn.recv_bytes())
+    head = conn.recv_bytes()
+    bufs = []
+    for size in sizes:
+        buf = bytearray(size)
+        if size:
+            conn.recv_bytes_into(buf)
+        else:
+            conn.recv_bytes()
+        bufs.append(buf)
+    return pickle.loads(head, buffers=bufs)
 
 
 PIPE_BYTES = 64 << 20
@@ -120,12 +148,14 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
             msgs = []
             for c in conns:
                 try:
-                    kind, body = c.recv()
+                    kind, body = _recv(c)
                 except EOFError:
                     raise RuntimeError("a parallel worker died") from None
                 if kind == "error":
                     raise RuntimeError(f"a parallel worker failed:\n{body}")
                 msgs.append((kind, body))
+            if len({kind for kind, _ in msgs}) != 1:
+                raise RuntimeError("parallel workers disagree on the rounds")
             if msgs[0][0] == "final":
                 finals = [body for _, body in msgs]
                 on_round([body["items"] for body in finals])

@@ -11,7 +11,7 @@ what each saw (``merge.Merger``).
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,6 +48,48 @@ class Output:
 
     kind: str = "frames"
     splt: bool = False
+
+
+class _Text:
+    """What the flow writers write to, kept as uint8 arrays: the JSON kernel's own output
+    buffer is taken as it is (no copy), text rows are joined once; arrays cross to the parent
+    out of band."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self._rows: list[str] = []
+        self.buffer = _Bytes(self)
+
+    def write(self, text: str) -> int:
+        self._rows.append(text)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        self._rows.extend(lines)
+
+    def _flush_rows(self) -> None:
+        if self._rows:
+            data = "".join(self._rows).encode("utf-8")
+            self._parts.append(np.frombuffer(data, dtype=np.uint8))
+            self._rows = []
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def parts(self) -> list[np.ndarray]:
+        self._flush_rows()
+        return self._parts
+
+
+class _Bytes:
+    def __init__(self, text: _Text) -> None:
+        self._text = text
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._text._flush_rows()
+        self._text._parts.append(np.frombuffer(data, dtype=np.uint8))
+        return len(data)
 
 
 def partition_config(config: Config, n_parts: int) -> Config:
@@ -139,6 +181,7 @@ class Partition:
             for batch in iter_batches(self.files[f].path, self.config.capture, self.stats,
                                       self.fragments, span):
                 self._batch(batch, None)
+                self._drain()
         except CaptureError as exc:
             self._damage(f, exc.with_traceback(None))
         return span.next_pos if span is not None else -1
@@ -168,11 +211,12 @@ class Partition:
         tick_statuses(batch.cols["status"], part, n, self.p, status)
         feed = PacketBatch(batch.buf, n, {**batch.cols, "status": status}, batch.source)
         if self.output.kind != "analyze":
-            self.table.feed(feed, self._records)
+            self.table.feed(feed, self._records, drain=False)  # drained once a round
             return
         for sub, look in split_at_looks(batch, self._sync, self.config, feed):
-            self.table.feed(sub, self._pending.append)
+            self.table.feed(sub, self._pending.append, drain=False)
             if look:
+                self.table.drain(self._pending.append)
                 snap = in_end_order([self.table.snapshot(watched_only=True)])
                 self.items.append(("look", in_end_order(self._pending), snap,
                                    self.table.clock_ns))
@@ -183,21 +227,27 @@ class Partition:
         if kind == "frames":
             self.items.append(("frame", frame))
             return
-        text = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+        text = _Text()
         if kind == "csv":
             flows_out.write_csv(frame, text, header=False)
         else:
             flows_out.write_jsonl(frame, text, splt=self.output.splt)
-        text.flush()
-        self.items.append(("bytes", text.buffer.getvalue()))  # type: ignore[attr-defined]
+        self.items.extend(("bytes", part) for part in text.parts)
+
+    def _drain(self) -> None:
+        self.table.drain(self._pending.append if self.output.kind == "analyze"
+                         else self._records)
 
     def take(self) -> list[Item]:
+        """What this partition made since the last call (ended flows drained first)."""
+        self._drain()
         out, self.items = self.items, []
         return out
 
     def finish(self) -> dict[str, Any]:
         """End every flow; returns the partition's closing report (its items included)."""
         clock = self.table.clock_ns
+        self._drain()
         if self.output.kind == "analyze":
             self.table.flush(self._pending.append)
             self.items.append(("end", in_end_order(self._pending), clock))

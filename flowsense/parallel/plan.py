@@ -32,7 +32,7 @@ from flowsense.capture.reader import (
 )
 from flowsense.capture.source import GZIP_MAGIC
 from flowsense.config import Config
-from flowsense.errors import CaptureError
+from flowsense.errors import CaptureError, InputMissingError
 from flowsense.parallel.kernels import partition_ids, pcap_resync
 from flowsense.schema import PACKET_COLUMNS, PF_FIRST_FRAGMENT, PF_FRAGMENT
 
@@ -63,9 +63,12 @@ def classify(paths: list[str], config: Config) -> list[InputFile]:
     out = []
     chunk = config.capture.chunk_bytes
     for path in paths:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(4)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(4)
+        except OSError as exc:  # as the serial reader says it (exit 2)
+            raise InputMissingError(f"{path}: cannot open: {exc.strerror}") from None
         if head[:2] == GZIP_MAGIC:
             out.append(InputFile(path, "stream", size, mapped=False))
         elif head in PCAP_MAGICS and size > chunk:
