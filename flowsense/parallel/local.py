@@ -9,6 +9,7 @@ are loaded: they reuse the parent's compiled code (and the numba cache), nothing
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import multiprocessing as mp
 import pickle
@@ -31,9 +32,22 @@ def _regions(config: Config, n: int) -> list[list[Region]]:
     return [[Region(packets, inline) for _ in range(n)] for _ in range(2)]
 
 
+def _fixed_mmap_threshold() -> None:
+    """Large buffers (a round's records, JSON text) straight from and back to the system.
+    glibc raises its mmap threshold each time such a buffer is freed, after which they come from
+    the heap and fragment it: a worker's memory then creeps up over a long capture."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed at 1 MiB (no longer dynamic)
+        libc.mallopt(-1, 4 << 20)  # M_TRIM_THRESHOLD: give back free heap tops past 4 MiB
+    except (OSError, AttributeError):
+        pass  # not glibc: its own policy
+
+
 def _worker(p: int, n: int, key: int, config: Config, rules: list[WatchRule], output: Output,
             files: list[InputFile], regions: list[list[Region]], barrier: Any,
             conn: Connection) -> None:
+    _fixed_mmap_threshold()
     try:
         part = Partition(p, n, key, config, rules, output, files)
         producer = Producer(files, config, n, key, part.fragments)

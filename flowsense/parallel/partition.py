@@ -51,18 +51,26 @@ class Output:
 
 
 class _Text:
-    """What the flow writers write to, kept as uint8 arrays: the JSON kernel's own output
-    buffer is taken as it is (no copy), text rows are joined once; arrays cross to the parent
-    out of band."""
+    """What the flow writers write to, kept as uint8 arrays (they cross to the parent out of
+    band): text rows joined once, the JSON kernel's bytes copied (its buffer is sized for the
+    worst case). No reference cycle (``buffer`` is a property): what it holds goes as soon as
+    the round is sent, not at the next garbage collection."""
 
     def __init__(self) -> None:
         self._parts: list[np.ndarray] = []
         self._rows: list[str] = []
-        self.buffer = _Bytes(self)
 
-    def write(self, text: str) -> int:
-        self._rows.append(text)
-        return len(text)
+    @property
+    def buffer(self) -> _Text:
+        return self
+
+    def write(self, data: str | bytes | memoryview) -> int:
+        if isinstance(data, str):
+            self._rows.append(data)
+        else:
+            self._flush_rows()
+            self._parts.append(np.frombuffer(data, dtype=np.uint8).copy())
+        return len(data)
 
     def writelines(self, lines: Iterable[str]) -> None:
         self._rows.extend(lines)
@@ -80,16 +88,6 @@ class _Text:
     def parts(self) -> list[np.ndarray]:
         self._flush_rows()
         return self._parts
-
-
-class _Bytes:
-    def __init__(self, text: _Text) -> None:
-        self._text = text
-
-    def write(self, data: bytes | memoryview) -> int:
-        self._text._flush_rows()
-        self._text._parts.append(np.frombuffer(data, dtype=np.uint8))
-        return len(data)
 
 
 def partition_config(config: Config, n_parts: int) -> Config:
