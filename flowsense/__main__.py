@@ -1,5 +1,3 @@
-import sys
+from flowsense.cli import entry
 
-from flowsense.cli import main
-
-sys.exit(main())
+entry()

@@ -197,6 +197,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     cfg = _config(args)
     groups = _groups(args, cfg)
     resources = Resources(pools=load_pools(args.signatures))
+    sig_version = ",".join(resources.pools.versions)
     out = _open_out(args.output)
     alerts: list[Alert] = []
     n_flows = [0]
@@ -218,7 +219,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
                 alerts.append(alert)
                 if args.format == "eve":
-                    out.write(eve_record(alert, cfg) + "\n")
+                    out.write(eve_record(alert, cfg, sig_version) + "\n")
 
         def sink(frame: FeatureFrame) -> None:
             n_flows[0] += frame.n
@@ -307,3 +308,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"flowsense: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _skip_blas_probe() -> None:
+    """numba probes for SciPy's BLAS when its CPU target first loads (importing scipy.linalg:
+    about 0.4 s, a tenth of a whole run on 2 million packets). No kernel of ours does linear
+    algebra, so in our own process (never when imported as a library) the probe is answered
+    "absent"; the module is unblocked afterwards for anything else that wants SciPy."""
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules:
+        return
+    sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import numba.np.arraymath  # noqa: F401  (runs the probe once)
+    finally:
+        if sys.modules.get(name, 0) is None:
+            del sys.modules[name]
+
+
+def entry() -> None:
+    """The console script and ``python -m flowsense``: a process of its own."""
+    _skip_blas_probe()
+    sys.exit(main())

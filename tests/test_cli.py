@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+import flowsense
 from tests.conftest import require_root, require_tool
 from tests.pcapgen import tcp_session, udp, write_pcap
 
@@ -143,6 +145,8 @@ def test_analyze_summary_and_eve() -> None:
     assert alert["flow"]["pkts_toserver"] == 10
     assert alert["source"]["pcap"].endswith("ndpi-xmr-stak-monero-stratum.pcap")
     assert alert["timestamp"].startswith("2017-12-25T10:01:")
+    bundled = yaml.safe_load((REPO / "signatures" / "pools.yaml").read_text())["version"]
+    assert alert["flowsense"] == {"version": flowsense.__version__, "signatures": bundled}
 
 
 def test_live_tcpdump_stream_on_loopback(tmp_path: Path) -> None:

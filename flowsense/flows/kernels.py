@@ -27,7 +27,7 @@ from flowsense.flows.table_kernels import (
     list_unlink,
     timeout_ns,
 )
-from flowsense.jit import inline_kernel, kernel
+from flowsense.jit import inline_kernel, kernel, prefetch, prefetch2
 from flowsense.schema import (
     D_BYTES,
     D_CWR_ECE,
@@ -139,15 +139,6 @@ def _pack(fam, proto, pa, pb):
 
 
 @inline_kernel
-def canonical(sh, sl, dh, dl, sp, dp):
-    """A packet's endpoints in the key's order (a <= b by address, then port): (whether the
-    sender is a, a_hi, a_lo, b_hi, b_lo, port a, port b)."""
-    if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
-        return True, sh, sl, dh, dl, sp, dp
-    return False, dh, dl, sh, sl, dp, sp
-
-
-@inline_kernel
 def flow_hash(hkey, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
     """Keyed hash of a canonical key (the key is drawn per run: flow floods cannot aim)."""
     h = hkey[0]
@@ -157,6 +148,27 @@ def flow_hash(hkey, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
     h = _mix(h, b_hi)
     h = _mix(h, b_lo ^ hkey[1])
     return h
+
+
+AHEAD_CELL = 16
+AHEAD_ROW = 8
+AHEAD_RING = 32  # a power of two above AHEAD_CELL
+
+
+@inline_kernel
+def _canon(sh, sl, dh, dl, sp, dp):
+    """A packet's key with the lower endpoint first: (from_a, a_hi, a_lo, b_hi, b_lo, pa, pb)."""
+    if sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp))):
+        return True, sh, sl, dh, dl, sp, dp
+    return False, dh, dl, sh, sl, dp, sp
+
+
+@inline_kernel
+def _hash_at(hkey, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport):
+    """flow_hash of packet ``i``'s canonical key."""
+    _, a_hi, a_lo, b_hi, b_lo, pa, pb = _canon(src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                                               sport[i], dport[i])
+    return flow_hash(hkey, fam[i], proto[i], a_hi, a_lo, b_hi, b_lo, pa, pb)
 
 
 @kernel
@@ -280,7 +292,30 @@ def process(
     slen = T.slab.shape[2]
     tcap = T.tr_len.shape[1]
     mask = T.ix.shape[0] - 1
+    # look-ahead (software pipelining of the lookups, which miss the cache on large tables):
+    # the hash of packet i+AHEAD_CELL is computed and its index cell prefetched; by packet
+    # i+AHEAD_ROW that cell is in cache and the key and flow row it points at are prefetched
+    hr = np.empty(AHEAD_RING, dtype=np.uint64)
+    for j in range(start, min(start + AHEAD_CELL, n)):
+        hj = _hash_at(T.hkey, j, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
+        hr[j & (AHEAD_RING - 1)] = hj
     for i in range(start, n):
+        # (other partitions' packets, ST_TICK, are not looked up: no prefetch for them)
+        j = i + AHEAD_CELL
+        if j < n and status[j] == ST_OK:
+            hj = _hash_at(T.hkey, j, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
+            hr[j & (AHEAD_RING - 1)] = hj
+            prefetch(T.ix, np.int64(hj & np.uint64(mask)))
+        j = i + AHEAD_ROW
+        if j < n and status[j] == ST_OK:
+            e = T.ix[np.int64(hr[j & (AHEAD_RING - 1)] & np.uint64(mask))]
+            if e != 0:
+                c = (e & 0xFFFFFFFF) - 1
+                prefetch2(T.key, c, 0)
+                for q in range(0, fi.shape[1], 8):
+                    prefetch2(fi, c, q)
+                prefetch2(T.splt_ps, c, 0)
+                prefetch2(T.splt_t, c, 0)
         sti = status[i]
         if sti != ST_OK and sti != ST_TICK:
             continue
@@ -299,14 +334,11 @@ def process(
             continue
         f = fam[i]
         p = proto[i]
-        sh = src_hi[i]
-        sl = src_lo[i]
-        dh = dst_hi[i]
-        dl = dst_lo[i]
         sp = sport[i]
         dp = dport[i]
-        from_a, a_hi, a_lo, b_hi, b_lo, pa, pb = canonical(sh, sl, dh, dl, sp, dp)
-        h = flow_hash(T.hkey, f, p, a_hi, a_lo, b_hi, b_lo, pa, pb)
+        from_a, a_hi, a_lo, b_hi, b_lo, pa, pb = _canon(src_hi[i], src_lo[i], dst_hi[i],
+                                                        dst_lo[i], sp, dp)
+        h = hr[i & (AHEAD_RING - 1)]
         pos = np.int64(h & np.uint64(mask))
         s = -1
         k0 = _pack(f, p, pa, pb)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from flowsense.capture.kernels import rd32
-from flowsense.flows.kernels import canonical, flow_hash
+from flowsense.flows.kernels import _hash_at
 from flowsense.jit import kernel
 from flowsense.schema import ST_OK, ST_TICK
 
@@ -24,9 +24,7 @@ def partition_ids(status, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dpo
         if status[i] != ST_OK:
             out[i] = 0
             continue
-        _, a_hi, a_lo, b_hi, b_lo, pa, pb = canonical(src_hi[i], src_lo[i], dst_hi[i],
-                                                      dst_lo[i], sport[i], dport[i])
-        h = flow_hash(key, fam[i], proto[i], a_hi, a_lo, b_hi, b_lo, pa, pb)
+        h = _hash_at(key, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
         out[i] = np.uint8((h >> np.uint64(40)) % np.uint64(n_parts))
 
 

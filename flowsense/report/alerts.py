@@ -42,7 +42,8 @@ def _eve_flow(ef: dict) -> dict:
     return out
 
 
-def eve_record(alert: Alert, cfg: Config) -> str:
+def eve_record(alert: Alert, cfg: Config, signatures: str = "") -> str:
+    """One EVE line; ``signatures`` names the indicator set's version(s) (ALERTS.md)."""
     f = alert.flow
     rec = {
         "timestamp": iso_ts(alert.timestamp_ns),
@@ -63,7 +64,7 @@ def eve_record(alert: Alert, cfg: Config) -> str:
         "evidence": alert.evidence,
         "flow": _eve_flow(f.get("eve_flow", {})),
         "source": f.get("source", {}),
-        "flowsense": {"version": __version__},
+        "flowsense": {"version": __version__, "signatures": signatures},
     }
     if alert.update:
         rec["update"] = True
