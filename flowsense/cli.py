@@ -93,9 +93,27 @@ AnyPipeline = Pipeline | ParallelPipeline
 
 
 def _groups(args: argparse.Namespace, cfg: Config) -> list[list[str]]:
-    """The streams to run: all inputs as one (in time order), or each file on its own."""
+    """The streams to run: all inputs as one (in time order), or each file on its own. With
+    ``--engine dask`` and no scheduler, several streams share one local cluster (starting one
+    takes seconds): ``args.scheduler`` becomes its client (closed by ``_close_dask``)."""
     paths = order_by_time(expand_inputs(args.paths), cfg)
-    return [[p] for p in paths] if args.independent else [paths]
+    groups = [[p] for p in paths] if args.independent else [paths]
+    if args.engine == "dask" and not args.scheduler and len(groups) > 1:
+        from distributed import Client
+
+        from flowsense.parallel.dask_engine import local_cluster
+
+        cluster = local_cluster(args.jobs or default_jobs())
+        args.scheduler = Client(cluster)
+        args.dask_cluster = cluster
+    return groups
+
+
+def _close_dask(args: argparse.Namespace) -> None:
+    cluster = getattr(args, "dask_cluster", None)
+    if cluster is not None:
+        args.scheduler.close()
+        cluster.close()
 
 
 def _pipeline(args: argparse.Namespace, cfg: Config, paths: list[str], sink: FrameSink | None,
@@ -145,10 +163,13 @@ def cmd_flows(args: argparse.Namespace) -> int:
         if not args.output or args.output == "-":
             raise ConfigError("--format parquet needs -o FILE")
         frames: list[FeatureFrame] = []
-        for paths in groups:
-            pipe, _ = _pipeline(args, cfg, paths, frames.append)
-            pipe.run(paths)
-            pipes.append(pipe)
+        try:
+            for paths in groups:
+                pipe, _ = _pipeline(args, cfg, paths, frames.append)
+                pipe.run(paths)
+                pipes.append(pipe)
+        finally:
+            _close_dask(args)
         flows_out.write_parquet(concat(frames), args.output)
         return _report_errors(pipes)
     out = _open_out(args.output)
@@ -176,6 +197,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
         if args.format == "csv" and first[0]:
             _empty_csv(out)
     finally:
+        _close_dask(args)
         if out is not sys.stdout:
             out.close()
     return _report_errors(pipes)
@@ -246,6 +268,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             write_summary(out, [p for g in groups for p in g], counters, n_flows[0], alerts,
                           [e for pipe in pipes for e in pipe.errors])
     finally:
+        _close_dask(args)
         if out is not sys.stdout:
             out.close()
     return rc

@@ -33,11 +33,19 @@ def partition_task(p: int, n: int, key: int, config: Config, rules: list[WatchRu
     return part.finish()
 
 
+def quiet_dask() -> None:
+    """Dask logs its scheduler's and workers' comings and goings (INFO, and a WARNING when a
+    local worker is slow to stop): stderr keeps its errors only, unless -v asked for more."""
+    if logging.getLogger("flowsense").getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
 def local_cluster(n_workers: int, processes: bool = True) -> Any:
     """A LocalCluster without a dashboard: worker processes talk over TCP on 127.0.0.1; with
     ``processes=False`` (threads, for tests) nothing listens on any network at all (inproc)."""
     from distributed import LocalCluster
 
+    quiet_dask()
     where = {"host": "127.0.0.1"} if processes else {}
     with warnings.catch_warnings():  # "port 8787 in use": its HTTP endpoint moves, on loopback
         warnings.simplefilter("ignore", UserWarning)
@@ -52,10 +60,7 @@ def run_dask(files: list[InputFile], config: Config, rules: list[WatchRule], out
     for a local cluster of ``n_parts`` workers on loopback."""
     from distributed import Client
 
-    # Dask logs its scheduler's and workers' comings and goings (INFO, and a WARNING when a
-    # local worker is slow to stop): stderr keeps its errors only, unless -v asked for more
-    if logging.getLogger("flowsense").getEffectiveLevel() >= logging.WARNING:
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+    quiet_dask()
     cluster = None
     if scheduler is None:
         cluster = local_cluster(n_parts)
