@@ -342,3 +342,19 @@ def test_capture_inside_a_capture_misleads_resync(tmp_path: Path) -> None:
                for r in range(1, len(buf) // chunk)]
     assert any(g not in true_starts for g in guesses)  # the mismatch path is exercised
     assert assert_same_flows([str(path)], small_chunks(chunk), jobs=2) == 7
+
+
+def test_stdin_and_pipes_run_whole(corpus: Path, tmp_path: Path) -> None:
+    """stdin cannot be split: ``--jobs 2`` reads it in one process, with the same records."""
+    import os
+    import subprocess
+    import sys
+
+    capture = corpus / "zeek" / "ssh.pcap"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    piped = subprocess.run([sys.executable, "-m", "flowsense", "flows", "-", "--jobs", "2"],
+                           input=capture.read_bytes(), capture_output=True, env=env, timeout=600)
+    assert piped.returncode == 0, piped.stderr
+    out = tmp_path / "file.jsonl"
+    assert main(["flows", str(capture), "--jobs", "1", "-o", str(out)]) == 0
+    assert sorted(piped.stdout.decode().splitlines()) == sorted(out.read_text().splitlines())

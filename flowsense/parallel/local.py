@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import multiprocessing as mp
+import os
 import pickle
+import signal
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -32,6 +34,17 @@ def _regions(config: Config, n: int) -> list[list[Region]]:
     return [[Region(packets, inline) for _ in range(n)] for _ in range(2)]
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker whose parent is killed would wait at the barrier for ever: ask Linux to end it
+    with its parent (PR_SET_PDEATHSIG), and end now if the parent is already gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _fixed_mmap_threshold() -> None:
     """Large buffers (a round's records, JSON text) straight from and back to the system.
     glibc raises its mmap threshold each time such a buffer is freed, after which they come from
@@ -46,7 +59,8 @@ def _fixed_mmap_threshold() -> None:
 
 def _worker(p: int, n: int, key: int, config: Config, rules: list[WatchRule], output: Output,
             files: list[InputFile], regions: list[list[Region]], barrier: Any,
-            conn: Connection) -> None:
+            conn: Connection, parent: int) -> None:
+    _die_with_parent(parent)
     _fixed_mmap_threshold()
     try:
         part = Partition(p, n, key, config, rules, output, files)
@@ -149,7 +163,7 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
         _widen(r.fileno())
     procs = [ctx.Process(target=_worker, daemon=True,
                          args=(p, jobs, key, config, rules, output, files, regions, barrier,
-                               pipes[p][1]))
+                               pipes[p][1], os.getpid()))
              for p in range(jobs)]
     for proc in procs:
         proc.start()
