@@ -132,7 +132,8 @@ class Pipeline:
         self.snapshot_sink = snapshot_sink
         self.table = FlowTable(config.flows, list(watch_rules))
         # prompt-ruled flows (a DNS answer) reach the detectors as live records the moment
-        # their reply arrives, before any flow that ends later is judged
+        # their reply arrives, before any flow that ends later is judged (a parallel run ships
+        # them with its partitions' looks and shows them first: flowsense.parallel.engine)
         self.table.prompt_sink = snapshot_sink
         self.decoder = Decoder(config.capture)
         self.reader_stats = ReaderStats()

@@ -361,7 +361,7 @@ def iter_batches(
     acc = 0
     buf = np.empty(0, dtype=np.uint8)
     try:
-        for rb in iter_records(path, cfg, stats, span):
+        for rb in iter_records(path, cfg, stats, span=span):
             if acc and (rb.buf is not buf or acc + rb.n > cfg.batch_packets):
                 yield decoder.batch(acc, buf, path)
                 acc = 0
