@@ -25,6 +25,7 @@ KERNEL_SOURCES = (
     "flows/text_kernels.py",
     "report/kernels.py",
     "sidecar/ring_kernels.py",
+    "parallel/kernels.py",
 )
 
 

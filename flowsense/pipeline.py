@@ -8,9 +8,10 @@ one read; nothing readable is lost.
 from __future__ import annotations
 
 import bisect
+import glob
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,21 +28,30 @@ from flowsense.capture.reader import (
 from flowsense.capture.source import is_mapped
 from flowsense.config import Config
 from flowsense.errors import CaptureError, InputMissingError
-from flowsense.flows.features import FeatureFrame, concat
+from flowsense.flows.features import FeatureFrame, concat, in_end_order
 from flowsense.flows.table import FlowTable, WatchRule
+from flowsense.parallel.kernels import sync_points
 from flowsense.schema import N_STATUS, PF_FRAG_ORPHAN, ST_TRUNCATED, STATUS_NAMES
 
 log = logging.getLogger(__name__)
 
 
 def expand_inputs(paths: Iterable[str]) -> list[str]:
-    """Files as given; folders walked recursively (sorted), keeping what looks like a capture."""
+    """Files as given; folders walked recursively (sorted), keeping what looks like a capture;
+    glob patterns (``*``, ``?``, ``[...]``, ``**``) expanded (sorted) when no file has that very
+    name, each match then taken as a file or folder."""
     out: list[str] = []
     for p in paths:
         if p == "-":
             out.append(p)
             continue
         path = Path(p)
+        if not path.exists() and any(ch in p for ch in "*?["):
+            matches = sorted(glob.glob(p, recursive=True))
+            if not matches:
+                raise InputMissingError(f"{p}: no file matches")
+            out.extend(expand_inputs(matches))
+            continue
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs.sort()
@@ -69,6 +79,12 @@ class Counters:
     fragment_orphans: int = 0
     files: int = 0
     files_damaged: int = 0
+
+    def add(self, batch: PacketBatch) -> None:
+        self.packets += batch.n
+        self.bytes_wire += int(batch.cols["wirelen"].sum())
+        self.status += np.bincount(batch.cols["status"], minlength=N_STATUS)[:N_STATUS]
+        self.fragment_orphans += int(np.count_nonzero(batch.cols["pflags"] & PF_FRAG_ORPHAN))
 
     def as_dict(self) -> dict[str, int]:
         d = {"packets": self.packets, "bytes": self.bytes_wire, "files": self.files,
@@ -98,7 +114,15 @@ FILE_DONE = -1
 
 
 class Pipeline:
-    """One stream of inputs through one flow table; frames of ended flows go to ``sink``."""
+    """One stream of inputs through one flow table; frames of ended flows go to ``sink``.
+
+    With a ``snapshot_sink`` (the detectors' use), the pipeline looks on a capture-time cadence:
+    before the first packet ``snapshot_interval_s`` past the last look (or going back past the
+    idle timeout), and at the end. Each look hands ``sink`` one frame of every flow ended (or
+    interim-recorded) since the last, in ``in_end_order``, then ``snapshot_sink`` the live
+    watched flows touched since. Looks depend on packet times only, never on batch sizes or
+    table internals: the parallel engines (``flowsense.parallel``) look at the same points.
+    """
 
     def __init__(self, config: Config, sink: FrameSink,
                  watch_rules: Iterable[WatchRule] = (),
@@ -106,11 +130,10 @@ class Pipeline:
         self.config = config
         self.sink = sink
         self.snapshot_sink = snapshot_sink
-        self._snap_ns = int(config.flows.snapshot_interval_s * 1e9)
-        self._last_snap = 0
         self.table = FlowTable(config.flows, list(watch_rules))
         # prompt-ruled flows (a DNS answer) reach the detectors as live records the moment
-        # their reply arrives, before any flow that ends later is judged
+        # their reply arrives, before any flow that ends later is judged (a parallel run ships
+        # them with its partitions' looks and shows them first: flowsense.parallel.engine)
         self.table.prompt_sink = snapshot_sink
         self.decoder = Decoder(config.capture)
         self.reader_stats = ReaderStats()
@@ -118,6 +141,9 @@ class Pipeline:
         self.errors: list[CaptureError] = []
         self._starts: list[tuple[int, str]] = []  # (first packet ns, path) of each input read
         self.progress: ProgressHook | None = None
+        self._pending: list[FeatureFrame] = []  # ended since the last look (with snapshot_sink)
+        self._sync = np.array([0, -1], dtype=np.int64)  # the looks' clock and anchor
+        self._end_clock = 0
 
     def run_file(self, path: str) -> None:
         c = self.counters
@@ -143,38 +169,46 @@ class Pipeline:
 
     def feed(self, batch: PacketBatch) -> None:
         """One decoded batch into the table (files and live sources alike)."""
-        c = self.counters
-        c.packets += batch.n
-        c.bytes_wire += int(batch.cols["wirelen"].sum())
-        c.status += np.bincount(batch.cols["status"], minlength=N_STATUS)[:N_STATUS]
-        c.fragment_orphans += int(np.count_nonzero(batch.cols["pflags"] & PF_FRAG_ORPHAN))
-        self.table.feed(batch, self.sink)
-        self._maybe_snapshot()
+        self.counters.add(batch)
+        if self.snapshot_sink is None:
+            self.table.feed(batch, self.sink)
+            return
+        for part, look in split_at_looks(batch, self._sync, self.config):
+            self.table.feed(part, self._pending.append)
+            if look:
+                self.look()
 
     def tick(self, now_ns: int) -> None:
         """Live input: advance the table's clock to ``now_ns`` (expiring what idled out) and
-        show detectors the watched flows touched since the last look, whatever the capture
-        time says (a quiet link still ticks)."""
-        self.table.tick(now_ns, self.sink)
+        look, whatever the capture time says (a quiet link still ticks)."""
         if self.snapshot_sink is None:
+            self.table.tick(now_ns, self.sink)
             return
-        self._last_snap = self.table.clock_ns
-        frame = self.table.snapshot(watched_only=True)
-        if frame.n:
-            self.snapshot_sink(frame)
+        self.table.tick(now_ns, self._pending.append)
+        self.look()
 
-    def _maybe_snapshot(self) -> None:
-        """Show detectors the live watched flows touched since the last look, on a capture-time
-        cadence (the flows their watch rules picked; the rest are judged when they end)."""
-        if self.snapshot_sink is None:
-            return
-        clock = self.table.clock_ns
-        if clock - self._last_snap < self._snap_ns and clock >= self._last_snap:
-            return
-        self._last_snap = clock
-        frame = self.table.snapshot(watched_only=True)
+    def look(self, snapshot: bool = True) -> None:
+        """Show detectors what ended since the last look, then (unless at the end) the live
+        watched flows touched since (the flows their watch rules picked)."""
+        frame = in_end_order(self._pending)
+        self._pending = []
         if frame.n:
-            self.snapshot_sink(frame)
+            self.sink(frame)
+        if snapshot and self.snapshot_sink is not None:
+            snap = in_end_order([self.table.snapshot(watched_only=True)])
+            if snap.n:
+                self.snapshot_sink(snap)
+
+    def run(self, paths: list[str]) -> None:
+        """Every input (in time order), then the end."""
+        for path in paths:
+            self.run_file(path)
+        self.finish()
+
+    @property
+    def clock_ns(self) -> int:
+        """The latest packet time (before the end: the end flushes the table's clock)."""
+        return self.table.clock_ns or self._end_clock
 
     def source_of(self, ts_ns: int) -> str:
         """The input a packet of time ``ts_ns`` came from (inputs are read in time order)."""
@@ -182,13 +216,40 @@ class Pipeline:
         return self._starts[max(k, 0)][1] if self._starts else ""
 
     def finish(self) -> None:
-        self.table.flush(self.sink)
+        self._end_clock = self.table.clock_ns
+        if self.snapshot_sink is None:
+            self.table.flush(self.sink)
+            return
+        self.table.flush(self._pending.append)
+        self.look(snapshot=False)
 
     def counters_dict(self) -> dict[str, int]:
         d = self.counters.as_dict()
         d.update(self.table.stats())
         d["interface_drops"] = self.reader_stats.interface_drops
         return d
+
+
+def split_at_looks(batch: PacketBatch, sync: np.ndarray, config: Config,
+                   feed: PacketBatch | None = None) -> Iterator[tuple[PacketBatch, bool]]:
+    """The batch (or ``feed``, the same packets with other statuses) in pieces, each with
+    whether a look follows it (``Pipeline`` explains when); ``sync`` ([clock, anchor]) carries
+    the cadence from batch to batch."""
+    cuts = np.empty(batch.n, dtype=np.int64)
+    c = batch.cols
+    k = sync_points(c["ts_ns"], c["status"], batch.n, sync,
+                    int(config.flows.snapshot_interval_s * 1e9),
+                    int(config.flows.idle_timeout_s * 1e9), cuts)
+    feed = feed or batch
+    start = 0
+    for cut in [*cuts[:k].tolist(), batch.n]:
+        yield slice_batch(feed, start, cut), cut < batch.n
+        start = cut
+
+
+def slice_batch(batch: PacketBatch, start: int, stop: int) -> PacketBatch:
+    return PacketBatch(batch.buf, stop - start, {k: v[start:stop] for k, v in batch.cols.items()},
+                       batch.source)
 
 
 def order_by_time(paths: list[str], config: Config | None = None) -> list[str]:
@@ -200,13 +261,22 @@ def order_by_time(paths: list[str], config: Config | None = None) -> list[str]:
     return [p for _, _, p in timed] + [p for t, _, p in keyed if t is None]
 
 
-def compute_flows(paths: list[str], config: Config | None = None) -> FlowsResult:
+def compute_flows(paths: list[str], config: Config | None = None, jobs: int = 1,
+                  engine: str = "local", scheduler: str | None = None) -> FlowsResult:
     """Flow records of ``paths`` (one stream), in the order the flows ended (as nfstream and
-    Zeek emit them); ``frame.seq`` gives the order they began."""
+    Zeek emit them); ``frame.seq`` gives the order they began. With ``jobs`` > 1 (or the
+    ``dask`` engine), the same records from parallel partitions (``flowsense.parallel``), in
+    another order, ``seq`` counted per partition."""
+    from flowsense.parallel.engine import ParallelPipeline, can_split
+
     config = config or Config()
     frames: list[FeatureFrame] = []
-    pipe = Pipeline(config, frames.append)
-    for path in order_by_time(expand_inputs(paths), config):
-        pipe.run_file(path)
-    pipe.finish()
+    paths = order_by_time(expand_inputs(paths), config)
+    pipe: Pipeline | ParallelPipeline
+    if (jobs > 1 or engine != "local") and can_split(paths):
+        pipe = ParallelPipeline(config, frames.append, jobs=jobs, engine=engine,
+                                scheduler=scheduler)
+    else:
+        pipe = Pipeline(config, frames.append)
+    pipe.run(paths)
     return FlowsResult(concat(frames), pipe.counters_dict(), pipe.errors)

@@ -195,8 +195,10 @@ class FlowTable:
         self._dirty_out = np.empty(new_cap, dtype=np.int64)
 
     # --- feeding ------------------------------------------------------------------------------
-    def feed(self, batch: PacketBatch, sink: Sink = _null_sink) -> None:
-        """Aggregate one batch; ended flows and interim records go to ``sink`` as they occur."""
+    def feed(self, batch: PacketBatch, sink: Sink = _null_sink, drain: bool = True) -> None:
+        """Aggregate one batch; ended flows and interim records go to ``sink`` as they occur
+        (an interim record at once; ended flows, whose rows no longer change, at the latest
+        when the batch is done, or with ``drain=False`` at the next ``drain``)."""
         c = batch.cols
         i = 0
         while True:
@@ -217,7 +219,8 @@ class FlowTable:
                 self.flush(sink)
             elif status != K_EVENTS:
                 raise RuntimeError(f"flow kernel returned status {status}")
-        self.drain(sink)
+        if drain:
+            self.drain(sink)
 
     def tick(self, now_ns: int, sink: Sink = _null_sink) -> None:
         """Expire by wall clock (the sidecar on a quiet link)."""
