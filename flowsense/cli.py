@@ -45,7 +45,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0)
     g = p.add_argument_group("scale-out (README: Many captures, many cores)")
-    g.add_argument("--jobs", type=int, metavar="N",
+    g.add_argument("--jobs", type=_jobs, metavar="N",
                    help="partitions in parallel (default: the machine's cores; inputs smaller "
                         "than one chunk run in one process)")
     g.add_argument("--engine", choices=ENGINES, default="local",
@@ -54,6 +54,17 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="Dask scheduler (tcp://host:8786); default: a local cluster on loopback")
     g.add_argument("--independent", action="store_true",
                    help="each file on its own (fresh flows and detector state), not one stream")
+
+
+def _jobs(text: str) -> int:
+    """``--jobs`` (flag or config file): a whole number, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,9 +206,7 @@ def _pipeline(args: argparse.Namespace, cfg: Config, paths: list[str], sink: Fra
               text_sink: object = None) -> tuple[AnyPipeline, bool]:
     """A parallel pipeline when asked for (or by default, when the inputs are worth it and can
     be split), else one table; the flag says which."""
-    jobs = args.jobs
-    if jobs is not None and jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    jobs = args.jobs  # at least 1 (_jobs)
     if jobs is None:
         jobs = default_jobs()
         small = sum(os.path.getsize(p) for p in paths if p != "-" and os.path.isfile(p))

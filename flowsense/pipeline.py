@@ -30,7 +30,6 @@ from flowsense.config import Config
 from flowsense.errors import CaptureError, InputMissingError
 from flowsense.flows.features import FeatureFrame, concat, in_end_order
 from flowsense.flows.table import FlowTable, WatchRule
-from flowsense.parallel.kernels import sync_points
 from flowsense.schema import N_STATUS, PF_FRAG_ORPHAN, ST_TRUNCATED, STATUS_NAMES
 
 log = logging.getLogger(__name__)
@@ -113,15 +112,64 @@ where the input is a stream or gzip), and once more with ``FILE_DONE`` when the 
 FILE_DONE = -1
 
 
+class Steps:
+    """Where the detectors are shown what happened, in an analysis of files: the end of each
+    *step*, ``batch_packets`` records of a file (counted from its first record) or the rest of
+    the file at its end. At a step's end the detectors get, in this order: the DNS replies
+    (prompt-ruled flows) that arrived during the step, the flows that ended (or were
+    interim-recorded) during it, each frame in ``in_end_order``; then, when
+    ``snapshot_interval_s`` of capture time has passed since the last look (or the clock went
+    back, or at the first step), a snapshot of the live watched flows touched since.
+
+    The steps depend on record counts and packet times only, never on how a reader batches
+    records or when a table drains its events: a parallel run (``flowsense.parallel``), whose
+    partitions each keep a table fed every packet, cuts the same steps and shows the detectors
+    the same frames at the same points. A step is the batch a one-process reader hands on, so a
+    step's end is where ``Pipeline`` always looked (the first look right after the first batch:
+    a short capture's flows are seen live, before the end flushes them)."""
+
+    def __init__(self, config: Config) -> None:
+        self.every = config.capture.batch_packets
+        self.snap_ns = int(config.flows.snapshot_interval_s * 1e9)
+        self.last_look = 0  # the clock at the last look
+        self.done = 0  # records of the current file so far
+        self.prompts: list[FeatureFrame] = []
+        self.ended: list[FeatureFrame] = []
+
+    def begin_file(self) -> None:
+        self.done = 0
+
+    def cut(self, n: int) -> Iterator[tuple[int, int, bool]]:
+        """A batch of ``n`` records in (start, stop, whether a step ends at stop)."""
+        start = 0
+        while start < n:
+            stop = min(n, start + self.every - self.done % self.every)
+            self.done += stop - start
+            yield start, stop, self.done % self.every == 0
+            start = stop
+
+    def look_due(self, clock: int) -> bool:
+        """Whether the live watched flows are shown at a step's end (updates the last look)."""
+        if clock - self.last_look < self.snap_ns and clock >= self.last_look:
+            return False
+        self.last_look = clock
+        return True
+
+    def take(self) -> tuple[FeatureFrame, FeatureFrame]:
+        """The step's DNS replies and ended flows, each in ``in_end_order``; held no longer."""
+        prompts, ended = in_end_order(self.prompts), in_end_order(self.ended)
+        self.prompts.clear()  # in place: a table's prompt_sink is this list's append
+        self.ended.clear()
+        return prompts, ended
+
+
 class Pipeline:
     """One stream of inputs through one flow table; frames of ended flows go to ``sink``.
 
-    With a ``snapshot_sink`` (the detectors' use), the pipeline looks on a capture-time cadence:
-    before the first packet ``snapshot_interval_s`` past the last look (or going back past the
-    idle timeout), and at the end. Each look hands ``sink`` one frame of every flow ended (or
-    interim-recorded) since the last, in ``in_end_order``, then ``snapshot_sink`` the live
-    watched flows touched since. Looks depend on packet times only, never on batch sizes or
-    table internals: the parallel engines (``flowsense.parallel``) look at the same points.
+    With a ``snapshot_sink`` (the detectors' use), files are analysed in ``Steps``: what ended,
+    and the DNS replies, are shown at each step's end, and the live watched flows on a
+    capture-time cadence. A live source (``feed``, ``tick``: the sidecar) hands the detectors
+    what ended as the table drains it, DNS replies at once, and looks at each tick.
     """
 
     def __init__(self, config: Config, sink: FrameSink,
@@ -130,10 +178,10 @@ class Pipeline:
         self.config = config
         self.sink = sink
         self.snapshot_sink = snapshot_sink
+        self.steps = Steps(config)
         self.table = FlowTable(config.flows, list(watch_rules))
-        # prompt-ruled flows (a DNS answer) reach the detectors as live records the moment
-        # their reply arrives, before any flow that ends later is judged (a parallel run ships
-        # them with its partitions' looks and shows them first: flowsense.parallel.engine)
+        # prompt-ruled flows (a DNS answer) reach the detectors as live records when their
+        # reply arrives, before any flow that ends later is judged (files: at the step's end)
         self.table.prompt_sink = snapshot_sink
         self.decoder = Decoder(config.capture)
         self.reader_stats = ReaderStats()
@@ -141,8 +189,7 @@ class Pipeline:
         self.errors: list[CaptureError] = []
         self._starts: list[tuple[int, str]] = []  # (first packet ns, path) of each input read
         self.progress: ProgressHook | None = None
-        self._pending: list[FeatureFrame] = []  # ended since the last look (with snapshot_sink)
-        self._sync = np.array([0, -1], dtype=np.int64)  # the looks' clock and anchor
+        self._stepped = False  # files were analysed in steps: the end is shown in one frame
         self._end_clock = 0
 
     def run_file(self, path: str) -> None:
@@ -153,9 +200,18 @@ class Pipeline:
         # a file that goes back in time needs no rule of its own: the table restarts its flows
         # at any packet older than the clock by more than the idle timeout (K_TIMEJUMP)
         mapped = self.progress is not None and is_mapped(path)
+        stepped = self.snapshot_sink is not None
+        if stepped:
+            self._stepped = True
+            self.steps.begin_file()
+            self.table.prompt_sink = self.steps.prompts.append
+            self.table.hold_prompts = True
         try:
             for batch in iter_batches(path, self.config.capture, self.reader_stats, self.decoder):
-                self.feed(batch)
+                if stepped:
+                    self._feed_steps(batch)
+                else:
+                    self.feed(batch)
                 if self.progress is not None and batch.n:
                     end = int(batch.cols["rec_off"][batch.n - 1]) if mapped else None
                     self.progress(path, batch.n, end)
@@ -164,40 +220,58 @@ class Pipeline:
             # keep the error, not its traceback: the frames would pin the reader's buffers
             self.errors.append(exc.with_traceback(None))
             log.warning("%s", exc)
+        if stepped:
+            self._step_end()  # the file's end ends its last step
+            self.table.prompt_sink = self.snapshot_sink
+            self.table.hold_prompts = False
         if self.progress is not None:
             self.progress(path, 0, FILE_DONE)
 
     def feed(self, batch: PacketBatch) -> None:
-        """One decoded batch into the table (files and live sources alike)."""
+        """One decoded batch into the table (a live source)."""
         self.counters.add(batch)
-        if self.snapshot_sink is None:
-            self.table.feed(batch, self.sink)
-            return
-        for part, look in split_at_looks(batch, self._sync, self.config):
-            self.table.feed(part, self._pending.append)
-            if look:
-                self.look()
+        self.table.feed(batch, self.sink)
+        self._maybe_snapshot()
+
+    def _feed_steps(self, batch: PacketBatch) -> None:
+        self.counters.add(batch)
+        for start, stop, end in self.steps.cut(batch.n):
+            part = batch if stop - start == batch.n else slice_batch(batch, start, stop)
+            self.table.feed(part, self.steps.ended.append)
+            if end:
+                self._step_end()
+
+    def _step_end(self) -> None:
+        assert self.snapshot_sink is not None
+        self.table.release_prompts()
+        prompts, ended = self.steps.take()
+        if prompts.n:
+            self.snapshot_sink(prompts)
+        if ended.n:
+            self.sink(ended)
+        self._maybe_snapshot()
 
     def tick(self, now_ns: int) -> None:
         """Live input: advance the table's clock to ``now_ns`` (expiring what idled out) and
-        look, whatever the capture time says (a quiet link still ticks)."""
+        show detectors the watched flows touched since the last look, whatever the capture
+        time says (a quiet link still ticks)."""
+        self.table.tick(now_ns, self.sink)
         if self.snapshot_sink is None:
-            self.table.tick(now_ns, self.sink)
             return
-        self.table.tick(now_ns, self._pending.append)
-        self.look()
+        self.steps.last_look = self.table.clock_ns
+        self._snapshot()
 
-    def look(self, snapshot: bool = True) -> None:
-        """Show detectors what ended since the last look, then (unless at the end) the live
-        watched flows touched since (the flows their watch rules picked)."""
-        frame = in_end_order(self._pending)
-        self._pending = []
+    def _maybe_snapshot(self) -> None:
+        """Show detectors the live watched flows touched since the last look, on a capture-time
+        cadence (the flows their watch rules picked; the rest are judged when they end)."""
+        if self.snapshot_sink is not None and self.steps.look_due(self.table.clock_ns):
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        assert self.snapshot_sink is not None
+        frame = in_end_order([self.table.snapshot(watched_only=True)])
         if frame.n:
-            self.sink(frame)
-        if snapshot and self.snapshot_sink is not None:
-            snap = in_end_order([self.table.snapshot(watched_only=True)])
-            if snap.n:
-                self.snapshot_sink(snap)
+            self.snapshot_sink(frame)
 
     def run(self, paths: list[str]) -> None:
         """Every input (in time order), then the end."""
@@ -207,7 +281,8 @@ class Pipeline:
 
     @property
     def clock_ns(self) -> int:
-        """The latest packet time (before the end: the end flushes the table's clock)."""
+        """The latest packet time (after the end: the last before it; the end resets the
+        table's clock)."""
         return self.table.clock_ns or self._end_clock
 
     def source_of(self, ts_ns: int) -> str:
@@ -216,35 +291,22 @@ class Pipeline:
         return self._starts[max(k, 0)][1] if self._starts else ""
 
     def finish(self) -> None:
+        """End every live flow. After files analysed in steps, the flows the end closes are
+        shown in one frame in ``in_end_order`` (as a parallel run shows them)."""
         self._end_clock = self.table.clock_ns
-        if self.snapshot_sink is None:
+        if not self._stepped:
             self.table.flush(self.sink)
             return
-        self.table.flush(self._pending.append)
-        self.look(snapshot=False)
+        self.table.flush(self.steps.ended.append)
+        _, ended = self.steps.take()
+        if ended.n:
+            self.sink(ended)
 
     def counters_dict(self) -> dict[str, int]:
         d = self.counters.as_dict()
         d.update(self.table.stats())
         d["interface_drops"] = self.reader_stats.interface_drops
         return d
-
-
-def split_at_looks(batch: PacketBatch, sync: np.ndarray, config: Config,
-                   feed: PacketBatch | None = None) -> Iterator[tuple[PacketBatch, bool]]:
-    """The batch (or ``feed``, the same packets with other statuses) in pieces, each with
-    whether a look follows it (``Pipeline`` explains when); ``sync`` ([clock, anchor]) carries
-    the cadence from batch to batch."""
-    cuts = np.empty(batch.n, dtype=np.int64)
-    c = batch.cols
-    k = sync_points(c["ts_ns"], c["status"], batch.n, sync,
-                    int(config.flows.snapshot_interval_s * 1e9),
-                    int(config.flows.idle_timeout_s * 1e9), cuts)
-    feed = feed or batch
-    start = 0
-    for cut in [*cuts[:k].tolist(), batch.n]:
-        yield slice_batch(feed, start, cut), cut < batch.n
-        start = cut
 
 
 def slice_batch(batch: PacketBatch, start: int, stop: int) -> PacketBatch:

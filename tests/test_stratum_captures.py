@@ -82,21 +82,19 @@ def test_xmrig_login_counts_past_the_slab_and_dns_learned_first(tmp_path: Path) 
         assert ev["agent"].startswith("XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12")
         assert ev["algo"] == "rx/0" and ev["worker"].startswith("44AFFq5k")
         want = truth[a["src_port"]]
-        # raised at the first look that saw the evidence (while mining): the counts so far
-        assert 0 < ev["jobs"] <= want["jobs"] and 0 < ev["shares"] <= want["shares"]
-    final = _final_evidence(cap, None)  # judged again when each flow ended: every message
-    for port, want in truth.items():
-        assert (final[port]["jobs"], final[port]["shares"]) == (want["jobs"], want["shares"])
-    long = max(final.values(), key=lambda ev: ev["shares"])
+        assert (ev["jobs"], ev["shares"]) == (want["jobs"], want["shares"])
+    long = max(mining, key=lambda a: a["evidence"]["shares"])
     # the slab held only part of the session: the rest was counted from the packet sizes
-    assert long["jobs_parsed"] < long["jobs"] and long["shares_parsed"] < long["shares"]
+    assert long["evidence"]["jobs_parsed"] < long["evidence"]["jobs"]
+    assert long["evidence"]["shares_parsed"] < long["evidence"]["shares"]
     pools = [a for a in alerts if a["alert"]["category"] == "mining-pool"]
-    # both connections were judged while their lookups' UDP flows were still open: only an
-    # answer learned when it arrived can name its pool
+    # the first connection ended (FIN, then 8 s) while both lookups' UDP flows were still open:
+    # only an answer learned when it arrived can name its pool
     assert sorted(a["src_port"] for a in pools) == sorted(a["src_port"] for a in mining)
     for a in pools:
         assert a["alert"]["variant"] == "dns" and a["evidence"]["matched"] == "pool.supportxmr.com"
         assert a["dest_ip"] == "203.0.113.10" and a["src_ip"] == INSIDE
+    assert any(a["flow"]["state"] == "closed" for a in pools)
 
 
 def test_nicehash_ethereumstratum(tmp_path: Path) -> None:
@@ -291,25 +289,24 @@ def test_counts_carry_across_snapshots_past_a_small_trace_ring(tmp_path: Path) -
               if a["alert"]["category"] == "stratum-mining"]
     long = max(mining, key=lambda a: truth[a["src_port"]]["shares"])
     assert long["flow"]["state"] == "open"  # first judged while the session was up
-    final = _final_evidence(cap, cfg)  # the same tally, read when the flow ended
+    counts = _final_counts(cap, cfg)  # the same tally, read when the flow ended
     for port, want in truth.items():
-        assert (final[port]["jobs"], final[port]["shares"]) == (want["jobs"], want["shares"])
+        assert counts[port] == (want["jobs"], want["shares"])
 
 
-def _final_evidence(cap: Path, cfg: Path | None) -> dict[int, dict]:
-    """The evidence of each Stratum flow as judged when it ended, after every look."""
+def _final_counts(cap: Path, cfg: Path) -> dict[int, tuple[int, int]]:
+    """Jobs and shares of each Stratum flow as judged when it ended, after every snapshot."""
     from flowsense.config import load_config
     from flowsense.detect.stratum import StratumDetector
 
     det = StratumDetector()
-    out: dict[int, dict] = {}
+    out: dict[int, tuple[int, int]] = {}
 
     def sink(frame) -> None:  # type: ignore[no-untyped-def]
         for a in det.on_frame(frame):
-            out[a.flow["src_port"]] = a.evidence
+            out[a.flow["src_port"]] = (a.evidence["jobs"], a.evidence["shares"])
 
-    pipe = Pipeline(load_config(str(cfg) if cfg else None), sink, det.watch_rules(),
-                    det.on_snapshot)
+    pipe = Pipeline(load_config(str(cfg)), sink, det.watch_rules(), det.on_snapshot)
     pipe.run_file(str(cap))
     pipe.finish()
     return out

@@ -317,13 +317,6 @@ class DnsTunnelDetector(Detector):
         # later keeps its signature, so it stays one alert a flow (a stronger one an update)
         self._reported: OrderedDict[int, str] = OrderedDict()
 
-    def on_snapshot(self, frame: FeatureFrame) -> list[Alert]:
-        """DNS flows are judged when they end (UDP: 120 s after the last query; ``watch``
-        expires them on its tick). The live records a DNS reply brings early are for the pool
-        detector's answers: judging them here would make the evidence depend on when a table
-        drained, which differs between one process and a parallel run."""
-        return []
-
     def on_frame(self, frame: FeatureFrame) -> list[Alert]:
         if frame.n == 0:
             return []

@@ -275,7 +275,9 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
 def take(frame: FeatureFrame, rows: np.ndarray) -> FeatureFrame:
     """The rows ``rows`` of a frame, in that order (keeps cold arrays, slabs and traces)."""
     rows = np.asarray(rows, dtype=np.int64)
-    where = {int(r): i for i, r in enumerate(rows.tolist())}
+    at = np.full(frame.n, -1, dtype=np.int64)  # old row -> new row (slabs, traces: few)
+    at[rows] = np.arange(len(rows))
+    where = {i: int(at[i]) for i in (*frame.slabs, *frame.traces) if at[i] >= 0}
 
     def sub(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a[rows]

@@ -132,6 +132,12 @@ class FlowTable:
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
         self.prompt_sink: Sink | None = None
         """Where the records of prompt-ruled flows go when their reply arrives (else dropped)."""
+        self.hold_prompts = False
+        """Hold those records until ``release_prompts`` (the flow as it is then), or until the
+        flow ends (as it ended), whichever comes first: then they are the same whenever the
+        table drains (drains follow the event list's room and the table's growth, which differ
+        between one table and a parallel run's partitions)."""
+        self._held = np.zeros(0, dtype=np.int64)  # slots whose prompt record is held
 
     # --- allocation ---------------------------------------------------------------------------
     def _allocate(self, cap: int, old: TK.TableArrays | None) -> TK.TableArrays:
@@ -259,18 +265,34 @@ class FlowTable:
         T.st[S_NEV] = 0
         prompt = kinds == EV_PROMPT
         if prompt.any():  # before the ends: a later flow may need what these replies said
-            if self.prompt_sink is not None:
-                ps = slots[prompt]
-                self.prompt_sink(gather(T, ps, np.zeros(len(ps), np.int64), interim=False))
+            if self.prompt_sink is not None and self.hold_prompts:
+                self._held = np.concatenate([self._held, slots[prompt]])
+            elif self.prompt_sink is not None:
+                self._show_prompts(slots[prompt])
             slots, kinds = slots[~prompt], kinds[~prompt]
         interim = kinds == END_ACTIVE
         if interim.any():
             sink(gather(T, slots[interim], kinds[interim], interim=True))
         ended = ~interim
         if ended.any():
-            sink(gather(T, slots[ended], kinds[ended], interim=False))
             rel = slots[ended]
+            if len(self._held):  # a held record goes before its slot is freed: as it ended
+                gone = np.isin(self._held, rel)
+                if gone.any():
+                    self._show_prompts(self._held[gone])
+                    self._held = self._held[~gone]
+            sink(gather(T, rel, kinds[ended], interim=False))
             TK.release_slots(T, rel, len(rel))
+
+    def release_prompts(self) -> None:
+        """The held prompt records (``hold_prompts``) of the flows still live, as they are now."""
+        if len(self._held):
+            held, self._held = self._held, np.zeros(0, dtype=np.int64)
+            self._show_prompts(held)
+
+    def _show_prompts(self, slots: np.ndarray) -> None:
+        assert self.prompt_sink is not None
+        self.prompt_sink(gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False))
 
     def flush(self, sink: Sink) -> None:
         """End every live flow (end of input)."""

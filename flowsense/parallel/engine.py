@@ -2,8 +2,9 @@
 
 ``ParallelPipeline`` picks the engine (``local``: forked workers on this machine; ``dask``:
 Dask distributed), joins what the partitions hand back and calls the same sinks a Pipeline
-would: for the detectors, one frame of ended flows and one snapshot a look, each in
-``in_end_order``; records as frames, or already formatted text.
+would: for the detectors, at each step's end (``pipeline.Steps``) one frame of DNS replies, one
+of ended flows and, when due, one snapshot, each in ``in_end_order``; records as frames, or
+already formatted text.
 
 What is the same as one table, and what is not (docs/design.md): every flow record and every
 alert (given the sorts below); ``flows`` output order (per round, partition by partition: sort
@@ -134,15 +135,23 @@ class ParallelPipeline:
                     raise RuntimeError("partitions disagree on where detectors look")
                 return
             looks = [q.popleft() for q in queues]
-            if len({lk[0] for lk in looks}) != 1:
+            kinds = {lk[0] for lk in looks}
+            if len(kinds) != 1 or len({lk[-1] for lk in looks}) != 1:
                 raise RuntimeError("partitions disagree on where detectors look")
-            if looks[0][0] == "end":
+            if looks[0][0] == "end":  # the flows the end closed
                 self._clock = looks[0][2]
                 self._show(self.sink, [lk[1] for lk in looks])
                 continue
-            self._clock = looks[0][3]
-            self._show(self.sink, [lk[1] for lk in looks])
-            self._show(self.snapshot_sink, [lk[2] for lk in looks])
+            # a step's end (pipeline.Steps): its DNS replies, its ended flows, maybe a snapshot
+            self._clock = looks[0][4]
+            self._show(self.snapshot_sink, [lk[1] for lk in looks])
+            self._show(self.sink, [lk[2] for lk in looks])
+            snaps = [lk[3] for lk in looks]
+            if any(s is None for s in snaps):
+                if not all(s is None for s in snaps):
+                    raise RuntimeError("partitions disagree on where detectors look")
+                continue
+            self._show(self.snapshot_sink, snaps)
 
     @staticmethod
     def _show(sink: FrameSink | None, frames: list[FeatureFrame]) -> None:

@@ -1,7 +1,6 @@
 """Kernels of the parallel engines: which partition a packet's flow belongs to, the statuses a
-partition's table is fed (other partitions' packets become clock ticks), the points where
-detectors are shown what happened (capture-time cadence), and finding a pcap record boundary
-from an arbitrary byte offset.
+partition's table is fed (other partitions' packets become clock ticks), and finding a pcap
+record boundary from an arbitrary byte offset.
 """
 
 from __future__ import annotations
@@ -37,38 +36,6 @@ def tick_statuses(status, part, n, p, out):
             out[i] = ST_TICK
         else:
             out[i] = s
-
-
-@kernel
-def sync_points(ts_ns, status, n, state, snap_ns, idle_ns, out):
-    """Indices of the packets before which detectors look (one table's clock, mirrored).
-
-    ``state`` int64[2]: [0] the clock (as the flow kernel keeps it), [1] the anchor (capture time
-    of the last look, -1 before the first packet); updated. A look happens before an IP packet
-    whose time is ``snap_ns`` past the anchor, or that goes back by more than the idle timeout
-    (the table then restarts its flows). Returns how many indices were written to ``out``.
-    """
-    clock = state[0]
-    anchor = state[1]
-    k = 0
-    for i in range(n):
-        if status[i] != ST_OK:
-            continue
-        t = ts_ns[i]
-        jump = t < clock - idle_ns
-        if jump:
-            clock = 0
-        if anchor < 0:
-            anchor = t
-        elif jump or t >= anchor + snap_ns:
-            out[k] = i
-            k += 1
-            anchor = t
-        if t > clock:
-            clock = t
-    state[0] = clock
-    state[1] = anchor
-    return k
 
 
 @kernel

@@ -4,9 +4,10 @@ in order, its own flows as packets and everyone else's as clock ticks.
 A flow belongs to one partition (a keyed hash of its key, both directions alike), so all of a
 flow's packets meet one table in capture order and its record is what one table would make. The
 ticks keep every table's clock, time jumps and expiry (idle ends, interim records, the moment of
-an active timeout) exactly those of a single table. Detectors' looks fall on packet times
-(``pipeline.split_at_looks``), so every partition looks at the same points; the parent joins
-what each saw (``merge.Merger``).
+an active timeout) exactly those of a single table. For the detectors every partition cuts the
+stream into the same steps as one process (``pipeline.Steps``: record counts of each file) and
+hands back, at each step's end, its share of what the detectors are shown there; the parent
+joins the shares (``engine.ParallelPipeline``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flowsense.flows.table import FlowTable, WatchRule
 from flowsense.parallel.kernels import tick_statuses
 from flowsense.parallel.plan import (
     H_DROPS,
+    H_ENDED,
     H_FRAG,
     H_INLINE,
     H_NEXT,
@@ -35,7 +37,7 @@ from flowsense.parallel.plan import (
     assign_partitions,
     file_buffer,
 )
-from flowsense.pipeline import Counters, split_at_looks
+from flowsense.pipeline import Counters, Steps, slice_batch
 from flowsense.report import flows as flows_out
 
 Item = tuple[Any, ...]
@@ -116,8 +118,10 @@ class Partition:
         self.counters = Counters()  # partition 0 counts packets for the run
         self.errors: list[CaptureError] = []
         self.items: list[Item] = []
-        self._sync = np.array([0, -1], dtype=np.int64)
-        self._pending: list[FeatureFrame] = []
+        self.steps = Steps(config)
+        if output.kind == "analyze":  # DNS replies go with the step they came in
+            self.table.prompt_sink = self.steps.prompts.append
+            self.table.hold_prompts = True
         self._damaged: set[int] = set()
         self._next: dict[int, int] = {}  # file -> where its next range starts
         self._buf: tuple[int, np.ndarray] | None = None
@@ -129,6 +133,7 @@ class Partition:
         """A whole input, read here (Dask, where every partition reads for itself)."""
         self._begin(f)
         self._read_local(f, None)
+        self._file_end()
 
     def consume(self, piece: Piece, region: Region | None) -> None:
         """A piece decoded into ``region`` by whichever worker produced it (or read here when
@@ -136,6 +141,14 @@ class Partition:
         f = piece.file
         if f in self._damaged:
             return
+        self._consume(piece, region)
+        if (f in self._damaged or piece.kind == "whole"
+                or (piece.kind == "range" and piece.stop >= self.files[f].size)
+                or (piece.kind == "stream" and region is not None and region.hdr[H_ENDED])):
+            self._file_end()
+
+    def _consume(self, piece: Piece, region: Region | None) -> None:
+        f = piece.file
         if piece.first:
             self._begin(f)
         inp = self.files[f]
@@ -171,6 +184,7 @@ class Partition:
 
     def _begin(self, f: int) -> None:
         self.counters.files += 1
+        self.steps.begin_file()
         if self.p == 0:
             self.items.append(("start", self.files[f].path, self.table.clock_ns))
 
@@ -211,14 +225,26 @@ class Partition:
         if self.output.kind != "analyze":
             self.table.feed(feed, self._records, drain=False)  # drained once a round
             return
-        for sub, look in split_at_looks(batch, self._sync, self.config, feed):
-            self.table.feed(sub, self._pending.append, drain=False)
-            if look:
-                self.table.drain(self._pending.append)
-                snap = in_end_order([self.table.snapshot(watched_only=True)])
-                self.items.append(("look", in_end_order(self._pending), snap,
-                                   self.table.clock_ns))
-                self._pending = []
+        for start, stop, end in self.steps.cut(n):
+            sub = feed if stop - start == n else slice_batch(feed, start, stop)
+            self.table.feed(sub, self.steps.ended.append, drain=False)
+            if end:
+                self._step_end()
+
+    def _step_end(self) -> None:
+        """This partition's share of what the detectors are shown at a step's end (the step's
+        DNS replies, its ended flows, and a snapshot when one is due: ``pipeline.Steps``)."""
+        self.table.drain(self.steps.ended.append)
+        self.table.release_prompts()
+        prompts, ended = self.steps.take()
+        clock = self.table.clock_ns
+        snap = (in_end_order([self.table.snapshot(watched_only=True)])
+                if self.steps.look_due(clock) else None)
+        self.items.append(("look", prompts, ended, snap, clock))
+
+    def _file_end(self) -> None:
+        if self.output.kind == "analyze":
+            self._step_end()  # a file's end ends its last step
 
     def _records(self, frame: FeatureFrame) -> None:
         kind = self.output.kind
@@ -233,8 +259,9 @@ class Partition:
         self.items.extend(("bytes", part) for part in text.parts)
 
     def _drain(self) -> None:
-        self.table.drain(self._pending.append if self.output.kind == "analyze"
-                         else self._records)
+        """Ended flows out (``flows``; for the detectors they wait for their step's end)."""
+        if self.output.kind != "analyze":
+            self.table.drain(self._records)
 
     def take(self) -> list[Item]:
         """What this partition made since the last call (ended flows drained first)."""
@@ -247,9 +274,9 @@ class Partition:
         clock = self.table.clock_ns
         self._drain()
         if self.output.kind == "analyze":
-            self.table.flush(self._pending.append)
-            self.items.append(("end", in_end_order(self._pending), clock))
-            self._pending = []
+            self.table.drain(self.steps.ended.append)
+            self.table.flush(self.steps.ended.append)
+            self.items.append(("end", self.steps.take()[1], clock))
         else:
             self.table.flush(self._records)
         return {"items": self.take(), "stats": self.table.stats(),
