@@ -114,8 +114,9 @@ def test_bench_capture_cut_into_ranges(bench_capture: Path, tmp_path: Path) -> N
     assert n == meta["flows"]
     cfg = config_file(tmp_path, chunk)
     one = eve(tmp_path, [str(bench_capture), "--jobs", "1", "--config", cfg], "one.json")
-    three = eve(tmp_path, [str(bench_capture), "--jobs", "3", "--config", cfg], "three.json")
-    assert one == three
+    for jobs in ("2", "3"):
+        assert one == eve(tmp_path, [str(bench_capture), "--jobs", jobs, "--config", cfg],
+                          f"jobs{jobs}.json")
     # its SSH sessions and miners stay open: judged at the looks, so alerts exist to compare
     assert any('"stratum-mining"' in line for line in one)
 
@@ -157,55 +158,85 @@ def _stratum(t: float) -> list[tuple[float, bytes]]:
                         (1, notify), (1, notify)], close=False, gap_s=10.0)
 
 
-def _noise(t0: float, n: int) -> list[tuple[float, bytes]]:
-    return [(t0 + i, udp("10.0.0.9", "10.0.1.9", 5000 + i, 123, b"\x23" + b"\0" * 400))
+def _noise(t0: float, n: int, gap: float = 1.0) -> list[tuple[float, bytes]]:
+    return [(t0 + i * gap, udp("10.0.0.9", "10.0.1.9", 5000 + i, 123, b"\x23" + b"\0" * 400))
             for i in range(n)]
 
 
-def pool_capture(path: Path) -> tuple[list[tuple[float, bytes]], list[tuple[float, bytes]]]:
-    """DNS answer at 0 s (its flow idles out at 120 s), filler, then at 130 s a Stratum session
-    to the answered address, open for 70 s: judged at the look past 160 s, after the answer."""
-    first = _dns(33333, 1_600_000_000.0) + _noise(1_600_000_001.0, 60)
-    second = _stratum(1_600_000_130.0)
+def pool_capture(path: Path, late: bool = True
+                 ) -> tuple[list[tuple[float, bytes]], list[tuple[float, bytes]]]:
+    """DNS answer at 0 s, 60 filler packets, then a Stratum session to the answered address,
+    open for 70 s and judged live (a snapshot at the file's end, or with small steps at the
+    looks every 30 s). ``late``: the session starts at 130 s, after the lookup's flow idled out
+    (120 s); else at 2 s, while that flow is open: only the reply's prompt record names it."""
+    t0 = 1_600_000_000.0
+    first = _dns(33333, t0) + _noise(t0 + 0.5, 60, 1.0 if late else 0.02)
+    second = _stratum(t0 + (130.0 if late else 2.0))
     write_pcap(path, first + second)
     return first, second
 
 
-def test_pool_dns_in_first_range_stratum_in_a_later_one(tmp_path: Path) -> None:
+def _pool_alerts(path: Path, cfg: Config, **parallel: object) -> list[tuple]:
+    """The Stratum and pool detectors' alerts over ``path``: one table, or ``parallel``."""
+    found: list = []
+    dets = [StratumDetector(), PoolDetector(Resources(pools=load_pools(None)))]
+
+    def sink(frame: FeatureFrame) -> None:
+        for d in dets:
+            found.extend(d.on_frame(frame))
+
+    def snap(frame: FeatureFrame) -> None:
+        for d in dets:
+            found.extend(d.on_snapshot(frame))
+
+    rules = [r for d in dets for r in d.watch_rules()]
+    pipe = (ParallelPipeline(cfg, sink, rules, snap, **parallel) if parallel  # type: ignore[arg-type]
+            else Pipeline(cfg, sink, rules, snap))
+    pipe.run([str(path)])
+    return sorted((a.category, a.variant, a.timestamp_ns, json.dumps(a.evidence, sort_keys=True),
+                   json.dumps(a.flow)) for a in found)
+
+
+def _split_key(path: Path) -> int:
+    """A run key that puts the DNS flow and the Stratum flow in different partitions."""
+    batch = next(iter_batches(str(path)))
+    ports = batch.cols["dport"][: batch.n]
+    return next(k for k in range(1, 200) if len(set(assign_partitions(
+        batch, np.empty(batch.n, np.uint8), 2, k)[np.isin(ports, (53, 3333))].tolist())) == 2)
+
+
+def _pool_case(tmp_path: Path, steps: int, late: bool) -> tuple[Path, Config, int]:
     path = tmp_path / "pool.pcap"
-    first, _ = pool_capture(path)
+    first, _ = pool_capture(path, late)
     chunk = 4096
     end_of_first = 24 + sum(16 + len(f) for _, f in first)
     assert end_of_first > 4 * chunk  # the Stratum session starts ranges after the answer
-    cfg = small_chunks(chunk)
-    # a run key that puts the DNS flow and the Stratum flow in different partitions
-    batch = next(iter_batches(str(path), cfg.capture))
-    ports = batch.cols["dport"][: batch.n]
-    key = next(k for k in range(1, 200) if len(set(assign_partitions(
-        batch, np.empty(batch.n, np.uint8), 2, k)[np.isin(ports, (53, 3333))].tolist())) == 2)
-    alerts: dict[int, list] = {}
-    for jobs in (1, 2):
-        found: list = []
-        dets = [StratumDetector(), PoolDetector(Resources(pools=load_pools(None)))]
+    cfg = small_chunks(chunk, batch_packets=steps)
+    return path, cfg, _split_key(path)
 
-        def sink(frame: FeatureFrame, dets: list = dets, found: list = found) -> None:
-            for d in dets:
-                found.extend(d.on_frame(frame))
 
-        def snap(frame: FeatureFrame, dets: list = dets, found: list = found) -> None:
-            for d in dets:
-                found.extend(d.on_snapshot(frame))
+def _named_by_dns(alerts: list[tuple]) -> None:
+    """The session is named by the DNS answer, judged while it was open."""
+    dns = [a for a in alerts if a[:2] == ("mining-pool", "dns")]
+    assert dns and all(POOL_NAME in a[3] for a in dns)
+    assert any(json.loads(a[4])["eve_flow"]["state"] == "open" for a in dns)
+    assert any(a[0] == "stratum-mining" for a in alerts)
 
-        rules = [r for d in dets for r in d.watch_rules()]
-        pipe = (Pipeline(cfg, sink, rules, snap) if jobs == 1
-                else ParallelPipeline(cfg, sink, rules, snap, jobs=2, key=key))
-        pipe.run([str(path)])
-        alerts[jobs] = sorted((a.category, a.variant, a.timestamp_ns,
-                               json.dumps(a.evidence, sort_keys=True), json.dumps(a.flow))
-                              for a in found)
-    assert alerts[1] == alerts[2]
-    dns = [a for a in alerts[1] if a[:2] == ("mining-pool", "dns")]
-    assert dns and POOL_NAME in dns[0][3]
+
+# one step (the file's end: the answer and the session shown together), or steps of 8
+# records (the answer steps before the session, which is judged at the looks); the session
+# after the lookup's flow ended, or while it is open (its prompt record alone names it)
+STEPS_AND_TIMING = [(65536, True), (8, True), (65536, False), (8, False)]
+
+
+@pytest.mark.parametrize("steps, late", STEPS_AND_TIMING)
+def test_pool_dns_in_first_range_stratum_in_a_later_one(tmp_path: Path, steps: int,
+                                                        late: bool) -> None:
+    path, cfg, key = _pool_case(tmp_path, steps, late)
+    one = _pool_alerts(path, cfg)
+    _named_by_dns(one)
+    assert one == _pool_alerts(path, cfg, jobs=2, key=key)
+    assert one == _pool_alerts(path, cfg, jobs=3, key=key)
 
 
 # --- --independent and globs ------------------------------------------------------------------
@@ -279,6 +310,29 @@ def test_dask_equals_jobs1(dask_cluster: object, bench_capture: Path, tmp_path: 
     dask = eve(tmp_path, [str(bench_capture), "--jobs", "2", "--engine", "dask", "--scheduler",
                           address, "--config", cfg], "dask.json")
     assert one == dask
+    assert any('"stratum-mining"' in line for line in one)
+
+
+def test_dask_alerts_on_the_corpus(dask_cluster: object, corpus: Path, tmp_path: Path) -> None:
+    address = dask_cluster.scheduler_address  # type: ignore[attr-defined]
+    cfg = config_file(tmp_path, 65536)
+    one = eve(tmp_path, [str(corpus), "--jobs", "1", "--config", cfg], "one.json")
+    dask = eve(tmp_path, [str(corpus), "--jobs", "2", "--engine", "dask", "--scheduler",
+                          address, "--config", cfg], "dask.json")
+    assert one == dask
+    assert len(one) >= 10
+
+
+@pytest.mark.parametrize("steps, late", STEPS_AND_TIMING)
+def test_dask_pool_dns_then_stratum(dask_cluster: object, tmp_path: Path, steps: int,
+                                    late: bool) -> None:
+    from distributed import Client
+
+    path, cfg, key = _pool_case(tmp_path, steps, late)
+    one = _pool_alerts(path, cfg)
+    _named_by_dns(one)
+    with Client(dask_cluster.scheduler_address) as client:  # type: ignore[attr-defined]
+        assert one == _pool_alerts(path, cfg, jobs=2, key=key, engine="dask", scheduler=client)
 
 
 # --- what decoding in pieces must not change -----------------------------------------------------
