@@ -20,6 +20,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from flowsense.capture.reader import MAX_PCAPNG_BLOCK
 from flowsense.config import Config
 from flowsense.flows.table import WatchRule
@@ -112,17 +114,37 @@ def _send(conn: Connection, obj: object) -> None:
 
 
 def _recv(conn: Connection) -> Any:
-    sizes = pickle.loads(conn.recv_bytes())
-    head = conn.recv_bytes()
-    bufs = []
-    for size in sizes:
-        buf = bytearray(size)
-        if size:
-            conn.recv_bytes_into(buf)
-        else:
-            conn.recv_bytes()
-        bufs.append(buf)
+    """What ``_send`` sent (or a plain ``conn.send``: a worker's error). Every message is read
+    straight into a buffer of its own, not zeroed first (``Connection.recv_bytes`` would read
+    it into a BytesIO and copy it out again: most of the parent's time in a parallel run)."""
+    fd = conn.fileno()
+    sizes = pickle.loads(_read_message(fd))
+    if not isinstance(sizes, list):
+        return sizes
+    head = _read_message(fd)
+    bufs = [_read_message(fd) for _ in sizes]
     return pickle.loads(head, buffers=bufs)
+
+
+def _read_message(fd: int) -> np.ndarray:
+    """One message in ``Connection.send_bytes``'s framing (a 4-byte big-endian length, or -1
+    and an 8-byte one), read from the pipe into a fresh array."""
+    word = _read_exact(fd, 4)
+    size = int(word.view(">i4")[0])
+    if size == -1:
+        size = int(_read_exact(fd, 8).view(">u8")[0])
+    return _read_exact(fd, size)
+
+
+def _read_exact(fd: int, size: int) -> np.ndarray:
+    buf = np.empty(size, dtype=np.uint8)
+    view = memoryview(buf)
+    while len(view):
+        n = os.readv(fd, [view])
+        if n == 0:
+            raise EOFError
+        view = view[n:]
+    return buf
 
 
 PIPE_BYTES = 64 << 20
