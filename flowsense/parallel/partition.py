@@ -54,9 +54,10 @@ class Output:
 
 class _Text:
     """What the flow writers write to, kept as uint8 arrays (they cross to the parent out of
-    band): text rows joined once, the JSON kernel's bytes copied (its buffer is sized for the
-    worst case). No reference cycle (``buffer`` is a property): what it holds goes as soon as
-    the round is sent, not at the next garbage collection."""
+    band): text rows joined once, the JSON kernel's bytes as they are (a view of its buffer,
+    sized for the worst case, about twice what it holds: held only until the round is sent;
+    copying it cost more). No reference cycle (``buffer`` is a property): what it holds goes as
+    soon as the round is sent, not at the next garbage collection."""
 
     def __init__(self) -> None:
         self._parts: list[np.ndarray] = []
@@ -71,7 +72,7 @@ class _Text:
             self._rows.append(data)
         else:
             self._flush_rows()
-            self._parts.append(np.frombuffer(data, dtype=np.uint8).copy())
+            self._parts.append(np.frombuffer(data, dtype=np.uint8))
         return len(data)
 
     def writelines(self, lines: Iterable[str]) -> None:
