@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flowsense.flows.ids import addr_text, community_ids, flow_ids
+from flowsense.flows.ids import addr_rows, community_id_rows, flow_ids, rows_text
 from flowsense.flows.table_kernels import TableArrays
 from flowsense.schema import (
     D_BYTES,
@@ -81,6 +81,9 @@ class FeatureFrame:
     # watched flows only, by row: their payload slabs (client, server) and packet traces
     slabs: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     traces: dict[int, Trace] = field(default_factory=dict)
+    # the text columns the table formats (addresses, Community ID) as the ASCII rows they were
+    # made from (uint8[n, W], NUL padded, JSON-safe): writers take them as they are
+    text_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.n
@@ -137,10 +140,15 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     first = fi[:, FI_FIRST_TS]
     c: dict[str, np.ndarray] = {}
     c["flow_id"] = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first)
-    c["community_id"] = community_ids(fam, proto, s_hi, s_lo, d_hi, d_lo, sp, dp)
-    c["src_ip"] = addr_text(fam, s_hi, s_lo)
+    text_rows = {
+        "community_id": community_id_rows(fam, proto, s_hi, s_lo, d_hi, d_lo, sp, dp),
+        "src_ip": addr_rows(fam, s_hi, s_lo),
+        "dst_ip": addr_rows(fam, d_hi, d_lo),
+    }
+    c["community_id"] = rows_text(text_rows["community_id"])
+    c["src_ip"] = rows_text(text_rows["src_ip"])
     c["src_port"] = sp.astype(np.int64)
-    c["dst_ip"] = addr_text(fam, d_hi, d_lo)
+    c["dst_ip"] = rows_text(text_rows["dst_ip"])
     c["dst_port"] = dp.astype(np.int64)
     c["protocol"] = proto.astype(np.int64)
     c["ip_version"] = fam.astype(np.int64)
@@ -231,7 +239,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         cols=c, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
         splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ],
         watch=watch, slabs=slabs, traces=traces,
-        addr=np.stack([s_hi, s_lo, d_hi, d_lo], axis=1),
+        addr=np.stack([s_hi, s_lo, d_hi, d_lo], axis=1), text_rows=text_rows,
     )
 
 
@@ -265,8 +273,10 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(f, name) for f in frames])
 
+    shared = set.intersection(*(set(f.text_rows) for f in frames))
+    text_rows = {k: np.concatenate([f.text_rows[k] for f in frames]) for k in shared}
     return FeatureFrame(
         cols=cols, n=sum(f.n for f in frames), head=cat("head"), head_len=cat("head_len"),
         splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
-        watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"),
+        watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"), text_rows=text_rows,
     )
