@@ -77,8 +77,10 @@ class Trace:
     dropped: int
 
 
-def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool) -> FeatureFrame:
-    """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot)."""
+def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
+           heads: bool = True) -> FeatureFrame:
+    """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
+    ``heads`` the frame carries no payload heads (``head`` and ``head_len`` are None)."""
     slots = np.asarray(slots, dtype=np.int64)
     n = len(slots)
     ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)
@@ -115,8 +117,10 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
 
     # heads and first packets, oriented to the client
     # the table already keeps heads by client direction (0: from the client)
-    head = T.head[slots]
-    head_len = T.fi[slots[:, None], [FI_DIR0 + D_HEAD_LEN, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]]
+    head = head_len = None
+    if heads:
+        head = T.head[slots]
+        head_len = T.fi[slots[:, None], [FI_DIR0 + D_HEAD_LEN, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]]
     watch = T.fi[slots, FI_WATCH]
     slabs: dict[int, tuple[bytes, bytes]] = {}
     traces: dict[int, Trace] = {}
@@ -159,8 +163,9 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
         traces.update({base + i: v for i, v in f.traces.items()})
         base += f.n
 
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(f, name) for f in frames])
+    def cat(name: str) -> np.ndarray | None:
+        parts = [getattr(f, name) for f in frames]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
 
     shared = set.intersection(*(set(f.text_rows) for f in frames))
     text_rows = {k: np.concatenate([f.text_rows[k] for f in frames]) for k in shared}
