@@ -219,7 +219,8 @@ def _pipeline(args: argparse.Namespace, cfg: Config, paths: list[str], sink: Fra
                                 text_sink=text_sink), True  # type: ignore[arg-type]
     if args.engine == "dask" or (args.jobs or 1) > 1:
         log.info("stdin and pipes cannot be split: one process reads them")
-    return Pipeline(cfg, sink or (lambda frame: None), rules, snapshot), False
+    heads = output is None or output.heads
+    return Pipeline(cfg, sink or (lambda frame: None), rules, snapshot, heads=heads), False
 
 
 def _report_errors(pipes: list[AnyPipeline]) -> int:
@@ -247,7 +248,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
         frames: list[FeatureFrame] = []
         try:
             for paths in groups:
-                pipe, _ = _pipeline(args, cfg, paths, frames.append)
+                pipe, _ = _pipeline(args, cfg, paths, frames.append,
+                                    output=Output("frames", heads=False))
                 _drive(pipe, paths, args.quiet)
                 pipes.append(pipe)
         finally:
@@ -271,7 +273,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
         _write_bytes(out, data)
 
     try:
-        output = Output("csv" if args.format == "csv" else "jsonl", splt=args.splt)
+        output = Output("csv" if args.format == "csv" else "jsonl", splt=args.splt, heads=False)
         for paths in groups:
             pipe, _ = _pipeline(args, cfg, paths, sink, output=output, text_sink=text)
             _drive(pipe, paths, args.quiet)

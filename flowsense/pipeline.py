@@ -174,12 +174,13 @@ class Pipeline:
 
     def __init__(self, config: Config, sink: FrameSink,
                  watch_rules: Iterable[WatchRule] = (),
-                 snapshot_sink: FrameSink | None = None) -> None:
+                 snapshot_sink: FrameSink | None = None, heads: bool = True) -> None:
         self.config = config
         self.sink = sink
         self.snapshot_sink = snapshot_sink
         self.steps = Steps(config)
         self.table = FlowTable(config.flows, list(watch_rules))
+        self.table.export_heads = heads  # the records for ``sink``; detectors' looks keep theirs
         # prompt-ruled flows (a DNS answer) reach the detectors as live records when their
         # reply arrives, before any flow that ends later is judged (files: at the step's end)
         self.table.prompt_sink = snapshot_sink

@@ -10,54 +10,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flowsense.flows.ids import addr_text, community_ids, flow_ids
+from flowsense.flows import export_kernels as EK
+from flowsense.flows.ids import addr_rows, community_id_rows, flow_ids, rows_text
 from flowsense.flows.table_kernels import TableArrays
 from flowsense.schema import (
-    D_BYTES,
-    D_CWR_ECE,
-    D_FIRST,
     D_HEAD_LEN,
-    D_LAST,
-    D_MAX_PIAT,
-    D_MAX_PS,
-    D_MIN_PIAT,
-    D_MIN_PS,
-    D_PAYLOAD,
-    D_PKTS,
-    D_RETRANS,
-    D_RST_FIN,
-    D_SYN_ACK,
-    D_URG_PSH,
-    DF_M2_PIAT,
-    DF_M2_PS,
-    DF_MEAN_PIAT,
-    DF_MEAN_PS,
     END_NAMES,
-    FF_BI_M2_PIAT,
-    FF_BI_M2_PS,
-    FF_BI_MEAN_PIAT,
-    FF_BI_MEAN_PS,
-    FF_DIR0,
-    FF_DSTRIDE,
-    FI_BI_MAX_PIAT,
-    FI_BI_MAX_PS,
-    FI_BI_MIN_PIAT,
-    FI_BI_MIN_PS,
-    FI_COUNTS,
     FI_DIR0,
     FI_DSTRIDE,
     FI_FIRST_TS,
-    FI_LAST_TS,
-    FI_META,
     FI_SEQ,
     FI_SPLT_N,
     FI_WATCH,
+    FLOW_COLUMNS,
     ORIENT_NAMES,
     TUNNEL_NAMES,
 )
 
-_NS_PER_MS = 1_000_000
-_LOW = 0xFFFFFFFF
 _TUNNEL = np.array(TUNNEL_NAMES, dtype=object)
 _ORIENT = np.array(ORIENT_NAMES, dtype=object)
 _END = np.array(END_NAMES, dtype=object)
@@ -81,6 +50,9 @@ class FeatureFrame:
     # watched flows only, by row: their payload slabs (client, server) and packet traces
     slabs: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     traces: dict[int, Trace] = field(default_factory=dict)
+    # the text columns the table formats (addresses, Community ID) as the ASCII rows they were
+    # made from (uint8[n, W], NUL padded, JSON-safe): writers take them as they are
+    text_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.n
@@ -105,21 +77,17 @@ class Trace:
     dropped: int
 
 
-def _stats(mean: np.ndarray, m2: np.ndarray, k: np.ndarray, ddof: int) -> np.ndarray:
-    """Sample standard deviation from Welford's M2 (nfstream: n-1 for sizes, n-2 for gaps)."""
-    denom = k - ddof
-    out = np.zeros(len(mean), dtype=np.float64)
-    ok = denom > 0
-    out[ok] = np.sqrt(np.maximum(m2[ok], 0.0) / denom[ok])
-    return out
-
-
-def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool) -> FeatureFrame:
-    """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot)."""
+def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
+           heads: bool = True) -> FeatureFrame:
+    """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
+    ``heads`` the frame carries no payload heads (``head`` and ``head_len`` are None)."""
     slots = np.asarray(slots, dtype=np.int64)
     n = len(slots)
-    fi = T.fi[slots]
-    ff = fi.view(np.float64)
+    ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)
+    floats = np.empty((len(EK.FLOAT_COLUMNS), n), dtype=np.float64)
+    EK.export_numbers(T.fi, T.ff, T.key, slots, ints, floats)
+    num = dict(zip(EK.INT_COLUMNS, ints))
+    num.update(zip(EK.FLOAT_COLUMNS, floats))
     key = T.key[slots]
     k0 = key[:, 0]
     fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
@@ -132,95 +100,28 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     s_lo = np.where(cli_a, a_lo, b_lo)
     d_hi = np.where(cli_a, b_hi, a_hi)
     d_lo = np.where(cli_a, b_lo, a_lo)
-    sp = np.where(cli_a, pa, pb)
-    dp = np.where(cli_a, pb, pa)
-    first = fi[:, FI_FIRST_TS]
-    c: dict[str, np.ndarray] = {}
-    c["flow_id"] = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first)
-    c["community_id"] = community_ids(fam, proto, s_hi, s_lo, d_hi, d_lo, sp, dp)
-    c["src_ip"] = addr_text(fam, s_hi, s_lo)
-    c["src_port"] = sp.astype(np.int64)
-    c["dst_ip"] = addr_text(fam, d_hi, d_lo)
-    c["dst_port"] = dp.astype(np.int64)
-    c["protocol"] = proto.astype(np.int64)
-    c["ip_version"] = fam.astype(np.int64)
-    meta = fi[:, FI_META]
-    c["vlan_id"] = meta & 0xFFFF
-    c["tunnel"] = _TUNNEL[(meta >> 16) & 0xFF]
-    c["orientation"] = _ORIENT[(meta >> 24) & 0xFF]
-    c["app_proto"] = np.full(n, "", dtype=object)
-    c["expiration"] = _END[np.asarray(reasons, dtype=np.int64)]
-    c["interim"] = np.full(n, interim)
-
-    last = fi[:, FI_LAST_TS]
-    pk = [fi[:, FI_DIR0 + d * FI_DSTRIDE + D_PKTS] for d in (0, 1)]
-    bi_pk = pk[0] + pk[1]
-    c["bidirectional_first_seen_ms"] = first // _NS_PER_MS
-    c["bidirectional_last_seen_ms"] = last // _NS_PER_MS
-    c["bidirectional_duration_ms"] = (last - first) // _NS_PER_MS
-    c["bidirectional_packets"] = bi_pk
-    dir_cols: list[dict[str, np.ndarray]] = []
-    for d in (0, 1):
-        b = FI_DIR0 + d * FI_DSTRIDE
-        fb = FF_DIR0 + d * FF_DSTRIDE
-        k = fi[:, b + D_PKTS]
-        has = k > 0
-        dfirst = np.where(has, fi[:, b + D_FIRST], 0)
-        dlast = np.where(has, fi[:, b + D_LAST], 0)
-        dc = {
-            "first_seen_ms": dfirst // _NS_PER_MS,
-            "last_seen_ms": dlast // _NS_PER_MS,
-            "duration_ms": (dlast - dfirst) // _NS_PER_MS,
-            "packets": k,
-            "bytes": fi[:, b + D_BYTES],
-            "payload_bytes": fi[:, b + D_PAYLOAD],
-            "min_ps": fi[:, b + D_MIN_PS],
-            "mean_ps": ff[:, fb + DF_MEAN_PS],
-            "stddev_ps": _stats(ff[:, fb + DF_MEAN_PS], ff[:, fb + DF_M2_PS], k, 1),
-            "max_ps": fi[:, b + D_MAX_PS],
-            "min_piat_ms": fi[:, b + D_MIN_PIAT] / _NS_PER_MS,
-            "mean_piat_ms": ff[:, fb + DF_MEAN_PIAT],
-            "stddev_piat_ms": _stats(ff[:, fb + DF_MEAN_PIAT], ff[:, fb + DF_M2_PIAT], k, 2),
-            "max_piat_ms": fi[:, b + D_MAX_PIAT] / _NS_PER_MS,
-            "syn_packets": fi[:, b + D_SYN_ACK] & _LOW,
-            "cwr_packets": fi[:, b + D_CWR_ECE] & _LOW,
-            "ece_packets": fi[:, b + D_CWR_ECE] >> 32,
-            "urg_packets": fi[:, b + D_URG_PSH] & _LOW,
-            "ack_packets": fi[:, b + D_SYN_ACK] >> 32,
-            "psh_packets": fi[:, b + D_URG_PSH] >> 32,
-            "rst_packets": fi[:, b + D_RST_FIN] & _LOW,
-            "fin_packets": fi[:, b + D_RST_FIN] >> 32,
-        }
-        dir_cols.append(dc)
-    c["bidirectional_bytes"] = dir_cols[0]["bytes"] + dir_cols[1]["bytes"]
-    c["bidirectional_payload_bytes"] = dir_cols[0]["payload_bytes"] + dir_cols[1]["payload_bytes"]
-    c["bidirectional_min_ps"] = fi[:, FI_BI_MIN_PS]
-    c["bidirectional_mean_ps"] = ff[:, FF_BI_MEAN_PS]
-    c["bidirectional_stddev_ps"] = _stats(ff[:, FF_BI_MEAN_PS], ff[:, FF_BI_M2_PS], bi_pk, 1)
-    c["bidirectional_max_ps"] = fi[:, FI_BI_MAX_PS]
-    c["bidirectional_min_piat_ms"] = fi[:, FI_BI_MIN_PIAT] / _NS_PER_MS
-    c["bidirectional_mean_piat_ms"] = ff[:, FF_BI_MEAN_PIAT]
-    c["bidirectional_stddev_piat_ms"] = _stats(
-        ff[:, FF_BI_MEAN_PIAT], ff[:, FF_BI_M2_PIAT], bi_pk, 2
-    )
-    c["bidirectional_max_piat_ms"] = fi[:, FI_BI_MAX_PIAT] / _NS_PER_MS
-    for flag in ("syn", "cwr", "ece", "urg", "ack", "psh", "rst", "fin"):
-        key = f"{flag}_packets"
-        c[f"bidirectional_{key}"] = dir_cols[0][key] + dir_cols[1][key]
-    for prefix, dc in (("src2dst", dir_cols[0]), ("dst2src", dir_cols[1])):
-        for key, col in dc.items():
-            c[f"{prefix}_{key}"] = col
-    c["src2dst_retransmissions"] = fi[:, FI_DIR0 + D_RETRANS]
-    c["dst2src_retransmissions"] = fi[:, FI_DIR0 + FI_DSTRIDE + D_RETRANS]
-    c["fragments"] = fi[:, FI_COUNTS] >> 32
+    text_rows = {
+        "community_id": community_id_rows(fam, proto, s_hi, s_lo, d_hi, d_lo,
+                                          num["src_port"], num["dst_port"]),
+        "src_ip": addr_rows(fam, s_hi, s_lo),
+        "dst_ip": addr_rows(fam, d_hi, d_lo),
+    }
+    text = {name: rows_text(rows) for name, rows in text_rows.items()}
+    text["tunnel"] = _TUNNEL[ints[EK.I_TUNNEL]]
+    text["orientation"] = _ORIENT[ints[EK.I_ORIENT]]
+    text["app_proto"] = np.full(n, "", dtype=object)
+    text["expiration"] = _END[np.asarray(reasons, dtype=np.int64)]
+    flow_id = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, T.fi[slots, FI_FIRST_TS])
+    made = {**num, **text, "flow_id": flow_id, "interim": np.full(n, interim)}
+    c = {name: made[name] for name in FLOW_COLUMNS}  # the contract's order
 
     # heads and first packets, oriented to the client
     # the table already keeps heads by client direction (0: from the client)
-    head = T.head[slots]
-    head_len = np.stack(
-        [fi[:, FI_DIR0 + D_HEAD_LEN], fi[:, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]], axis=1
-    )
-    watch = fi[:, FI_WATCH]
+    head = head_len = None
+    if heads:
+        head = T.head[slots]
+        head_len = T.fi[slots[:, None], [FI_DIR0 + D_HEAD_LEN, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]]
+    watch = T.fi[slots, FI_WATCH]
     slabs: dict[int, tuple[bytes, bytes]] = {}
     traces: dict[int, Trace] = {}
     for i in np.flatnonzero(watch >= 0).tolist():
@@ -229,9 +130,9 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         traces[i] = _trace(T, w)
     return FeatureFrame(
         cols=c, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
-        splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ],
+        splt_t_ms=T.splt_t[slots], splt_n=T.fi[slots, FI_SPLT_N], seq=T.fi[slots, FI_SEQ],
         watch=watch, slabs=slabs, traces=traces,
-        addr=np.stack([s_hi, s_lo, d_hi, d_lo], axis=1),
+        addr=np.stack([s_hi, s_lo, d_hi, d_lo], axis=1), text_rows=text_rows,
     )
 
 
@@ -262,13 +163,16 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
         traces.update({base + i: v for i, v in f.traces.items()})
         base += f.n
 
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(f, name) for f in frames])
+    def cat(name: str) -> np.ndarray | None:
+        parts = [getattr(f, name) for f in frames]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
 
+    shared = set.intersection(*(set(f.text_rows) for f in frames))
+    text_rows = {k: np.concatenate([f.text_rows[k] for f in frames]) for k in shared}
     return FeatureFrame(
         cols=cols, n=sum(f.n for f in frames), head=cat("head"), head_len=cat("head_len"),
         splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
-        watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"),
+        watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"), text_rows=text_rows,
     )
 
 

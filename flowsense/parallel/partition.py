@@ -46,10 +46,12 @@ Item = tuple[Any, ...]
 @dataclass(frozen=True)
 class Output:
     """What partitions hand back: ``analyze`` (looks for the detectors), ``frames`` (records as
-    FeatureFrames), or text formatted where the records are made: ``jsonl`` or ``csv``."""
+    FeatureFrames), or text formatted where the records are made: ``jsonl`` or ``csv``; with
+    ``heads`` False the records carry no payload heads (the flows command reads none)."""
 
     kind: str = "frames"
     splt: bool = False
+    heads: bool = True  # records with payload heads (flows output writes none: not made)
 
 
 class _Text:
@@ -114,6 +116,7 @@ class Partition:
         self.output = output
         self.files = files
         self.table = FlowTable(partition_config(config, n_parts).flows, rules)
+        self.table.export_heads = output.heads
         self.fragments = Decoder(config.capture)  # sees every fragment, in order
         self.stats = ReaderStats()
         self.counters = Counters()  # partition 0 counts packets for the run
