@@ -116,8 +116,9 @@ class Steps:
     """Where the detectors are shown what happened, in an analysis of files: the end of each
     *step*, ``batch_packets`` records of a file (counted from its first record) or the rest of
     the file at its end. At a step's end the detectors get, in this order: the DNS replies
-    (prompt-ruled flows) that arrived during the step, the flows that ended (or were
-    interim-recorded) during it, each frame in ``in_end_order``; then, when
+    (prompt-ruled flows) that arrived during the step, each record as its flow stands at the
+    step's end (or as it ended, if it ended first: ``FlowTable.hold_prompts``), the flows that
+    ended (or were interim-recorded) during it, each frame in ``in_end_order``; then, when
     ``snapshot_interval_s`` of capture time has passed since the last look (or the clock went
     back, or at the first step), a snapshot of the live watched flows touched since.
 

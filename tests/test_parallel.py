@@ -27,10 +27,11 @@ from flowsense.detect.base import Resources
 from flowsense.detect.pools import PoolDetector
 from flowsense.detect.stratum import StratumDetector
 from flowsense.flows.features import FeatureFrame
+from flowsense.flows.table import FlowTable
 from flowsense.parallel.engine import ParallelPipeline
 from flowsense.parallel.kernels import pcap_resync
 from flowsense.parallel.plan import assign_partitions
-from flowsense.pipeline import Pipeline, compute_flows
+from flowsense.pipeline import Pipeline, compute_flows, slice_batch
 from flowsense.schema import FLOW_COLUMNS
 from flowsense.signatures import load_pools
 from tests.conftest import corpus_available, write_raw_pcap
@@ -237,6 +238,32 @@ def test_pool_dns_in_first_range_stratum_in_a_later_one(tmp_path: Path, steps: i
     _named_by_dns(one)
     assert one == _pool_alerts(path, cfg, jobs=2, key=key)
     assert one == _pool_alerts(path, cfg, jobs=3, key=key)
+
+
+def test_held_prompt_records_do_not_depend_on_drains(tmp_path: Path) -> None:
+    """A DNS flow keeps asking after its first reply: its prompt record, held to the step's
+    end, is the same whether the table drained after every packet or once; shown at the drain
+    instead (a live source's way), it depends on when that happened."""
+    t0 = 1_600_000_000.0
+    packets = [pkt for k in range(6) for pkt in _dns(33333, t0 + k)]
+    path = write_pcap(tmp_path / "dns.pcap", packets)
+    batch = next(iter_batches(str(path)))
+    rules = PoolDetector(Resources(pools=load_pools(None))).watch_rules()
+    cfg = Config().flows
+
+    def prompts(hold: bool, each_packet: bool) -> list[tuple]:
+        got: list[FeatureFrame] = []
+        table = FlowTable(cfg, list(rules))
+        table.prompt_sink, table.hold_prompts = got.append, hold
+        cuts = range(batch.n + 1) if each_packet else (0, batch.n)
+        for a, b in zip(cuts, cuts[1:]):
+            table.feed(slice_batch(batch, a, b))  # each feed drains at its end
+        table.release_prompts()
+        return [r for f in got for r in records(f)]
+
+    held = prompts(True, False)
+    assert len(held) == 1 and held == prompts(True, True)
+    assert prompts(False, True) != prompts(False, False)  # what holding makes the same
 
 
 # --- --independent and globs ------------------------------------------------------------------
