@@ -163,13 +163,10 @@ def _open_out(path: str | None) -> TextIO:
 
 
 def _drive(pipe: Pipeline | ParallelPipeline, paths: list[str], quiet: bool) -> None:
-    """Run one stream to its end; a one-process run shows the progress bar (parallel runs
-    show none yet)."""
-    if isinstance(pipe, Pipeline):
-        with progress_bar(paths, quiet) as hook:
-            pipe.progress = hook
-            pipe.run(paths)
-    else:
+    """Run one stream to its end, with the progress bar (a parallel run moves it once a piece
+    its first partition has aggregated; a Dask run at the end)."""
+    with progress_bar(paths, quiet) as hook:
+        pipe.progress = hook
         pipe.run(paths)
 
 

@@ -32,6 +32,7 @@ from flowsense.flows.features import FeatureFrame, in_end_order
 from flowsense.flows.table import WatchRule
 from flowsense.parallel.partition import Item, Output
 from flowsense.parallel.plan import classify
+from flowsense.pipeline import ProgressHook
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class ParallelPipeline:
         self.text_sink = text_sink
         self.key = key  # the partitioning hash's key (drawn per run unless given: floods)
         self.errors: list[CaptureError] = []
+        self.progress: ProgressHook | None = None  # as Pipeline's: called once a piece
         self._counters: dict[str, int] = {}
         self._starts: list[tuple[int, str]] = []
         self._clock = 0
@@ -121,15 +123,21 @@ class ParallelPipeline:
                         self.sink(item[1])
                     elif item[0] == "bytes" and self.text_sink is not None:
                         self.text_sink(item[1])
+                    elif item[0] == "progress" and self.progress is not None:
+                        self.progress(*item[1:])
             return
         queues = [deque(items) for items in msgs]
         while True:
-            for w, q in enumerate(queues):
-                while q and q[0][0] == "start":
-                    _, path, clock = q.popleft()
-                    if w == 0:
-                        first = self._first.get(path)
-                        self._starts.append((first if first is not None else clock, path))
+            for q in queues:  # what partition 0 says of the inputs
+                while q and q[0][0] in ("start", "progress"):
+                    item = q.popleft()
+                    if item[0] == "progress":
+                        if self.progress is not None:
+                            self.progress(*item[1:])
+                        continue
+                    _, path, clock = item
+                    first = self._first.get(path)
+                    self._starts.append((first if first is not None else clock, path))
             if not queues[0]:
                 if any(queues):
                     raise RuntimeError("partitions disagree on where detectors look")

@@ -37,7 +37,7 @@ from flowsense.parallel.plan import (
     assign_partitions,
     file_buffer,
 )
-from flowsense.pipeline import Counters, Steps, slice_batch
+from flowsense.pipeline import FILE_DONE, Counters, Steps, slice_batch
 from flowsense.report import flows as flows_out
 
 Item = tuple[Any, ...]
@@ -122,6 +122,7 @@ class Partition:
         self.counters = Counters()  # partition 0 counts packets for the run
         self.errors: list[CaptureError] = []
         self.items: list[Item] = []
+        self._offsets = True
         self.steps = Steps(config)
         if output.kind == "analyze":  # DNS replies go with the step they came in
             self.table.prompt_sink = self.steps.prompts.append
@@ -137,7 +138,7 @@ class Partition:
         """A whole input, read here (Dask, where every partition reads for itself)."""
         self._begin(f)
         self._read_local(f, None)
-        self._file_end()
+        self._file_end(f)
 
     def consume(self, piece: Piece, region: Region | None) -> None:
         """A piece decoded into ``region`` by whichever worker produced it (or read here when
@@ -149,7 +150,7 @@ class Partition:
         if (f in self._damaged or piece.kind == "whole"
                 or (piece.kind == "range" and piece.stop >= self.files[f].size)
                 or (piece.kind == "stream" and region is not None and region.hdr[H_ENDED])):
-            self._file_end()
+            self._file_end(f)
 
     def _consume(self, piece: Piece, region: Region | None) -> None:
         f = piece.file
@@ -189,6 +190,7 @@ class Partition:
     def _begin(self, f: int) -> None:
         self.counters.files += 1
         self.steps.begin_file()
+        self._offsets = self.files[f].mapped  # record offsets are file offsets (not .gz)
         if self.p == 0:
             self.items.append(("start", self.files[f].path, self.table.clock_ns))
 
@@ -221,8 +223,11 @@ class Partition:
             self._part = np.empty(n, dtype=np.uint8)
         if part is None:
             part = assign_partitions(batch, self._part, self.n_parts, self.key)
-        if self.p == 0:  # the run's packet counters are partition 0's
+        if self.p == 0:  # the run's packet counters (and progress) are partition 0's
             self.counters.add(batch)
+            if n:
+                end = int(batch.cols["rec_off"][n - 1]) if self._offsets else None
+                self.items.append(("progress", batch.source, n, end))
         status = self._status[:n]
         tick_statuses(batch.cols["status"], part, n, self.p, status)
         feed = PacketBatch(batch.buf, n, {**batch.cols, "status": status}, batch.source)
@@ -246,9 +251,11 @@ class Partition:
                 if self.steps.look_due(clock) else None)
         self.items.append(("look", prompts, ended, snap, clock))
 
-    def _file_end(self) -> None:
+    def _file_end(self, f: int) -> None:
         if self.output.kind == "analyze":
             self._step_end()  # a file's end ends its last step
+        if self.p == 0:
+            self.items.append(("progress", self.files[f].path, 0, FILE_DONE))
 
     def _records(self, frame: FeatureFrame) -> None:
         kind = self.output.kind
