@@ -331,8 +331,12 @@ def process(
             if e != 0:
                 c = (e & 0xFFFFFFFF) - 1
                 prefetch2(T.key, c, 0)
-                for q in range(0, fi.shape[1], 8):
-                    prefetch2(fi, c, q)
+                # the flow's two lines and each direction's first (the rest follow in time;
+                # asking for all eight lines measured 3% slower: the fill buffers run out)
+                prefetch2(fi, c, 0)
+                prefetch2(fi, c, 8)
+                prefetch2(fi, c, FI_DIR0)
+                prefetch2(fi, c, FI_DIR0 + FI_DSTRIDE)
                 prefetch2(T.splt_ps, c, 0)
                 prefetch2(T.splt_t, c, 0)
         if status[i] != ST_OK:
