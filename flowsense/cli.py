@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -498,4 +500,20 @@ def _skip_blas_probe() -> None:
 def entry() -> None:
     """The console script and ``python -m flowsense``: a process of its own."""
     _skip_blas_probe()
-    sys.exit(main())
+    _leave(main())
+
+
+def _leave(rc: int) -> None:
+    """End the process without tearing the interpreter down: freeing every module, numba's
+    compiled code and the last records one object at a time took 0.2 s, a tenth of a run on 2
+    million packets. Exit handlers still run and the standard streams are flushed; with a
+    thread still running (none should be) the ordinary exit waits for it."""
+    if threading.active_count() > 1:
+        sys.exit(rc)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away, or a closed stream
+            pass
+    os._exit(rc)

@@ -176,7 +176,7 @@ class FlowTable:
                 wr_prefix=np.zeros((0, 8), np.uint8), wr_len=np.zeros(0, np.uint8),
                 wr_port=np.zeros(0, np.uint16), wr_prompt=np.zeros(0, np.uint8), st=st,
                 prm=np.zeros(P_NFIELDS, np.int64),
-                hkey=np.zeros(2, np.uint64),
+                hkey=np.zeros(2, np.uint64), ahead=np.zeros(K.AHEAD_RING, np.uint64),
             )
         n_old = old.fi.shape[0]
         for name in (*_PER_SLOT, "key", "fi", "splt_ps", "splt_t", "head", "dirty_list"):
