@@ -26,6 +26,7 @@ KERNEL_SOURCES = (
     "flows/export_kernels.py",
     "report/kernels.py",
     "sidecar/ring_kernels.py",
+    "parallel/kernels.py",
 )
 
 

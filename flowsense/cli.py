@@ -18,7 +18,10 @@ from flowsense import __version__
 from flowsense.config import Config, load_config, parse_home_net
 from flowsense.errors import ConfigError, FlowsenseError
 from flowsense.flows.features import FeatureFrame, concat
-from flowsense.pipeline import Pipeline, expand_inputs, order_by_time
+from flowsense.flows.table import WatchRule
+from flowsense.parallel.engine import ENGINES, ParallelPipeline, can_split, default_jobs
+from flowsense.parallel.partition import Output
+from flowsense.pipeline import FrameSink, Pipeline, expand_inputs, order_by_time
 from flowsense.report import flows as flows_out
 from flowsense.report.progress import progress_bar
 from flowsense.report.summary import write_summary
@@ -43,6 +46,27 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="YAML config file (its commands section sets any of these flags)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    g = p.add_argument_group("scale-out (README: Many captures, many cores)")
+    g.add_argument("--jobs", type=_jobs, metavar="N",
+                   help="partitions in parallel (default: the machine's cores; inputs smaller "
+                        "than one chunk run in one process)")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: forked workers on this machine; dask: Dask distributed")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="Dask scheduler (tcp://host:8786); default: a local cluster on loopback")
+    g.add_argument("--independent", action="store_true",
+                   help="each file on its own (fresh flows and detector state), not one stream")
+
+
+def _jobs(text: str) -> int:
+    """``--jobs`` (flag or config file): a whole number, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,28 +164,97 @@ def _open_out(path: str | None) -> TextIO:
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
 
 
-def _run(pipe: Pipeline, paths: list[str], quiet: bool = False) -> int:
+def _drive(pipe: Pipeline | ParallelPipeline, paths: list[str], quiet: bool) -> None:
+    """Run one stream to its end, with the progress bar (a parallel run moves it once a piece
+    its first partition has aggregated; a Dask run at the end)."""
     with progress_bar(paths, quiet) as hook:
         pipe.progress = hook
-        for path in paths:
-            pipe.run_file(path)
-        pipe.finish()
-    for err in pipe.errors:
+        pipe.run(paths)
+
+
+AnyPipeline = Pipeline | ParallelPipeline
+
+
+def _groups(args: argparse.Namespace, cfg: Config) -> list[list[str]]:
+    """The streams to run: all inputs as one (in time order), or each file on its own. With
+    ``--engine dask`` and no scheduler, several streams share one local cluster (starting one
+    takes seconds): ``args.scheduler`` becomes its client (closed by ``_close_dask``)."""
+    paths = order_by_time(expand_inputs(args.paths), cfg)
+    groups = [[p] for p in paths] if args.independent else [paths]
+    if args.engine == "dask" and not args.scheduler and len(groups) > 1:
+        from distributed import Client
+
+        from flowsense.parallel.dask_engine import local_cluster
+
+        cluster = local_cluster(args.jobs or default_jobs())
+        args.scheduler = Client(cluster)
+        args.dask_cluster = cluster
+    return groups
+
+
+def _close_dask(args: argparse.Namespace) -> None:
+    cluster = getattr(args, "dask_cluster", None)
+    if cluster is not None:
+        args.scheduler.close()
+        cluster.close()
+
+
+def _pipeline(args: argparse.Namespace, cfg: Config, paths: list[str], sink: FrameSink | None,
+              rules: list[WatchRule] = (), snapshot: FrameSink | None = None,
+              output: Output | None = None,
+              text_sink: object = None) -> tuple[AnyPipeline, bool]:
+    """A parallel pipeline when asked for (or by default, when the inputs are worth it and can
+    be split), else one table; the flag says which."""
+    jobs = args.jobs  # at least 1 (_jobs)
+    if jobs is None:
+        jobs = default_jobs()
+        small = sum(os.path.getsize(p) for p in paths if p != "-" and os.path.isfile(p))
+        if small <= cfg.capture.chunk_bytes:
+            jobs = 1
+    parallel = (jobs > 1 or args.engine == "dask") and can_split(paths)
+    if parallel:
+        return ParallelPipeline(cfg, sink, rules, snapshot, jobs=jobs, engine=args.engine,
+                                scheduler=args.scheduler, output=output,
+                                text_sink=text_sink), True  # type: ignore[arg-type]
+    if args.engine == "dask" or (args.jobs or 1) > 1:
+        log.info("stdin and pipes cannot be split: one process reads them")
+    heads = output is None or output.heads
+    return Pipeline(cfg, sink or (lambda frame: None), rules, snapshot, heads=heads), False
+
+
+def _report_errors(pipes: list[AnyPipeline]) -> int:
+    errors = [err for pipe in pipes for err in pipe.errors]
+    for err in errors:
         print(f"flowsense: {err}", file=sys.stderr)
-    return 1 if pipe.errors else 0
+    return 1 if errors else 0
+
+
+def _write_bytes(out: TextIO, data: bytes | np.ndarray) -> None:
+    if hasattr(out, "buffer"):
+        out.flush()
+        out.buffer.write(data)
+    else:
+        out.write(bytes(data).decode("utf-8"))
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    paths = order_by_time(expand_inputs(args.paths), cfg)
+    groups = _groups(args, cfg)
+    pipes: list[AnyPipeline] = []
     if args.format == "parquet":
         if not args.output or args.output == "-":
             raise ConfigError("--format parquet needs -o FILE")
         frames: list[FeatureFrame] = []
-        pipe = Pipeline(cfg, frames.append, heads=False)
-        rc = _run(pipe, paths, args.quiet)
+        try:
+            for paths in groups:
+                pipe, _ = _pipeline(args, cfg, paths, frames.append,
+                                    output=Output("frames", heads=False))
+                _drive(pipe, paths, args.quiet)
+                pipes.append(pipe)
+        finally:
+            _close_dask(args)
         flows_out.write_parquet(concat(frames), args.output)
-        return rc
+        return _report_errors(pipes)
     out = _open_out(args.output)
     first = [True]
 
@@ -172,15 +265,31 @@ def cmd_flows(args: argparse.Namespace) -> int:
         else:
             flows_out.write_jsonl(frame, out, splt=args.splt)
 
+    def text(data: bytes) -> None:
+        if first[0] and args.format == "csv":
+            _empty_csv(out)
+        first[0] = False
+        _write_bytes(out, data)
+
     try:
-        rc = _run(Pipeline(cfg, sink, heads=False), paths, args.quiet)
+        output = Output("csv" if args.format == "csv" else "jsonl", splt=args.splt, heads=False)
+        for paths in groups:
+            pipe, _ = _pipeline(args, cfg, paths, sink, output=output, text_sink=text)
+            _drive(pipe, paths, args.quiet)
+            pipes.append(pipe)
         if args.format == "csv" and first[0]:
-            empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
-            flows_out.write_csv(FeatureFrame(cols=empty), out)
+            _empty_csv(out)
     finally:
+        _close_dask(args)
         if out is not sys.stdout:
             out.close()
-    return rc
+    return _report_errors(pipes)
+
+
+def _empty_csv(out: TextIO) -> None:
+    """The header alone (what a CSV of no flows holds, and what parallel text follows)."""
+    empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
+    flows_out.write_csv(FeatureFrame(cols=empty), out)
 
 
 
@@ -192,58 +301,72 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from flowsense.signatures import load_pools
 
     cfg = _config(args)
-    paths = order_by_time(expand_inputs(args.paths), cfg)
+    groups = _groups(args, cfg)
     resources = Resources(pools=load_pools(args.signatures), config=cfg)
     sig_version = ",".join(resources.pools.versions)
-    detectors = [cls(resources) for cls in DETECTORS.values()]
-    rules = [r for d in detectors for r in d.watch_rules()]
     if args.report == "-":
         raise ConfigError("--report needs a file name")
     report_out = _open_out(args.report) if args.report else None
     report = ReportBuilder() if report_out else None
     out = _open_out(args.output)
-    alerts = []
+    alerts: list[Alert] = []
     n_flows = [0]
+    pipes: list[AnyPipeline] = []
 
-    gate = AlertGate(cfg)  # the allowlist, and one alert a flow and signature
+    def run(paths: list[str]) -> None:
+        """One stream: its own detectors (their state), alert gate and flow table(s)."""
+        detectors = [cls(resources) for cls in DETECTORS.values()]
+        rules = [r for d in detectors for r in d.watch_rules()]
+        gate = AlertGate(cfg)  # the allowlist, and one alert a flow and signature
 
-    def emit(found: list[Alert]) -> None:
-        for alert in found:
-            if not gate.admit(alert):
-                continue
-            # the input holding the flow's last packet (ms in the record: its last ns within)
-            end_ms = alert.flow["eve_flow"]["end_ms"]
-            last_ns = pipe.table.clock_ns if end_ms is None else (end_ms + 1) * 10**6 - 1
-            alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
-            alerts.append(alert)
+        def emit(found: list[Alert]) -> None:
+            for alert in found:
+                if not gate.admit(alert):
+                    continue
+                # the input holding the flow's last packet (ms in the record: its last ns within)
+                end_ms = alert.flow["eve_flow"]["end_ms"]
+                last_ns = pipe.clock_ns if end_ms is None else (end_ms + 1) * 10**6 - 1
+                alert.flow["source"] = {"pcap": pipe.source_of(last_ns)}
+                alerts.append(alert)
+                if report:
+                    report.note(alert)
+                if args.format == "eve":
+                    out.write(eve_record(alert, cfg, sig_version) + "\n")
+
+        def sink(frame: FeatureFrame) -> None:
+            n_flows[0] += frame.n
+            for d in detectors:
+                emit(d.on_frame(frame))
             if report:
-                report.note(alert)
-            if args.format == "eve":
-                out.write(eve_record(alert, cfg, sig_version) + "\n")
+                report.observe(frame, ended=True)
 
-    def sink(frame: FeatureFrame) -> None:
-        n_flows[0] += frame.n
-        for d in detectors:
-            emit(d.on_frame(frame))
-        if report:
-            report.observe(frame, ended=True)
+        def snapshot(frame: FeatureFrame) -> None:
+            for d in detectors:
+                emit(d.on_snapshot(frame))
+            if report:
+                report.observe(frame, ended=False)
 
-    def snapshot(frame: FeatureFrame) -> None:
-        for d in detectors:
-            emit(d.on_snapshot(frame))
-        if report:
-            report.observe(frame, ended=False)
+        pipe, _ = _pipeline(args, cfg, paths, sink, rules, snapshot)
+        _drive(pipe, paths, args.quiet)
+        pipes.append(pipe)
 
-    pipe = Pipeline(cfg, sink, rules, snapshot)
     try:
-        rc = _run(pipe, paths, args.quiet)
+        for paths in groups:
+            run(paths)
+        rc = _report_errors(pipes)
+        counters: dict[str, int] = {}
+        for pipe in pipes:
+            for k, v in pipe.counters_dict().items():
+                counters[k] = counters.get(k, 0) + v
+        inputs = [p for g in groups for p in g]
+        errors = [e for pipe in pipes for e in pipe.errors]
         if args.format == "summary":
-            write_summary(out, paths, pipe.counters_dict(), n_flows[0], alerts, pipe.errors,
-                          cfg.home_net)
+            write_summary(out, inputs, counters, n_flows[0], alerts, errors, cfg.home_net)
         if report and report_out:
-            report_out.write(report.render(paths, pipe.counters_dict(), n_flows[0], alerts,
-                                           pipe.errors, cfg.home_net))
+            report_out.write(report.render(inputs, counters, n_flows[0], alerts, errors,
+                                           cfg.home_net))
     finally:
+        _close_dask(args)
         for f in (out, report_out):
             if f is not None and f is not sys.stdout:
                 f.close()

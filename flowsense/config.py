@@ -43,6 +43,8 @@ class CaptureConfig:
     """A non-first fragment later than this after its first is an orphan."""
     max_encap_depth: int = 4
     """Encapsulation layers (VLAN, MPLS, VXLAN, GRE, IP-in-IP) followed before giving up."""
+    chunk_bytes: int = 16 << 20
+    """Parallel runs: bytes of a classic pcap file a worker walks and decodes at a time."""
 
 
 @dataclass(frozen=True)

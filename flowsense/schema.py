@@ -60,6 +60,7 @@ ST_BAD_LINK = 4  # link type we do not decode
 ST_TOO_DEEP = 5  # more encapsulation layers than we follow
 N_STATUS = 6
 STATUS_NAMES = ("ok", "not_ip", "truncated", "bad_ip", "unknown_linktype", "too_deep")
+ST_TICK = 255  # parallel engines only: another partition's IP packet; it only moves the clock
 
 # packet flags
 PF_FRAGMENT = 1  # a non-first fragment (ports from the fragment table)

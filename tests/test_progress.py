@@ -78,3 +78,26 @@ def test_only_on_a_terminal_and_not_quiet() -> None:
     r = subprocess.run([sys.executable, "-m", "flowsense", "flows", str(PCAPS)],
                        capture_output=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and r.stderr == b""
+
+
+def test_parallel_runs_report_progress_too(tmp_path: Path) -> None:
+    """``--jobs 2``: the first partition reports each piece it aggregated (pcap ranges with
+    their file offsets, a .gz file's batches without), then each file's end."""
+    from flowsense.parallel.engine import ParallelPipeline
+
+    pcap = PCAPS / "zeek-reverse-ssh.pcap"
+    gz = tmp_path / "again.pcap.gz"
+    subprocess.run(["gzip", "-c", str(pcap)], stdout=open(gz, "wb"), check=True)
+    cfg = Config(capture=CaptureConfig(chunk_bytes=4096, batch_packets=16, walk_packets=16))
+    calls: list[tuple[str, int, int | None]] = []
+    pipe = ParallelPipeline(cfg, lambda frame: None, jobs=2)
+    pipe.progress = lambda *a: calls.append(a)
+    pipe.run([str(pcap), str(gz)])
+    ranges = [c for c in calls if c[0] == str(pcap)]
+    assert len(ranges) > 3 and sum(n for _, n, _ in ranges) == 74
+    offsets = [o for _, _, o in ranges]
+    assert offsets[-1] == FILE_DONE
+    assert offsets[:-1] == sorted(offsets[:-1]) and 0 < offsets[-2] < pcap.stat().st_size
+    streamed = [c for c in calls if c[0] == str(gz)]
+    assert sum(n for _, n, _ in streamed) == 74
+    assert {o for _, _, o in streamed[:-1]} == {None} and streamed[-1][2] == FILE_DONE

@@ -46,6 +46,17 @@ class ReaderStats:
 
 
 @dataclass
+class Span:
+    """A byte range of a classic pcap file to walk: the records that start in [start, stop).
+    ``start`` must be a record boundary; the walk sets ``next_pos``, the first record past it
+    (parallel engines read a capture in such ranges, ``flowsense.parallel``)."""
+
+    start: int
+    stop: int
+    next_pos: int = -1
+
+
+@dataclass
 class RecordBatch:
     buf: np.ndarray
     n: int
@@ -93,7 +104,7 @@ class _Walker:
         return RecordBatch(self.src.window, n, cols)
 
 
-def _records_pcap(w: _Walker) -> Iterator[RecordBatch]:
+def _records_pcap(w: _Walker, span: Span | None = None) -> Iterator[RecordBatch]:
     pos = w.need(0, 24)
     win = w.src.window
     if len(win) < 24:
@@ -105,7 +116,7 @@ def _records_pcap(w: _Walker) -> Iterator[RecordBatch]:
     linktype = network & 0x0FFFFFFF  # the upper bits carry the FCS length
     if linktype not in SUPPORTED_LINKTYPES:
         raise w.error(20, f"unsupported link type {linktype}")
-    pos = 24
+    pos = 24 if span is None else max(24, span.start)
     cap = w.cfg.max_record_bytes
     r = w.rec
     while True:
@@ -115,6 +126,14 @@ def _records_pcap(w: _Walker) -> Iterator[RecordBatch]:
             r["data_off"], r["caplen"], r["wirelen"], r["ts_ns"], r["linktype"], r["rec_off"],
             w.chunk,
         )
+        if span is not None and n and r["rec_off"][n - 1] >= span.stop:
+            keep = int(np.searchsorted(r["rec_off"][:n], span.stop))
+            span.next_pos = int(r["rec_off"][keep])
+            if keep:
+                yield w.batch(keep)
+            return
+        if span is not None:
+            span.next_pos = pos
         if n:
             yield w.batch(n)
         if st == K.W_FULL:
@@ -270,15 +289,17 @@ def _records_pcapng(w: _Walker) -> Iterator[RecordBatch]:
 
 
 def iter_records(path: str, cfg: CaptureConfig, stats: ReaderStats,
-                 src: ByteSource | None = None) -> Iterator[RecordBatch]:
-    """Record batches of ``path`` (or of an already open ``src``, e.g. a live stream)."""
+                 src: ByteSource | None = None,
+                 span: Span | None = None) -> Iterator[RecordBatch]:
+    """Record batches of ``path`` (or of an already open ``src``, e.g. a live stream), or of
+    the byte range ``span`` of it."""
     src = src or open_source(path, cfg)
     try:
         w = _Walker(src, cfg, stats)
         w.need(0, 4)
         head = bytes(src.window[:4])
         if head in PCAP_MAGICS:
-            yield from _records_pcap(w)
+            yield from _records_pcap(w, span)
         elif head == PCAPNG_MAGIC:
             yield from _records_pcapng(w)
         elif len(head) < 4:
@@ -326,9 +347,10 @@ class Decoder:
 
 def iter_batches(
     path: str, cfg: CaptureConfig | None = None, stats: ReaderStats | None = None,
-    decoder: Decoder | None = None,
+    decoder: Decoder | None = None, span: Span | None = None,
 ) -> Iterator[PacketBatch]:
     """Decoded packet batches of one capture; raises CaptureError after the readable part.
+    With ``span`` (a classic pcap only), the records that start in that byte range.
 
     Records are walked and decoded a few thousand at a time (the frames are still in cache) and
     handed on in batches of up to ``batch_packets``; a batch never spans two stream windows.
@@ -339,7 +361,7 @@ def iter_batches(
     acc = 0
     buf = np.empty(0, dtype=np.uint8)
     try:
-        for rb in iter_records(path, cfg, stats):
+        for rb in iter_records(path, cfg, stats, span=span):
             if acc and (rb.buf is not buf or acc + rb.n > cfg.batch_packets):
                 yield decoder.batch(acc, buf, path)
                 acc = 0

@@ -174,3 +174,33 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
         splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
         watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"), text_rows=text_rows,
     )
+
+
+def take(frame: FeatureFrame, rows: np.ndarray) -> FeatureFrame:
+    """The rows ``rows`` of a frame, in that order (keeps cold arrays, slabs and traces)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    at = np.full(frame.n, -1, dtype=np.int64)  # old row -> new row (slabs, traces: few)
+    at[rows] = np.arange(len(rows))
+    where = {i: int(at[i]) for i in (*frame.slabs, *frame.traces) if at[i] >= 0}
+
+    def sub(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[rows]
+
+    return FeatureFrame(
+        cols={k: v[rows] for k, v in frame.cols.items()}, n=len(rows), head=sub(frame.head),
+        head_len=sub(frame.head_len), splt_ps=sub(frame.splt_ps), splt_t_ms=sub(frame.splt_t_ms),
+        splt_n=sub(frame.splt_n), seq=sub(frame.seq), watch=sub(frame.watch), addr=sub(frame.addr),
+        slabs={where[i]: v for i, v in frame.slabs.items() if i in where},
+        traces={where[i]: v for i, v in frame.traces.items() if i in where},
+    )
+
+
+def in_end_order(frames: list[FeatureFrame]) -> FeatureFrame:
+    """Frames joined and put in one order that does not depend on how flows were spread over
+    tables or drains: by last packet (ms), then ``flow_id``; a flow's own rows (interim records,
+    then its end) keep their order. What detectors are shown at each look."""
+    f = concat(frames)
+    if f.n < 2:
+        return f
+    order = np.lexsort((f.cols["flow_id"], f.cols["bidirectional_last_seen_ms"]))
+    return take(f, order)

@@ -120,6 +120,7 @@ from flowsense.schema import (
     S_REUSED,
     S_SEQ,
     ST_OK,
+    ST_TICK,
     TH_ACK,
     TH_CWR,
     TH_ECE,
@@ -294,7 +295,8 @@ def process(
     T, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
     sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, buf,
 ):
-    """Feed packets ``start..n-1`` of a batch into the table.
+    """Feed packets ``start..n-1`` of a batch into the table (status ST_OK; ST_TICK packets
+    only advance the clock and expiry, as the packets of other partitions do in a parallel run).
 
     Returns (status, i): K_DONE with i == n, or K_GROW / K_EVENTS with i the packet to resume at
     once Python has made room (grown or evicted) or drained the events.
@@ -319,14 +321,15 @@ def process(
         hr[j & (AHEAD_RING - 1)] = _packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j],
                                                 dst_hi[j], dst_lo[j], sport[j], dport[j])
     for i in range(start, n):
+        # (other partitions' packets, ST_TICK, are not looked up: no prefetch for them)
         j = i + AHEAD_CELL
-        if j < n:
+        if j < n and status[j] == ST_OK:
             hj = _packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j], dst_hi[j],
                               dst_lo[j], sport[j], dport[j])
             hr[j & (AHEAD_RING - 1)] = hj
             prefetch(T.ix, np.int64(hj & np.uint64(mask)))
         j = i + AHEAD_ROW
-        if j < n:
+        if j < n and status[j] == ST_OK:
             e = T.ix[np.int64(hr[j & (AHEAD_RING - 1)] & np.uint64(mask))]
             if e != 0:
                 c = (e & 0xFFFFFFFF) - 1
@@ -339,7 +342,8 @@ def process(
                 prefetch2(fi, c, FI_DIR0 + FI_DSTRIDE)
                 prefetch2(T.splt_ps, c, 0)
                 prefetch2(T.splt_t, c, 0)
-        if status[i] != ST_OK:
+        sti = status[i]
+        if sti != ST_OK and sti != ST_TICK:
             continue
         ts = ts_ns[i]
         if ts < st[S_CLOCK] - T.prm[P_IDLE_NS]:
@@ -350,6 +354,10 @@ def process(
         if st[S_CLOCK] >= st[S_DEADLINE]:
             if expire(T, st[S_CLOCK]) != K_DONE:
                 return K_EVENTS, i
+        if sti == ST_TICK:
+            # another partition's packet (parallel engines): the clock and expiry move exactly
+            # as in one table; the packet belongs to another table's flow
+            continue
         if st[S_NEV] + 2 > T.ev_slot.shape[0]:  # room for this packet's end and prompt events
             return K_EVENTS, i
         f = fam[i]

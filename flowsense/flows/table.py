@@ -135,6 +135,12 @@ class FlowTable:
         copying a kilobyte a flow it would never read cost 5% of its time)."""
         self.prompt_sink: Sink | None = None
         """Where the records of prompt-ruled flows go when their reply arrives (else dropped)."""
+        self.hold_prompts = False
+        """Hold those records until ``release_prompts`` (the flow as it is then), or until the
+        flow ends (as it ended), whichever comes first: then they are the same whenever the
+        table drains (drains follow the event list's room and the table's growth, which differ
+        between one table and a parallel run's partitions)."""
+        self._held = np.zeros(0, dtype=np.int64)  # slots whose prompt record is held
 
     # --- allocation ---------------------------------------------------------------------------
     def _allocate(self, cap: int, old: TK.TableArrays | None) -> TK.TableArrays:
@@ -198,8 +204,10 @@ class FlowTable:
         self._dirty_out = np.empty(new_cap, dtype=np.int64)
 
     # --- feeding ------------------------------------------------------------------------------
-    def feed(self, batch: PacketBatch, sink: Sink = _null_sink) -> None:
-        """Aggregate one batch; ended flows and interim records go to ``sink`` as they occur."""
+    def feed(self, batch: PacketBatch, sink: Sink = _null_sink, drain: bool = True) -> None:
+        """Aggregate one batch; ended flows and interim records go to ``sink`` as they occur
+        (an interim record at once; ended flows, whose rows no longer change, at the latest
+        when the batch is done, or with ``drain=False`` at the next ``drain``)."""
         c = batch.cols
         i = 0
         while True:
@@ -220,7 +228,8 @@ class FlowTable:
                 self.flush(sink)
             elif status != K_EVENTS:
                 raise RuntimeError(f"flow kernel returned status {status}")
-        self.drain(sink)
+        if drain:
+            self.drain(sink)
 
     def tick(self, now_ns: int, sink: Sink = _null_sink) -> None:
         """Expire by wall clock (the sidecar on a quiet link)."""
@@ -259,9 +268,10 @@ class FlowTable:
         T.st[S_NEV] = 0
         prompt = kinds == EV_PROMPT
         if prompt.any():  # before the ends: a later flow may need what these replies said
-            if self.prompt_sink is not None:
-                ps = slots[prompt]
-                self.prompt_sink(gather(T, ps, np.zeros(len(ps), np.int64), interim=False))
+            if self.prompt_sink is not None and self.hold_prompts:
+                self._held = np.concatenate([self._held, slots[prompt]])
+            elif self.prompt_sink is not None:
+                self._show_prompts(slots[prompt])
             slots, kinds = slots[~prompt], kinds[~prompt]
         interim = kinds == END_ACTIVE
         if interim.any():
@@ -269,9 +279,24 @@ class FlowTable:
                         heads=self.export_heads))
         ended = ~interim
         if ended.any():
-            sink(gather(T, slots[ended], kinds[ended], interim=False, heads=self.export_heads))
             rel = slots[ended]
+            if len(self._held):  # a held record goes before its slot is freed: as it ended
+                gone = np.isin(self._held, rel)
+                if gone.any():
+                    self._show_prompts(self._held[gone])
+                    self._held = self._held[~gone]
+            sink(gather(T, rel, kinds[ended], interim=False, heads=self.export_heads))
             TK.release_slots(T, rel, len(rel))
+
+    def release_prompts(self) -> None:
+        """The held prompt records (``hold_prompts``) of the flows still live, as they are now."""
+        if len(self._held):
+            held, self._held = self._held, np.zeros(0, dtype=np.int64)
+            self._show_prompts(held)
+
+    def _show_prompts(self, slots: np.ndarray) -> None:
+        assert self.prompt_sink is not None
+        self.prompt_sink(gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False))
 
     def flush(self, sink: Sink) -> None:
         """End every live flow (end of input)."""

@@ -1,0 +1,235 @@
+"""``--jobs`` scaling and memory over capture length (issue 6), measured as ratios in one session.
+
+    python -m benchmarks.scale_jobs                 # 2M capture: steady state and whole process
+    python -m benchmarks.scale_jobs --memory        # also the ten-times-longer capture's memory
+    python -m benchmarks.scale_jobs --quick         # 200k packets, 2 runs: a smoke test
+
+Steady state: one child process, kernels loaded and the page cache warm, times
+``compute_flows(path, jobs=1)`` and ``jobs=N`` in turn (``--runs`` times each), with the CPU
+time of the process and of its workers. Whole process: ``python -m flowsense flows PATH
+--format jsonl -o /dev/null --jobs J`` in turn, its process tree sampled for CPU time and
+memory. Memory: the peak of anonymous memory (Pss_Anon + Pss_Shmem summed over the process and
+its workers) for the capture (the highest of three runs) and for the same flows repeated ten
+times, shifted in time (each copy after the previous one's flows idled out).
+Results go to ``results/scale_jobs.json`` (``quick``: ``results/scale_jobs_quick.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.measure import REPO, ensure_capture, log
+
+STEADY = r"""
+import json, os, resource, sys, time
+from flowsense.cli import main
+from flowsense.config import Config
+from flowsense.pipeline import compute_flows
+path, jobs, runs, what = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+cfg = Config().with_timeouts(3600, 7200)
+def job(j):
+    if what == "compute_flows":
+        return compute_flows([path], cfg, jobs=j).n_flows
+    return main(["flows", path, "--format", "jsonl", "-o", os.devnull, "--jobs", str(j),
+                 "--idle-timeout", "3600", "--active-timeout", "7200"])
+counts = {j: job(j) for j in (1, jobs)}  # warm-up
+out = {j: {"wall": [], "cpu_self": [], "cpu_workers": []} for j in (1, jobs)}
+def cpu(who):
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+for r in range(runs):
+    for j in ((1, jobs) if r % 2 == 0 else (jobs, 1)):
+        t, s, c = time.perf_counter(), cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+        job(j)
+        out[j]["wall"].append(time.perf_counter() - t)
+        out[j]["cpu_self"].append(cpu(resource.RUSAGE_SELF) - s)
+        out[j]["cpu_workers"].append(cpu(resource.RUSAGE_CHILDREN) - c)
+print(json.dumps({"flows": counts, "runs": out}))
+"""
+
+
+def steady(path: str, jobs: int, runs: int, what: str = "compute_flows") -> dict:
+    """``what``: ``compute_flows`` (every record gathered in the calling process) or ``flows``
+    (the CLI's job in a warm process: records formatted as JSON lines where they are made)."""
+    r = subprocess.run([sys.executable, "-c", STEADY, path, str(jobs), str(runs), what],
+                       cwd=REPO, capture_output=True, text=True, check=True)
+    out = json.loads(r.stdout)
+    return {"flows": out["flows"], "runs": {int(k): v for k, v in out["runs"].items()}}
+
+
+def cli(path: str, jobs: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "flowsense", "flows", path, "--format", "jsonl", "-o",
+            os.devnull, "--jobs", str(jobs), *extra]
+
+
+def _anon_kib(pid: int) -> int:
+    """Proportional anonymous memory (Pss_Anon + Pss_Shmem, KiB): a forked worker's RssAnon
+    counts the parent's pages it shares, Pss divides them among the sharers, so the sum over a
+    process tree is the tree's real footprint. Serial runs: Pss_Anon = RssAnon."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                    total += int(line.split()[1])
+    except OSError:
+        pass
+    return total
+
+
+def monitored(cmd: list[str]) -> dict:
+    """Run ``cmd``, sampling its process tree every 50 ms: wall seconds, the peak of its
+    anonymous memory (``_anon_kib`` summed over the tree), and CPU seconds per process (the
+    last sample before each exits)."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    cpu: dict[int, float] = {}
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            procs = [root]
+        peak = max(peak, sum(_anon_kib(p.pid) for p in procs))
+        for p in procs:
+            try:
+                ct = p.cpu_times()
+                cpu[p.pid] = ct.user + ct.system
+            except psutil.Error:
+                pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+    workers = [v for pid, v in cpu.items() if pid != proc.pid]
+    return {"wall": wall, "peak_anon_bytes": peak * 1024, "cpu_main": cpu.get(proc.pid, 0.0),
+            "cpu_workers_max": max(workers, default=0.0), "cpu_workers_sum": sum(workers)}
+
+
+def whole(path: str, jobs: int, runs: int) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {1: [], jobs: []}
+    timeouts = ("--idle-timeout", "3600", "--active-timeout", "7200")
+    for r in range(runs):
+        for j in ((1, jobs) if r % 2 == 0 else (jobs, 1)):
+            out[j].append(monitored(cli(path, j, timeouts)))
+    return out
+
+
+def repeated(src: str, dst: str, times: int, gap_s: int = 300) -> None:
+    """``src`` (a little-endian µs pcap) ``times`` times over, each copy's timestamps shifted
+    past the previous copy's last packet by ``gap_s`` (past the idle timeout: the copies' flows
+    are the original's again, not older flows grown longer)."""
+    from flowsense.capture.reader import ReaderStats, iter_records
+    from flowsense.config import CaptureConfig
+
+    data = np.fromfile(src, dtype=np.uint8)
+    offs, first, last = [], None, 0
+    for rb in iter_records(src, CaptureConfig(), ReaderStats()):
+        offs.append(rb.cols["rec_off"].copy())
+        first = int(rb.cols["ts_ns"][0]) if first is None else first
+        last = int(rb.cols["ts_ns"][rb.n - 1])
+    rec = np.concatenate(offs)
+    shift = (last - (first or 0)) // 1_000_000_000 + gap_s
+    idx = rec[:, None] + np.arange(4)  # the seconds field of each record header
+    sec = data[idx].astype(np.uint32) @ (np.uint32(1) << np.arange(0, 32, 8, dtype=np.uint32))
+    with open(dst + ".tmp", "wb") as out:
+        out.write(data[:24].tobytes())
+        body = data[24:].copy()
+        for k in range(times):
+            s = (sec + np.uint32(k * shift)).astype("<u4").view(np.uint8).reshape(-1, 4)
+            body[idx - 24] = s
+            out.write(body.tobytes())
+    os.replace(dst + ".tmp", dst)
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def summary(runs: dict[int, list[dict]], jobs: int, keys: tuple[str, ...]) -> dict:
+    med = {j: {k: _median(runs[j], k) for k in keys} for j in (1, jobs)}
+    return {"median": med, "speedup_wall": round(med[1]["wall"] / med[jobs]["wall"], 2),
+            "runs": len(runs[1])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scale_jobs",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--capture", default=os.path.join(REPO, "benchmarks/data/mixed.pcap"))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--memory", action="store_true", help="also the ten-times-longer capture")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-whole", action="store_true", help="skip the whole-process runs")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.capture = os.path.join(REPO, "benchmarks/data/quick200k.pcap")
+        args.runs = min(args.runs, 2)
+    ensure_capture(args.capture, packets=200_000 if args.quick else 2_000_000)
+    res: dict = {"capture": os.path.relpath(args.capture, REPO), "jobs": args.jobs,
+                 "cpus": os.cpu_count(), "load_before": os.getloadavg()}
+    for what, name in (("compute_flows", "steady"), ("flows", "steady_flows_cli")):
+        log(f"steady state: {what}")
+        st = steady(args.capture, args.jobs, args.runs, what)
+        runs = {j: [dict(zip(v, x)) for x in zip(*v.values())] for j, v in st["runs"].items()}
+        res[name] = summary(runs, args.jobs, ("wall", "cpu_self", "cpu_workers"))
+        res[name]["flows_or_rc"] = st["flows"]
+        med = res[name]["median"]
+        # on an idle machine a parallel run takes at least its busiest process's CPU time:
+        # the parent (its joining overlaps the workers) or a worker (partitions even by hash)
+        busiest = max(med[args.jobs]["cpu_self"], med[args.jobs]["cpu_workers"] / args.jobs)
+        res[name]["speedup_cpu_critical_path"] = round(med[1]["cpu_self"] / busiest, 2)
+    keys = ("wall", "cpu_main", "cpu_workers_max", "cpu_workers_sum", "peak_anon_bytes")
+    if not args.no_whole:
+        log("whole process")
+        res["whole_process"] = summary(whole(args.capture, args.jobs, args.runs), args.jobs, keys)
+        med = res["whole_process"]["median"]
+        # the workers start after the parent's interpreter start and imports: an upper bound
+        busiest = med[args.jobs]["cpu_main"] + med[args.jobs]["cpu_workers_max"]
+        res["whole_process"]["speedup_cpu_critical_path"] = round(
+            med[1]["cpu_main"] / busiest, 2)
+    if args.memory:
+        longer = args.capture.replace(".pcap", f"-x{args.repeat}.pcap")
+        if not os.path.exists(longer):
+            log(f"writing {longer}")
+            repeated(args.capture, longer, args.repeat)
+        mem = {}
+        for j in sorted({1, args.jobs}):
+            log(f"memory, --jobs {j}")
+            # the short run's peak is sampled over a few seconds, every 50 ms: its highest of
+            # three (one sample can miss the peak, and the ratio then overstates the growth)
+            bases = [monitored(cli(args.capture, j))["peak_anon_bytes"] for _ in range(3)]
+            base = max(bases)
+            long_ = monitored(cli(longer, j))["peak_anon_bytes"]
+            mem[j] = {"peak_anon_bytes": base, "peak_anon_bytes_runs": bases,
+                      f"peak_anon_bytes_x{args.repeat}": long_, "ratio": round(long_ / base, 3)}
+        res["memory"] = mem
+    res["load_after"] = os.getloadavg()
+    name = "scale_jobs_quick.json" if args.quick else "scale_jobs.json"
+    old = os.path.join(REPO, "benchmarks/results", name)
+    if "memory" not in res and os.path.exists(old):  # keep the last memory figures
+        with open(old) as f:
+            prior = json.load(f)
+        if "memory" in prior:
+            res["memory"] = prior["memory"] | {"measured_in_an_earlier_run": True}
+    with open(os.path.join(REPO, "benchmarks/results", name), "w") as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Kernels of the parallel engines: which partition a packet's flow belongs to, the statuses a
+partition's table is fed (other partitions' packets become clock ticks), and finding a pcap
+record boundary from an arbitrary byte offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flowsense.capture.kernels import rd32
+from flowsense.flows.kernels import _hash_at
+from flowsense.jit import kernel
+from flowsense.schema import ST_OK, ST_TICK
+
+
+@kernel
+def partition_ids(status, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, n,
+                  n_parts, key, out):
+    """out[i] (uint8): the partition of packet i's flow: the flow table's keyed hash (with a
+    key of the run's own, uint64[2]) of the canonical key, so both directions agree. Non-IP
+    packets get 0."""
+    for i in range(n):
+        if status[i] != ST_OK:
+            out[i] = 0
+            continue
+        h = _hash_at(key, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
+        out[i] = np.uint8((h >> np.uint64(40)) % np.uint64(n_parts))
+
+
+@kernel
+def tick_statuses(status, part, n, p, out):
+    """The statuses partition ``p`` is fed: its own IP packets ST_OK, the others' ST_TICK."""
+    for i in range(n):
+        s = status[i]
+        if s == ST_OK and part[i] != p:
+            out[i] = ST_TICK
+        else:
+            out[i] = s
+
+
+@kernel
+def pcap_resync(buf, x, end, swapped, frac_limit, max_caplen, chain):
+    """The first offset >= ``x`` where ``chain`` plausible pcap record headers follow each other
+    (or reach ``end`` exactly), or -1. Plausible: captured length within the cap, fraction of a
+    second below ``frac_limit``, seconds within a day of the first header's. A guess: the caller
+    checks it against the previous range's walk, which knows the true boundary."""
+    limit = min(end, x + max_caplen + 16)
+    for o in range(x, limit):
+        p = o
+        ok = True
+        sec0 = np.int64(-1)
+        for _ in range(chain):
+            if p == end:
+                break
+            if end - p < 16:
+                ok = False
+                break
+            sec = rd32(buf, p, swapped)
+            frac = rd32(buf, p + 4, swapped)
+            cl = rd32(buf, p + 8, swapped)
+            if sec0 < 0:
+                sec0 = sec
+            if cl > max_caplen or frac >= frac_limit or abs(sec - sec0) > 86400:
+                ok = False
+                break
+            p += 16 + cl
+            if p > end:
+                ok = False
+                break
+        if ok:
+            return o
+    return -1

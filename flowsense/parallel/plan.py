@@ -1,0 +1,326 @@
+"""What a parallel run reads, in which pieces, and where a decoded piece waits for the workers.
+
+The inputs (already in time order) are cut into pieces: a classic pcap file larger than
+``chunk_bytes`` into byte ranges on a fixed grid, a smaller regular file whole, and a ``.gz``
+file (or a large pcapng, whose sections and interfaces cannot be picked up mid-file) as a
+stream of batches that one worker reads in order. Rounds take up to N pieces, one a worker; a
+stream's batch is a round of its own. Every worker computes the same rounds.
+
+A range's first record is found by ``pcap_resync`` (a guess from the bytes); the worker that
+aggregates checks it against the previous range's walk, which knows the true boundary, and
+reads the range itself when they disagree. Pieces holding IP fragments are read again by every
+worker with a decoder that has seen every earlier fragment (the fragment table is the decoder's
+only state across pieces), so decoding in pieces changes nothing.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowsense.capture.reader import (
+    PCAP_MAGICS,
+    Decoder,
+    PacketBatch,
+    ReaderStats,
+    Span,
+    iter_batches,
+)
+from flowsense.capture.source import GZIP_MAGIC
+from flowsense.config import Config
+from flowsense.errors import CaptureError, InputMissingError
+from flowsense.parallel.kernels import partition_ids, pcap_resync
+from flowsense.schema import PACKET_COLUMNS, PF_FIRST_FRAGMENT, PF_FRAGMENT
+
+RESYNC_CHAIN = 16  # record headers that must chain for a guessed boundary
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    kind: str  # "ranges", "whole" or "stream"
+    size: int
+    swapped: bool = False
+    frac_limit: int = 0  # a pcap record's fraction of a second stays below this
+    mapped: bool = True  # read through a memory map (not .gz): payload offsets are file offsets
+
+
+@dataclass(frozen=True)
+class Piece:
+    file: int
+    kind: str  # "range", "whole" or "stream"
+    start: int = 0
+    stop: int = 0
+    first: bool = True  # the file's first piece
+
+
+def classify(paths: list[str], config: Config) -> list[InputFile]:
+    """How each input is read (regular files only: the caller keeps stdin and pipes serial)."""
+    out = []
+    chunk = config.capture.chunk_bytes
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(4)
+        except OSError as exc:  # as the serial reader says it (exit 2)
+            raise InputMissingError(f"{path}: cannot open: {exc.strerror}") from None
+        if head[:2] == GZIP_MAGIC:
+            out.append(InputFile(path, "stream", size, mapped=False))
+        elif head in PCAP_MAGICS and size > chunk:
+            swapped, frac_ns = PCAP_MAGICS[head]
+            out.append(InputFile(path, "ranges", size, swapped, 1_000_000_000 // frac_ns))
+        elif size <= chunk:
+            out.append(InputFile(path, "whole", size))
+        else:
+            out.append(InputFile(path, "stream", size))
+    return out
+
+
+class Rounds:
+    """The sequence of rounds, the same in every worker. ``next(stream_ended)``: the round after
+    the current one; ``stream_ended`` tells whether the current round's stream batch was the
+    stream's last (a stream's length is known only by reading it)."""
+
+    def __init__(self, files: list[InputFile], n: int, chunk: int) -> None:
+        self.files = files
+        self.n = n
+        self.chunk = chunk
+        self.f = 0
+        self.r = 0
+        self.in_stream = False
+
+    def next(self, stream_ended: bool = True) -> list[Piece]:
+        if self.in_stream:
+            if not stream_ended:
+                return [Piece(self.f, "stream", first=False)]
+            self.in_stream = False
+            self.f += 1
+        pieces: list[Piece] = []
+        while len(pieces) < self.n and self.f < len(self.files):
+            inp = self.files[self.f]
+            if inp.kind == "stream":
+                if pieces:
+                    break
+                self.in_stream = True
+                return [Piece(self.f, "stream")]
+            if inp.kind == "whole":
+                pieces.append(Piece(self.f, "whole", 0, inp.size))
+                self.f += 1
+                continue
+            start = 24 if self.r == 0 else self.r * self.chunk
+            stop = min((self.r + 1) * self.chunk, inp.size)
+            pieces.append(Piece(self.f, "range", start, stop, self.r == 0))
+            self.r += 1
+            if stop >= inp.size:
+                self.f += 1
+                self.r = 0
+        return pieces
+
+
+# header words of a region
+H_N, H_START, H_NEXT, H_FRAG, H_ENDED, H_ERR_OFF, H_INLINE, H_DROPS, H_ERR_LEN = range(9)
+H_WORDS = 16
+ERR_BYTES = 1024
+
+
+def _shared(nbytes: int) -> mmap.mmap:
+    """Anonymous shared memory: inherited by forked workers, gone with the last of them."""
+    return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+
+
+class Region:
+    """One decoded piece in shared memory: a header, the packet columns, each packet's
+    partition, and (for a stream's batch) the payload bytes it points into. Pages are touched
+    only as far as a piece fills them."""
+
+    def __init__(self, packets: int, inline_bytes: int) -> None:
+        layout = [("hdr", np.dtype(np.int64), H_WORDS), ("err", np.dtype(np.uint8), ERR_BYTES),
+                  ("part", np.dtype(np.uint8), packets)]
+        layout += [(k, dt, packets) for k, dt in PACKET_COLUMNS.items()]
+        layout.append(("inline", np.dtype(np.uint8), inline_bytes))
+        offsets = []
+        total = 0
+        for _, dt, count in layout:
+            offsets.append(total)
+            total += (dt.itemsize * count + 63) // 64 * 64
+        self._mm = _shared(total)
+        arrays = {name: np.frombuffer(self._mm, dtype=dt, count=count, offset=off)
+                  for (name, dt, count), off in zip(layout, offsets)}
+        self.hdr = arrays.pop("hdr")
+        self.err = arrays.pop("err")
+        self.part = arrays.pop("part")
+        self.inline = arrays.pop("inline")
+        self.cols = arrays
+        self.capacity = packets
+
+    def error(self, path: str) -> CaptureError | None:
+        if self.hdr[H_ERR_OFF] < 0:
+            return None
+        msg = bytes(self.err[: self.hdr[H_ERR_LEN]]).decode("utf-8", "replace")
+        return CaptureError(path, int(self.hdr[H_ERR_OFF]), msg)
+
+    def batch(self, buf: np.ndarray, source: str) -> PacketBatch:
+        n = int(self.hdr[H_N])
+        if self.hdr[H_INLINE] >= 0:
+            buf = self.inline[: self.hdr[H_INLINE]]
+        return PacketBatch(buf, n, {k: v[:n] for k, v in self.cols.items()}, source)
+
+
+def file_buffer(path: str, start: int = 0, stop: int = -1,
+                populate: bool = False) -> tuple[np.ndarray, int]:
+    """A read-only view of ``path`` from about ``start`` to ``stop`` (-1: the end), memory-mapped;
+    returns (view, the file offset of its first byte: ``start`` rounded down to a page). With
+    ``populate``, the page tables are filled at once (one pass, not a fault each time a worker's
+    packets reach a page); only ever for a bounded range, never a whole large file."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        stop = size if stop < 0 else min(stop, size)
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        if stop <= base:
+            return np.zeros(0, dtype=np.uint8), base
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        mm = mmap.mmap(f.fileno(), stop - base, flags=flags, prot=mmap.PROT_READ, offset=base)
+    return np.frombuffer(mm, dtype=np.uint8), base
+
+
+def assign_partitions(batch: PacketBatch, out: np.ndarray, n_parts: int, key: int) -> np.ndarray:
+    c = batch.cols
+    partition_ids(c["status"], c["fam"], c["proto"], c["src_hi"], c["src_lo"], c["dst_hi"],
+                  c["dst_lo"], c["sport"], c["dport"], batch.n, n_parts, _hash_key(key), out)
+    return out[: batch.n]
+
+
+def _hash_key(key: int) -> np.ndarray:
+    rng = np.random.default_rng(key)
+    return rng.integers(0, 2**63, size=2, dtype=np.int64).astype(np.uint64)
+
+
+def has_fragments(batch: PacketBatch) -> bool:
+    return bool(np.any(batch.cols["pflags"] & (PF_FRAGMENT | PF_FIRST_FRAGMENT)))
+
+
+class Producer:
+    """Decodes a worker's pieces into regions (ranges and whole files with a decoder of its
+    own; a stream with the worker's fragment-faithful decoder, in order)."""
+
+    def __init__(self, files: list[InputFile], config: Config, n_parts: int, key: int,
+                 stream_decoder: Decoder) -> None:
+        self.files = files
+        self.config = config
+        self.n_parts = n_parts
+        self.key = key
+        self.decoder = Decoder(config.capture)
+        self.stream_decoder = stream_decoder
+        self._bufs: dict[int, np.ndarray] = {}
+        self._stream: Iterator[PacketBatch] | None = None
+        self._stream_stats = ReaderStats(interface_drops=-1)
+
+    def buffer(self, f: int) -> np.ndarray:
+        if f not in self._bufs:
+            self._bufs = {f: file_buffer(self.files[f].path)[0]}  # one file mapped at a time
+        return self._bufs[f]
+
+    def produce(self, piece: Piece, region: Region) -> None:
+        h = region.hdr
+        h[:] = 0
+        h[H_ERR_OFF] = -1
+        h[H_INLINE] = -1
+        h[H_DROPS] = -1
+        inp = self.files[piece.file]
+        n = 0
+        try:
+            if piece.kind == "stream":
+                n = self._produce_stream(piece, region)
+            else:
+                span = None
+                stats = ReaderStats(interface_drops=-1)
+                if piece.kind == "range":
+                    start = piece.start
+                    if not piece.first:
+                        buf = self.buffer(piece.file)
+                        start = int(pcap_resync(buf, piece.start, len(buf), inp.swapped,
+                                                inp.frac_limit,
+                                                self.config.capture.max_record_bytes,
+                                                RESYNC_CHAIN))
+                        if start < 0:
+                            start = piece.stop  # nothing found: the aggregating worker reads it
+                    span = Span(start, piece.stop, start)
+                    h[H_START] = start
+                # decoded straight into the region: the decoder's arrays are views of it
+                self.decoder.out = dict(region.cols)
+                try:
+                    for batch in iter_batches(inp.path, self.config.capture, stats,
+                                              self.decoder, span):
+                        n += batch.n
+                        self.decoder.out = {k: v[n:] for k, v in region.cols.items()}
+                finally:
+                    if span is not None:
+                        h[H_NEXT] = span.next_pos
+                    h[H_DROPS] = stats.interface_drops
+        except CaptureError as exc:
+            msg = exc.reason.encode("utf-8")[:ERR_BYTES]
+            region.err[: len(msg)] = np.frombuffer(msg, dtype=np.uint8)
+            h[H_ERR_LEN] = len(msg)
+            h[H_ERR_OFF] = exc.offset
+            h[H_ENDED] = 1
+        h[H_N] = n
+        view = region.batch(region.inline, inp.path)
+        h[H_FRAG] = has_fragments(view)
+        assign_partitions(view, region.part, self.n_parts, self.key)
+
+    def _put(self, region: Region, batch: PacketBatch, at: int) -> int:
+        if at + batch.n > region.capacity:
+            raise RuntimeError("a piece outgrew its region")
+        for k, v in batch.cols.items():
+            region.cols[k][at:at + batch.n] = v
+        return at + batch.n
+
+    def _produce_stream(self, piece: Piece, region: Region) -> int:
+        inp = self.files[piece.file]
+        if piece.first:
+            self._stream_stats = ReaderStats(interface_drops=-1)
+            self._stream = iter_batches(inp.path, self.config.capture, self._stream_stats,
+                                        self.stream_decoder)
+        assert self._stream is not None
+        try:
+            batch = next(self._stream)
+        except StopIteration:
+            region.hdr[H_ENDED] = 1
+            region.hdr[H_INLINE] = 0
+            return 0
+        finally:
+            region.hdr[H_DROPS] = self._stream_stats.interface_drops
+        n = self._put(region, batch, 0)
+        if inp.mapped:
+            return n
+        # the payload bytes this batch points into, copied beside it
+        c = region.cols
+        cap = c["pay_cap"][:n]
+        used = cap > 0
+        lo = int(c["pay_off"][:n][used].min()) if used.any() else 0
+        hi = int((c["pay_off"][:n][used] + cap[used]).max()) if used.any() else 0
+        if hi - lo > len(region.inline):
+            raise RuntimeError("a stream batch outgrew its region")
+        region.inline[: hi - lo] = batch.buf[lo:hi]
+        c["pay_off"][:n] -= lo
+        region.hdr[H_INLINE] = hi - lo
+        return n
+
+
+def warm_kernels(config: Config) -> None:
+    """Load this module's kernels (and their callees) before workers fork, so each does not
+    compile or load them on its own."""
+    from flowsense.parallel.kernels import tick_statuses
+
+    z8 = np.zeros(1, dtype=np.uint8)
+    z64 = np.zeros(1, dtype=np.uint64)
+    z16 = np.zeros(1, dtype=np.uint16)
+    partition_ids(z8, z8, z8, z64, z64, z64, z64, z16, z16, 1, 2, _hash_key(1), z8.copy())
+    tick_statuses(z8, z8, 1, 0, z8.copy())
+    pcap_resync(np.zeros(64, dtype=np.uint8), 0, 64, False, 1_000_000,
+                config.capture.max_record_bytes, RESYNC_CHAIN)
