@@ -54,6 +54,16 @@ def _members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[at] == values
 
 
+def _request_line(start: np.ndarray) -> np.ndarray:
+    """Vectorised ``http_host``'s first test over uint8[n, 8] payload starts: letters up to
+    a space (or all eight), as an HTTP request's method."""
+    folded = start | np.uint8(0x20)
+    letter = (folded >= ord("a")) & (folded <= ord("z"))
+    lead = np.where(letter.all(axis=1), 8, np.argmin(letter, axis=1))  # leading letters
+    after = start[np.arange(len(start)), np.minimum(lead, 7)]
+    return (lead >= 1) & ((lead == 8) | (after == ord(" ")))
+
+
 class DnsAnswers:
     """Answers each client received: (client, address) -> (name, expiry ns); bounded, LRU."""
 
@@ -167,6 +177,7 @@ class PoolDetector(Detector):
         self._seen_open: set[int] = set()  # DNS flows read while open (their reply's prompt)
         self._asked_version = -1
         self._asked_lo = np.zeros(0, dtype=np.uint64)
+        self._client_lo: dict[str, int] = {}  # a client's address, low 64 bits
 
     @property
     def pools(self) -> PoolSet:
@@ -193,30 +204,30 @@ class PoolDetector(Detector):
             for name, addr, ttl in dns_answers(query, frame.payload(i, 1)):
                 expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
                 self.dns.learn(str(c["src_ip"][i]), addr, name, expiry)
-        alerts = []
-        # vectorised pick: a client payload that can name a pool (JSON, a TLS ClientHello, an
-        # HTTP request), a listed server address, or a client that DNS answered for
+        alerts: list[Alert] = []
+        # vectorised pick, over the rows that can carry a connection (a frame of DNS lookups
+        # alone, as a prompt rule shows them, has none): a client payload that can name a pool
+        # (JSON, a TLS ClientHello, an HTTP request), a listed server address, or a client that
+        # DNS answered for
+        proto = c["protocol"]
+        rows = np.flatnonzero((proto == 6) | ((proto == 17) & (c["dst_port"] != 53)))
+        if not len(rows):
+            return alerts
         assert frame.head is not None and frame.addr is not None
-        first = frame.head[:, 0, 0]
-        named = (first == ord("{")) | ((first == 0x16) & (frame.head[:, 0, 5] == 1))
+        first = frame.head[rows, 0, 0]
+        named = (first == ord("{")) | ((first == 0x16) & (frame.head[rows, 0, 5] == 1))
         http = np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
-        named |= self._listed_host(frame, np.flatnonzero(http))
-        fam = c["ip_version"]
-        listed = self.pools.listed(fam, frame.addr[:, 2], frame.addr[:, 3])
-        asked = np.zeros(frame.n, dtype=bool)
-        if self.dns.clients:  # by the address's low 64 bits: a superset, _judge looks up exactly
-            if self._asked_version != self.dns.version:
-                self._asked_version = self.dns.version
-                self._asked_lo = np.unique(np.array(
-                    [int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
-                     for ip in self.dns.clients], dtype=np.uint64))
-            asked = _members(frame.addr[:, 1], self._asked_lo)
-        transport = (c["protocol"] == 6) | ((c["protocol"] == 17) & (c["dst_port"] != 53))
-        rhythm = cadence.candidates(frame)
-        candidates = np.flatnonzero(transport & (named | listed | asked | rhythm))
-        for i in candidates.tolist():
-            found = self._judge(frame, i, bool(listed[i]))
-            figures = cadence.figures(frame, i) if rhythm[i] else None
+        http[http] = _request_line(frame.head[rows[http], 0, :8])
+        named |= self._listed_host(frame, rows[http])[rows]
+        addr = frame.addr[rows]
+        listed = self.pools.listed(c["ip_version"][rows], addr[:, 2], addr[:, 3])
+        asked = self._asked(addr[:, 1])
+        rhythm = cadence.candidates(frame)[rows]
+        pick = named | listed | asked | rhythm
+        for i, is_listed, is_rhythm in zip(rows[pick].tolist(), listed[pick].tolist(),
+                                           rhythm[pick].tolist()):
+            found = self._judge(frame, i, is_listed)
+            figures = cadence.figures(frame, i) if is_rhythm else None
             if figures is not None and cadence.matches(figures):
                 found.append(("cadence", "behaviour", None))
             else:
@@ -224,6 +235,24 @@ class PoolDetector(Detector):
             if found:
                 alerts.append(self._alert(frame, i, found, figures))
         return alerts
+
+    def _asked(self, client_lo: np.ndarray) -> np.ndarray:
+        """Which clients (the low 64 bits of their addresses) DNS answered for: a superset,
+        ``_judge`` looks up exactly. Each client's address is converted once."""
+        if not self.dns.clients:
+            return np.zeros(len(client_lo), dtype=bool)
+        if self._asked_version != self.dns.version:
+            self._asked_version = self.dns.version
+            memo = self._client_lo
+            if len(memo) > 2 * DNS_CACHE_ENTRIES:
+                memo.clear()
+            for ip in self.dns.clients:
+                if ip not in memo:
+                    memo[ip] = int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
+            self._asked_lo = np.unique(np.fromiter(
+                (memo[ip] for ip in self.dns.clients), dtype=np.uint64,
+                count=len(self.dns.clients)))
+        return _members(client_lo, self._asked_lo)
 
     def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
         """Rows of DNS lookups not read before: a lookup whose reply was shown at once (a
