@@ -258,7 +258,10 @@ class FlowTable:
         if prompt.any():  # before the ends: a later flow may need what these replies said
             if self.prompt_sink is not None:
                 ps = slots[prompt]
-                self.prompt_sink(gather(T, ps, np.zeros(len(ps), np.int64), interim=False))
+                # columns as read: a detector that learns from a few of these many lookups
+                # pays for the columns it reads alone
+                self.prompt_sink(gather(T, ps, np.zeros(len(ps), np.int64), interim=False,
+                                        lazy=True))
             slots, kinds = slots[~prompt], kinds[~prompt]
         interim = kinds == END_ACTIVE
         if interim.any():
