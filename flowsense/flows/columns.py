@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from flowsense.flows.ids import addr_text, community_ids, flow_ids
+from flowsense.flows.ids import addr_rows, community_id_rows, flow_ids, rows_text
 from flowsense.schema import (
     D_BYTES,
     D_CWR_ECE,
@@ -142,6 +142,9 @@ class Rows:
         self.first = fi[:, FI_FIRST_TS]
         self.reasons = reasons
         self.interim = interim
+        # the text columns as the ASCII rows they were formatted from (FeatureFrame.text_rows),
+        # filled as those columns are computed
+        self.text_rows: dict[str, np.ndarray] = {}
 
 
 def _flow_id(r: Rows, c: dict) -> dict[str, np.ndarray]:
@@ -149,17 +152,22 @@ def _flow_id(r: Rows, c: dict) -> dict[str, np.ndarray]:
                                 r.first)}
 
 
+def _text(r: Rows, name: str, ascii_rows: np.ndarray) -> dict[str, np.ndarray]:
+    r.text_rows[name] = ascii_rows
+    return {name: rows_text(ascii_rows)}
+
+
 def _community_id(r: Rows, c: dict) -> dict[str, np.ndarray]:
-    return {"community_id": community_ids(r.fam, r.proto, r.s_hi, r.s_lo, r.d_hi, r.d_lo,
-                                          r.sp, r.dp)}
+    return _text(r, "community_id", community_id_rows(r.fam, r.proto, r.s_hi, r.s_lo, r.d_hi,
+                                                      r.d_lo, r.sp, r.dp))
 
 
 def _src_ip(r: Rows, c: dict) -> dict[str, np.ndarray]:
-    return {"src_ip": addr_text(r.fam, r.s_hi, r.s_lo)}
+    return _text(r, "src_ip", addr_rows(r.fam, r.s_hi, r.s_lo))
 
 
 def _dst_ip(r: Rows, c: dict) -> dict[str, np.ndarray]:
-    return {"dst_ip": addr_text(r.fam, r.d_hi, r.d_lo)}
+    return _text(r, "dst_ip", addr_rows(r.fam, r.d_hi, r.d_lo))
 
 
 def _endpoints(r: Rows, c: dict) -> dict[str, np.ndarray]:

@@ -40,6 +40,9 @@ class FeatureFrame:
     # watched flows only, by row: their payload slabs (client, server) and packet traces
     slabs: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     traces: dict[int, Trace] = field(default_factory=dict)
+    # the text columns the table formats (addresses, Community ID) as the ASCII rows they were
+    # made from (uint8[n, W], NUL padded, JSON-safe): writers take them as they are
+    text_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.n
@@ -98,6 +101,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ],
         watch=watch, slabs=slabs, traces=traces,
         addr=np.stack([rows.s_hi, rows.s_lo, rows.d_hi, rows.d_lo], axis=1),
+        text_rows=rows.text_rows,
     )
 
 
@@ -131,8 +135,10 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(f, name) for f in frames])
 
+    shared = set.intersection(*(set(f.text_rows) for f in frames))
+    text_rows = {k: np.concatenate([f.text_rows[k] for f in frames]) for k in shared}
     return FeatureFrame(
         cols=cols, n=sum(f.n for f in frames), head=cat("head"), head_len=cat("head_len"),
         splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
-        watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"),
+        watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"), text_rows=text_rows,
     )

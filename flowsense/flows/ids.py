@@ -22,15 +22,21 @@ _ICMP_PAIRED = {
 }
 
 
-def addr_text(fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Addresses as text (object array): dotted quad for IPv4, inet_ntop's form for IPv6."""
+def addr_rows(fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Addresses as ASCII rows (uint8[n, ADDR_WIDTH], NUL padded): dotted quad for IPv4,
+    inet_ntop's form for IPv6."""
     out = np.zeros((len(fam), TK.ADDR_WIDTH), dtype=np.uint8)
     TK.format_addrs(np.ascontiguousarray(fam), np.ascontiguousarray(hi),
                     np.ascontiguousarray(lo), out, TK._HEX)
-    return _rows_text(out)
+    return out
 
 
-def _rows_text(out: np.ndarray) -> np.ndarray:
+def addr_text(fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """``addr_rows`` as text (object array of str)."""
+    return rows_text(addr_rows(fam, hi, lo))
+
+
+def rows_text(out: np.ndarray) -> np.ndarray:
     """NUL-padded ASCII rows to an object array of str."""
     if len(out) == 0:
         return np.empty(0, dtype=object)
@@ -62,16 +68,25 @@ def community_id(
     return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
 
 
-def community_ids(
+def community_id_rows(
     fam: np.ndarray, proto: np.ndarray, s_hi: np.ndarray, s_lo: np.ndarray, d_hi: np.ndarray,
     d_lo: np.ndarray, sport: np.ndarray, dport: np.ndarray, seed: int = 0,
 ) -> np.ndarray:
-    """Community ID v1 of many flows (object array); ``community_id`` is its one-flow twin."""
+    """Community ID v1 of many flows as ASCII rows (uint8[n, CID_WIDTH]); ``community_id`` is
+    its one-flow twin."""
     out = np.zeros((len(fam), TK.CID_WIDTH), dtype=np.uint8)
     c = np.ascontiguousarray
     TK.community_ids(c(fam), c(proto), c(s_hi), c(s_lo), c(d_hi), c(d_lo), c(sport), c(dport),
                      seed, out, TK._B64)
-    return _rows_text(out)
+    return out
+
+
+def community_ids(
+    fam: np.ndarray, proto: np.ndarray, s_hi: np.ndarray, s_lo: np.ndarray, d_hi: np.ndarray,
+    d_lo: np.ndarray, sport: np.ndarray, dport: np.ndarray, seed: int = 0,
+) -> np.ndarray:
+    """``community_id_rows`` as text (object array of str)."""
+    return rows_text(community_id_rows(fam, proto, s_hi, s_lo, d_hi, d_lo, sport, dport, seed))
 
 
 def _fmix(x: np.ndarray) -> np.ndarray:

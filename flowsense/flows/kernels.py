@@ -27,7 +27,7 @@ from flowsense.flows.table_kernels import (
     list_unlink,
     timeout_ns,
 )
-from flowsense.jit import inline_kernel, kernel, prefetch, prefetch2
+from flowsense.jit import copy_bytes3, inline_kernel, kernel, prefetch, prefetch2, zero_row
 from flowsense.schema import (
     D_BYTES,
     D_CWR_ECE,
@@ -199,8 +199,8 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
     T.key[s, 0] = _pack(fam, proto, pa, pb) | (cli_a << np.uint64(48))
     fi = T.fi
     dirty = fi[s, FI_STATE] & FS_DIRTY  # a reused slot may still be on the dirty list
-    fi[s, :] = 0  # floats too: they share the row, and 0 bits are 0.0
-    T.head[s, :, :] = 0  # gaps in a head read as zero bytes, never as an old flow's
+    zero_row(fi, s)  # floats too: they share the row, and 0 bits are 0.0
+    zero_row(T.head, s)  # gaps in a head read as zero bytes, never as an old flow's
     fi[s, FI_FIRST_TS] = ts
     fi[s, FI_LAST_TS] = ts
     fi[s, FI_PREV_TS] = ts
@@ -249,7 +249,7 @@ def _place(dst, s, d, limit, rel, buf, po, cap):
     k = cap
     if rel + k > limit:
         k = limit - rel
-    dst[s, d, rel:rel + k] = buf[po:po + k]
+    copy_bytes3(dst, s, d, rel, buf, po, k)  # a memcpy (slice assignment: a byte at a time)
     return rel + k
 
 

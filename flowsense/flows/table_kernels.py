@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from flowsense.jit import inline_kernel, kernel
+from flowsense.jit import copy_bytes3, inline_kernel, kernel, zero_row
 from flowsense.schema import (
     D_HEAD_LEN,
     END_ACTIVE,
@@ -373,12 +373,11 @@ def lease_watch(T, s):
     T.w_slot[w] = s
     fi[s, FI_WATCH] = w
     T.tr_n[w] = 0
-    T.slab[w, :, :] = 0
+    zero_row(T.slab, w)
     hl = T.head.shape[2]
     for d in range(2):
         T.w_fill[w, d] = fi[s, FI_DIR0 + d * FI_DSTRIDE + D_HEAD_LEN]
-        for j in range(hl):
-            T.slab[w, d, j] = T.head[s, d, j]
+        copy_bytes3(T.slab, w, d, 0, T.head[s, d], 0, hl)
     return w
 
 

@@ -60,6 +60,7 @@ def write_jsonl(frame: FeatureFrame, out: TextIO, splt: bool = False) -> None:
 
 def _jsonl_bytes(frame: FeatureFrame) -> memoryview | None:
     names = list(frame.cols)
+    n = frame.n
     kinds = np.empty(len(names), dtype=np.int64)
     index = np.empty(len(names), dtype=np.int64)
     ints: list[np.ndarray] = []
@@ -67,7 +68,10 @@ def _jsonl_bytes(frame: FeatureFrame) -> memoryview | None:
     strs: list[np.ndarray] = []
     for c, name in enumerate(names):
         col = frame.cols[name]
-        if col.dtype == object:
+        if name in frame.text_rows:  # formatted by the table: ASCII, nothing to escape
+            kinds[c], index[c] = RK.K_STR, len(strs)
+            strs.append(frame.text_rows[name])
+        elif col.dtype == object:
             try:
                 b = col.astype("S")
             except UnicodeEncodeError:
@@ -78,26 +82,27 @@ def _jsonl_bytes(frame: FeatureFrame) -> memoryview | None:
                 return None
             kinds[c], index[c] = RK.K_STR, len(strs)
             strs.append(raw)
-        elif col.dtype == np.bool_:
-            kinds[c], index[c] = RK.K_BOOL, len(ints)
-            ints.append(col.astype(np.int64))
         elif col.dtype.kind == "f":
             if not np.all(np.abs(col) < RK.FLOAT_LIMIT):
                 return None
             kinds[c], index[c] = RK.K_FLOAT, len(floats)
             floats.append(col)
         else:
-            kinds[c], index[c] = RK.K_INT, len(ints)
-            ints.append(col.astype(np.int64))
-    n = frame.n
+            kinds[c], index[c] = (RK.K_BOOL if col.dtype == np.bool_ else RK.K_INT), len(ints)
+            ints.append(col)
     width = max([s.shape[1] for s in strs], default=1)
-    str_mat = np.zeros((n, max(len(strs), 1), width), dtype=np.uint8)
+    str_mat = np.zeros((max(len(strs), 1), n, width), dtype=np.uint8)
     for i, s in enumerate(strs):
-        str_mat[:, i, : s.shape[1]] = s
+        str_mat[i, :, : s.shape[1]] = s
+    # one column a row of each matrix: every column is one contiguous copy (casting as it goes)
+    int_mat = np.empty((max(len(ints), 1), n), dtype=np.int64)
+    for i, col in enumerate(ints):
+        int_mat[i] = col
+    flt_mat = np.empty((max(len(floats), 1), n), dtype=np.float64)
+    for i, col in enumerate(floats):
+        flt_mat[i] = col
     keys = b"".join(json.dumps(k).encode() + b": " for k in names)
     key_off = np.cumsum([0] + [len(json.dumps(k)) + 2 for k in names]).astype(np.int64)
-    int_mat = np.stack(ints, axis=1) if ints else np.zeros((n, 1), np.int64)
-    flt_mat = np.stack(floats, axis=1) if floats else np.zeros((n, 1), np.float64)
     per_row = len(keys) + 2 * len(names) + 24 * (len(ints) + len(floats)) + width * len(strs) + 8
     buf = np.empty(per_row * n, dtype=np.uint8)
     used = RK.write_jsonl(n, kinds, index, np.frombuffer(keys, dtype=np.uint8), key_off, int_mat,
