@@ -28,6 +28,7 @@ from flowsense.detect.dns_tunnel import parse_message
 from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
+from flowsense.flows.ids import addr_text
 from flowsense.flows.table import WatchRule
 from flowsense.signatures import PoolEntry, PoolSet, suffix_hashes
 
@@ -42,12 +43,15 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
 }
 DNS_CACHE_ENTRIES = 100_000
 MAX_SEEN_OPEN = 1_000_000  # DNS flows remembered as read while open (cleared past this)
+HOST_VALUES = 4096  # Host header values remembered with their verdict (cleared past this)
+_HTTP_FIRST = np.zeros(256, dtype=bool)  # first letters of the HTTP methods, by byte
+_HTTP_FIRST[np.frombuffer(b"GPHDOCT", dtype=np.uint8)] = True
 _HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 def _members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``values`` (any shape) found in the sorted, unique ``table``: a binary search each, no
-    sort of the values (``np.isin`` sorts both)."""
+    """``values`` (any shape) found in the sorted ``table`` (repeats do no harm): a binary
+    search each, no sort of the values (``np.isin`` sorts both)."""
     if not len(table):
         return np.zeros(values.shape, dtype=bool)
     at = np.minimum(np.searchsorted(table, values), len(table) - 1)
@@ -71,7 +75,6 @@ class DnsAnswers:
         self.capacity = capacity
         self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
         self._clients: Counter[str] = Counter()  # answers held per client
-        self.version = 0  # changes whenever the set of clients does
 
     @property
     def clients(self) -> Counter[str]:
@@ -81,7 +84,6 @@ class DnsAnswers:
     def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
         key = (client, addr)
         if key not in self._map:
-            self.version += client not in self._clients
             self._clients[client] += 1
         self._map[key] = (name, expiry_ns)
         self._map.move_to_end(key)
@@ -90,7 +92,6 @@ class DnsAnswers:
             self._clients[old] -= 1
             if not self._clients[old]:
                 del self._clients[old]
-                self.version += 1
 
     def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
         hit = self._map.get((client, addr))
@@ -174,10 +175,16 @@ class PoolDetector(Detector):
         self._suffix_table = (np.array(sorted(self._suffixes), dtype=np.int64),
                               np.unique(np.concatenate([np.zeros(0, np.uint64),
                                                         *self._suffixes.values()])))
-        self._seen_open: set[int] = set()  # DNS flows read while open (their reply's prompt)
-        self._asked_version = -1
+        # flow ids of the DNS lookups read while open (their reply's prompt): sorted, and the
+        # frames' arrays not merged in yet
+        self._seen_open = np.zeros(0, dtype=np.int64)
+        self._seen_new: list[np.ndarray] = []
+        # the low 64 bits of the addresses of clients DNS answered for: sorted, a superset
+        # (clients the bounded cache dropped stay until it is rebuilt)
         self._asked_lo = np.zeros(0, dtype=np.uint64)
-        self._client_lo: dict[str, int] = {}  # a client's address, low 64 bits
+        # Host header values seen, and whether they name a pool of the indicators held then
+        self._host_hits: dict[bytes, bool] = {}
+        self._host_hits_of: PoolSet | None = None
 
     @property
     def pools(self) -> PoolSet:
@@ -195,15 +202,7 @@ class PoolDetector(Detector):
             return []
         c = frame.cols
         dns_rows = self._new_lookups(frame)
-        dns_rows = dns_rows[self._may_ask_pool(frame, dns_rows)]
-        for i in dns_rows.tolist():  # learn answers before judging the flows of this frame
-            query = frame.payload(i, 0)
-            qname = dns_qname(query)
-            if qname is None or self.pools.match_name(qname) is None:
-                continue  # only answers for pool names are kept: the rest cannot matter
-            for name, addr, ttl in dns_answers(query, frame.payload(i, 1)):
-                expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
-                self.dns.learn(str(c["src_ip"][i]), addr, name, expiry)
+        self._learn(frame, dns_rows[self._may_ask_pool(frame, dns_rows)])
         alerts: list[Alert] = []
         # vectorised pick, over the rows that can carry a connection (a frame of DNS lookups
         # alone, as a prompt rule shows them, has none): a client payload that can name a pool
@@ -216,7 +215,7 @@ class PoolDetector(Detector):
         assert frame.head is not None and frame.addr is not None
         first = frame.head[rows, 0, 0]
         named = (first == ord("{")) | ((first == 0x16) & (frame.head[rows, 0, 5] == 1))
-        http = np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
+        http = _HTTP_FIRST[first]
         http[http] = _request_line(frame.head[rows[http], 0, :8])
         named |= self._listed_host(frame, rows[http])[rows]
         addr = frame.addr[rows]
@@ -236,22 +235,40 @@ class PoolDetector(Detector):
                 alerts.append(self._alert(frame, i, found, figures))
         return alerts
 
+    def _learn(self, frame: FeatureFrame, rows: np.ndarray) -> None:
+        """Keep the answers of the DNS lookups in ``rows`` that asked for a pool name (the rest
+        cannot matter), before the flows of this frame are judged."""
+        if not len(rows):
+            return
+        c = frame.cols
+        assert frame.addr is not None
+        # the clients' addresses as text for these rows alone (a prompt frame's columns are
+        # computed as read: its src_ip column would format every lookup of the frame)
+        clients = addr_text(c["ip_version"][rows].astype(np.uint8), frame.addr[rows, 0],
+                            frame.addr[rows, 1])
+        learned = []
+        for i, client in zip(rows.tolist(), clients.tolist()):
+            query = frame.payload(i, 0)
+            qname = dns_qname(query)
+            if qname is None or self.pools.match_name(qname) is None:
+                continue
+            for name, addr, ttl in dns_answers(query, frame.payload(i, 1)):
+                expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
+                self.dns.learn(client, addr, name, expiry)
+                learned.append(int(frame.addr[i, 1]))
+        if not learned:
+            return
+        if len(self._asked_lo) > 2 * len(self.dns.clients) + 1024:  # rebuild past evictions
+            learned += [int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
+                        for ip in self.dns.clients]
+            self._asked_lo = np.zeros(0, dtype=np.uint64)
+        self._asked_lo = np.union1d(self._asked_lo, np.array(learned, dtype=np.uint64))
+
     def _asked(self, client_lo: np.ndarray) -> np.ndarray:
         """Which clients (the low 64 bits of their addresses) DNS answered for: a superset,
-        ``_judge`` looks up exactly. Each client's address is converted once."""
+        ``_judge`` looks up exactly."""
         if not self.dns.clients:
             return np.zeros(len(client_lo), dtype=bool)
-        if self._asked_version != self.dns.version:
-            self._asked_version = self.dns.version
-            memo = self._client_lo
-            if len(memo) > 2 * DNS_CACHE_ENTRIES:
-                memo.clear()
-            for ip in self.dns.clients:
-                if ip not in memo:
-                    memo[ip] = int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
-            self._asked_lo = np.unique(np.fromiter(
-                (memo[ip] for ip in self.dns.clients), dtype=np.uint64,
-                count=len(self.dns.clients)))
         return _members(client_lo, self._asked_lo)
 
     def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
@@ -262,16 +279,19 @@ class PoolDetector(Detector):
         rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
         if not len(rows):
             return rows
-        fids = c["flow_id"][rows].tolist()
+        fids = c["flow_id"][rows]
         if c["expiration"][rows[0]] == "":  # a live record (prompt or snapshot frame)
-            if len(self._seen_open) > MAX_SEEN_OPEN:
-                self._seen_open.clear()
-            self._seen_open.update(fids)
+            if len(self._seen_open) + sum(map(len, self._seen_new)) > MAX_SEEN_OPEN:
+                self._seen_open, self._seen_new = np.zeros(0, dtype=np.int64), []
+            self._seen_new.append(fids.astype(np.int64))
             return rows
-        seen = self._seen_open
-        fresh = [fid not in seen for fid in fids]
-        seen.difference_update(fids)
-        return rows[np.array(fresh, dtype=bool)]
+        if self._seen_new:  # sorted (a flow's reply is shown once: no duplicates to remove)
+            self._seen_open = np.sort(np.concatenate([self._seen_open, *self._seen_new]))
+            self._seen_new = []
+        seen = _members(fids, self._seen_open)
+        if seen.any():  # ended: not shown again
+            self._seen_open = self._seen_open[~_members(self._seen_open, np.sort(fids))]
+        return rows[~seen]
 
     def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
         """Which rows (of ``frame.n``) among HTTP-looking ``rows`` carry a Host header naming a
@@ -284,11 +304,18 @@ class PoolDetector(Detector):
         heads = np.ascontiguousarray(frame.head[rows, 0, :])
         width = heads.shape[1]
         blob = heads.tobytes()
+        hits = self._host_hits
+        if len(hits) > HOST_VALUES or self._host_hits_of is not self.pools:  # or reloaded
+            hits.clear()
+            self._host_hits_of = self.pools
         for m in _HOST.finditer(blob):
             k = m.start() // width
             value = blob[m.start(1):min(m.end(1), (k + 1) * width)]
-            name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
-            if self.pools.match_name(name) is not None:
+            hit = hits.get(value)
+            if hit is None:
+                name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
+                hit = hits[value] = self.pools.match_name(name) is not None
+            if hit:
                 ok[rows[k]] = True
         return ok
 
