@@ -329,13 +329,17 @@ class PoolDetector(Detector):
             return ok
         assert frame.head is not None and frame.head_len is not None
         # most names end within 96 bytes: look there first, at the rest only where they do not
-        q = frame.head[rows, 0, : 12 + 96]
+        # (every row of the frame, as in a prompt frame of lookups: a view, not a copy)
+        every = len(rows) == frame.n
+        q = frame.head[:, 0, : 12 + 96] if every else frame.head[rows, 0, : 12 + 96]
         zero = q[:, 12:] == 0
-        if not zero.any(axis=1).all():
-            q = frame.head[rows, 0, : 12 + 256]
+        ended = zero.any(axis=1)
+        if not ended.all():
+            q = frame.head[:, 0, : 12 + 256] if every else frame.head[rows, 0, : 12 + 256]
             zero = q[:, 12:] == 0
+            ended = zero.any(axis=1)
         end = np.argmax(zero, axis=1) + 12  # where the first question's name ends
-        found = zero.any(axis=1) & (end < frame.head_len[rows, 0])
+        found = ended & (end < frame.head_len[rows, 0])
         lengths, listed = self._suffix_table
         back = np.maximum(end[:, None] - np.arange(lengths[-1]), 0)
         hashes = suffix_hashes(np.take_along_axis(q, back, axis=1))[:, lengths - 1]

@@ -307,6 +307,10 @@ class StratumDetector(Detector):
     def __init__(self, resources: Resources | None = None) -> None:
         super().__init__(resources)
         self.tallies: OrderedDict[int, Tally] = OrderedDict()
+        # watched flows' last evidence (None: not mining), by flow id, with the lengths and
+        # hashes of the payloads it came from (LRU)
+        self.inspected: OrderedDict[int, tuple[tuple[int, int, int, int], Evidence | None]] = \
+            OrderedDict()
 
     def watch_rules(self) -> Sequence[WatchRule]:
         # JSON-RPC over raw TCP needs the slab; an HTTP getwork POST fits the 512-byte head.
@@ -324,7 +328,7 @@ class StratumDetector(Detector):
         rows = ((first[:, 0] == ord("{")) | (first[:, 0] == ord("P")) | (first[:, 1] == ord("{")))
         rows &= c["protocol"] == 6
         for i in rows.nonzero()[0].tolist():
-            ev = inspect(frame.payload(i, 0), frame.payload(i, 1))
+            ev = self._inspect(frame, i)
             if ev is not None:
                 alerts.append(self._alert(frame, i, ev))
         sv2 = (c["protocol"] == 6) & np.isin(c["dst_port"], SV2_PORTS) & ~rows
@@ -334,6 +338,23 @@ class StratumDetector(Detector):
             if hs is not None:
                 alerts.append(self._sv2_alert(frame, i, hs))
         return alerts
+
+    def _inspect(self, frame: FeatureFrame, i: int) -> Evidence | None:
+        """``inspect`` of row ``i``; for a watched flow shown again with the same payload (a
+        snapshot while nothing arrived, or its end) the evidence found the last time."""
+        client, server = frame.payload(i, 0), frame.payload(i, 1)
+        if i not in frame.slabs:
+            return inspect(client, server)
+        c = frame.cols
+        fid = int(c["flow_id"][i])
+        key = (len(client), len(server), hash(client), hash(server))
+        last = self.inspected.pop(fid, None)
+        ev = last[1] if last is not None and last[0] == key else inspect(client, server)
+        if c["interim"][i] or c["expiration"][i] == "":  # still open: keep for the next look
+            self.inspected[fid] = (key, ev)
+            while len(self.inspected) > COUNT_FLOWS:
+                self.inspected.popitem(last=False)
+        return ev
 
     def _tally(self, frame: FeatureFrame, i: int, ev: Evidence) -> Tally:
         """This flow's count past the slab, carried on from its earlier snapshots."""

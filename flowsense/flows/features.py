@@ -106,13 +106,15 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
 
 
 def _trace(T: TableArrays, w: int) -> Trace:
-    """The ring of watch ``w`` in packet order."""
+    """The ring of watch ``w`` in packet order (slices: no index arrays)."""
     total = int(T.tr_n[w])
     cap = T.tr_len.shape[1]
-    k = min(total, cap)
-    order = (np.arange(total - k, total) % cap) if k else np.zeros(0, np.int64)
-    return Trace(T.tr_len[w, order].copy(), T.tr_flags[w, order].copy(), T.tr_ts[w, order].copy(),
-                 total - k)
+    if total <= cap:
+        return Trace(T.tr_len[w, :total].copy(), T.tr_flags[w, :total].copy(),
+                     T.tr_ts[w, :total].copy(), 0)
+    at = total % cap  # the oldest packet kept
+    return Trace(*(np.concatenate((a[w, at:], a[w, :at])) for a in (T.tr_len, T.tr_flags, T.tr_ts)),
+                 total - cap)
 
 
 def concat(frames: list[FeatureFrame]) -> FeatureFrame:
