@@ -43,6 +43,7 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
 }
 DNS_CACHE_ENTRIES = 100_000
 MAX_SEEN_OPEN = 1_000_000  # DNS flows remembered as read while open (cleared past this)
+ANSWER_MEMO = 1024  # DNS lookups (without their ids) remembered with their answers (<= 1 MiB)
 HOST_VALUES = 4096  # Host header values remembered with their verdict (cleared past this)
 _HTTP_FIRST = np.zeros(256, dtype=bool)  # first letters of the HTTP methods, by byte
 _HTTP_FIRST[np.frombuffer(b"GPHDOCT", dtype=np.uint8)] = True
@@ -185,6 +186,8 @@ class PoolDetector(Detector):
         # Host header values seen, and whether they name a pool of the indicators held then
         self._host_hits: dict[bytes, bool] = {}
         self._host_hits_of: PoolSet | None = None
+        self._answer_memo: dict[tuple[bytes, bytes], tuple[tuple[str, str, int], ...]] = {}
+        self._answer_memo_of: PoolSet | None = None
 
     @property
     def pools(self) -> PoolSet:
@@ -248,11 +251,7 @@ class PoolDetector(Detector):
                             frame.addr[rows, 1])
         learned = []
         for i, client in zip(rows.tolist(), clients.tolist()):
-            query = frame.payload(i, 0)
-            qname = dns_qname(query)
-            if qname is None or self.pools.match_name(qname) is None:
-                continue
-            for name, addr, ttl in dns_answers(query, frame.payload(i, 1)):
+            for name, addr, ttl in self._pool_answers(frame.payload(i, 0), frame.payload(i, 1)):
                 expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
                 self.dns.learn(client, addr, name, expiry)
                 learned.append(int(frame.addr[i, 1]))
@@ -263,6 +262,25 @@ class PoolDetector(Detector):
                         for ip in self.dns.clients]
             self._asked_lo = np.zeros(0, dtype=np.uint64)
         self._asked_lo = np.union1d(self._asked_lo, np.array(learned, dtype=np.uint64))
+
+    def _pool_answers(self, query: bytes, response: bytes) -> tuple[tuple[str, str, int], ...]:
+        """``dns_answers`` of a lookup that asked for a pool name (none for other names),
+        memoised by the two messages without their id (a client asks for its pool again and
+        again; the id only has to match, and nothing else depends on it)."""
+        memo = self._answer_memo
+        if len(memo) > ANSWER_MEMO or self._answer_memo_of is not self.pools:  # or reloaded
+            memo.clear()
+            self._answer_memo_of = self.pools
+        same_id = len(query) >= 2 and query[:2] == response[:2]
+        key = (query[2:], response[2:])
+        if same_id and key in memo:
+            return memo[key]
+        qname = dns_qname(query)
+        found = () if qname is None or self.pools.match_name(qname) is None else \
+            tuple(dns_answers(query, response))
+        if same_id:
+            memo[key] = found
+        return found
 
     def _asked(self, client_lo: np.ndarray) -> np.ndarray:
         """Which clients (the low 64 bits of their addresses) DNS answered for: a superset,
