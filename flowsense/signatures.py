@@ -56,7 +56,7 @@ class PoolEntry:
     origin: str  # file:line
 
 
-_HASH_WEIGHTS = np.random.default_rng(20261126).integers(
+HASH_WEIGHTS = np.random.default_rng(20261126).integers(
     1, 2**63, size=256, dtype=np.int64).astype(np.uint64) | np.uint64(1)
 MEMO_NAMES = 65536
 
@@ -69,7 +69,7 @@ def suffix_hashes(rev: np.ndarray) -> np.ndarray:
     upper = (rev >= 65) & (rev <= 90)
     folded = np.where(upper, rev | np.uint8(32), rev).astype(np.uint64)
     with np.errstate(over="ignore"):
-        return np.cumsum(folded * _HASH_WEIGHTS[: rev.shape[1]], axis=1, dtype=np.uint64)
+        return np.cumsum(folded * HASH_WEIGHTS[: rev.shape[1]], axis=1, dtype=np.uint64)
 
 
 @dataclass

@@ -25,12 +25,13 @@ import numpy as np
 from flowsense.detect import cadence
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
 from flowsense.detect.dns_tunnel import parse_message
+from flowsense.detect.kernels import may_name_suffix
 from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.ids import addr_text
 from flowsense.flows.table import WatchRule
-from flowsense.signatures import PoolEntry, PoolSet, suffix_hashes
+from flowsense.signatures import HASH_WEIGHTS, PoolEntry, PoolSet
 
 VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidence, signature)
     "login": (3400001, 1, 0.95, "mining pool named in the miner's own protocol"),
@@ -338,31 +339,18 @@ class PoolDetector(Detector):
         return ok
 
     def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
-        """Vectorised: which DNS queries' first question can end in a listed domain. The name's
-        wire bytes up to its terminating zero are read backwards and hashed for every suffix
-        length at once; the lengths of listed domains are looked up; a hit is checked exactly
-        (``dns_qname``, ``match_name``)."""
+        """Which DNS queries' first question can end in a listed domain (a kernel over the
+        heads, ``detect.kernels.may_name_suffix``): the name's wire bytes up to its terminating
+        zero hashed backwards for each length of a listed domain, the hashes looked up; a hit
+        is checked exactly (``dns_qname``, ``match_name``)."""
         ok = np.zeros(len(rows), dtype=bool)
         if not len(rows) or not self._suffixes:
             return ok
         assert frame.head is not None and frame.head_len is not None
-        # most names end within 96 bytes: look there first, at the rest only where they do not
-        # (every row of the frame, as in a prompt frame of lookups: a view, not a copy)
-        every = len(rows) == frame.n
-        q = frame.head[:, 0, : 12 + 96] if every else frame.head[rows, 0, : 12 + 96]
-        zero = q[:, 12:] == 0
-        ended = zero.any(axis=1)
-        if not ended.all():
-            q = frame.head[:, 0, : 12 + 256] if every else frame.head[rows, 0, : 12 + 256]
-            zero = q[:, 12:] == 0
-            ended = zero.any(axis=1)
-        end = np.argmax(zero, axis=1) + 12  # where the first question's name ends
-        found = ended & (end < frame.head_len[rows, 0])
         lengths, listed = self._suffix_table
-        back = np.maximum(end[:, None] - np.arange(lengths[-1]), 0)
-        hashes = suffix_hashes(np.take_along_axis(q, back, axis=1))[:, lengths - 1]
-        fit = found[:, None] & (end[:, None] - lengths[None, :] + 1 >= 12)
-        return (fit & _members(hashes, listed)).any(axis=1)
+        may_name_suffix(frame.head, frame.head_len, np.ascontiguousarray(rows, dtype=np.int64),
+                        lengths, listed, HASH_WEIGHTS, ok)
+        return ok
 
     def _judge(self, frame: FeatureFrame, i: int,
                listed: bool) -> list[tuple[str, str, PoolEntry | None]]:
