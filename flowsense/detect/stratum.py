@@ -85,6 +85,14 @@ class Evidence:
     http: bool = False
 
 
+# Every mining message names its method (``mining.*``, ``login``, ``job``, ``submit``,
+# ``keepalived``, ``eth_*``) or carries a ``job``: a payload without any of these words has none,
+# unless the JSON spells them with \u escapes or is UTF-16/32 (``json.loads`` detects that from
+# a zero after the line's opening brace).
+_MINING_WORDS = (b"mining.", b"login", b"job", b"submit", b"keepalived", b"eth_", b"\\u",
+                 b"{\x00")
+
+
 def _lines(data: bytes) -> list[tuple[int, bytes]]:
     """Complete JSON lines (offset of their end, line) of one direction's payload."""
     out: list[tuple[int, bytes]] = []
@@ -124,6 +132,8 @@ def inspect(client: bytes, server: bytes) -> Evidence | None:
     """Mining evidence in a flow's two payload streams, or None when it is not mining."""
     if not (client.lstrip()[:1] in (b"{", b"P") or server.lstrip()[:1] == b"{"):
         return None
+    if not any(word in data for word in _MINING_WORDS for data in (client, server)):
+        return None  # no message can be a mining one: nothing to parse
     ev = Evidence(http=client.startswith(b"POST "))
     for d, data in ((0, client), (1, server)):
         for end, raw in _lines(data):
