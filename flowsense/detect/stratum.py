@@ -85,12 +85,13 @@ class Evidence:
     http: bool = False
 
 
-# Every mining message names its method (``mining.*``, ``login``, ``job``, ``submit``,
-# ``keepalived``, ``eth_*``) or carries a ``job``: a payload without any of these words has none,
-# unless the JSON spells them with \u escapes or is UTF-16/32 (``json.loads`` detects that from
-# a zero after the line's opening brace).
-_MINING_WORDS = (b"mining.", b"login", b"job", b"submit", b"keepalived", b"eth_", b"\\u",
-                 b"{\x00")
+def _may_mine(data: bytes) -> bool:
+    """Whether ``data`` can hold a mining message. Each names its method (``mining.*``,
+    ``login``, ``job``, ``submit``, ``keepalived``, ``eth_*``) or carries a ``job``: a payload
+    without these words has none, unless its JSON spells them with \\u escapes or is UTF-16/32
+    (``json.loads`` tells that from a zero after the line's opening brace)."""
+    return (b"job" in data or b"mining." in data or b"submit" in data or b"login" in data
+            or b"eth_" in data or b"keepalived" in data or b"\\u" in data or b"{\x00" in data)
 
 
 def _lines(data: bytes) -> list[tuple[int, bytes]]:
@@ -132,7 +133,7 @@ def inspect(client: bytes, server: bytes) -> Evidence | None:
     """Mining evidence in a flow's two payload streams, or None when it is not mining."""
     if not (client.lstrip()[:1] in (b"{", b"P") or server.lstrip()[:1] == b"{"):
         return None
-    if not any(word in data for word in _MINING_WORDS for data in (client, server)):
+    if not (_may_mine(client) or _may_mine(server)):
         return None  # no message can be a mining one: nothing to parse
     ev = Evidence(http=client.startswith(b"POST "))
     for d, data in ((0, client), (1, server)):
@@ -341,9 +342,10 @@ class StratumDetector(Detector):
             ev = self._inspect(frame, i)
             if ev is not None:
                 alerts.append(self._alert(frame, i, ev))
-        sv2 = (c["protocol"] == 6) & np.isin(c["dst_port"], SV2_PORTS) & ~rows
-        sv2 &= c["orientation"] == "syn"
-        for i in np.flatnonzero(sv2).tolist():
+        port = c["dst_port"]
+        sv2_port = (port == SV2_PORTS[0]) | (port == SV2_PORTS[1])
+        sv2 = np.flatnonzero((c["protocol"] == 6) & sv2_port & ~rows)
+        for i in sv2[c["orientation"][sv2] == "syn"].tolist():
             hs = sv2_handshake(frame, i)
             if hs is not None:
                 alerts.append(self._sv2_alert(frame, i, hs))
