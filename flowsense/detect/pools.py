@@ -314,28 +314,32 @@ class PoolDetector(Detector):
 
     def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
         """Which rows (of ``frame.n``) among HTTP-looking ``rows`` carry a Host header naming a
-        listed pool: one regular-expression pass over their heads laid end to end, then the
-        (memoised) name match; ``http_host`` checks the few hits exactly."""
+        listed pool: one regular-expression pass over their heads laid end to end, the distinct
+        values matched (memoised), and the rows looked for only when one names a pool;
+        ``http_host`` checks the few hits exactly."""
         ok = np.zeros(frame.n, dtype=bool)
         if not len(rows) or not self._suffixes:
             return ok
         assert frame.head is not None
-        heads = np.ascontiguousarray(frame.head[rows, 0, :])
+        # each head ends in a CR of its own: a header value stops at its row's end
+        heads = np.empty((len(rows), frame.head.shape[2] + 1), dtype=np.uint8)
+        heads[:, :-1] = frame.head[rows, 0, :]
+        heads[:, -1] = ord("\r")
         width = heads.shape[1]
         blob = heads.tobytes()
         hits = self._host_hits
         if len(hits) > HOST_VALUES or self._host_hits_of is not self.pools:  # or reloaded
             hits.clear()
             self._host_hits_of = self.pools
+        values = set(_HOST.findall(blob))  # most requests name the same few hosts
+        for value in values.difference(hits):
+            name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
+            hits[value] = self.pools.match_name(name) is not None
+        if not any(hits[value] for value in values):
+            return ok  # no Host header names a pool: no row to find
         for m in _HOST.finditer(blob):
-            k = m.start() // width
-            value = blob[m.start(1):min(m.end(1), (k + 1) * width)]
-            hit = hits.get(value)
-            if hit is None:
-                name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
-                hit = hits[value] = self.pools.match_name(name) is not None
-            if hit:
-                ok[rows[k]] = True
+            if hits[m.group(1)]:
+                ok[rows[m.start() // width]] = True
         return ok
 
     def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
