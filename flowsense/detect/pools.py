@@ -12,10 +12,11 @@ long-lived low-volume flow (``detect.cadence``, lower confidence, the figures as
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import struct
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +49,7 @@ ANSWER_MEMO = 1024  # DNS lookups (without their ids) remembered with their answ
 HOST_VALUES = 4096  # Host header values remembered with their verdict (cleared past this)
 _HTTP_FIRST = np.zeros(256, dtype=bool)  # first letters of the HTTP methods, by byte
 _HTTP_FIRST[np.frombuffer(b"GPHDOCT", dtype=np.uint8)] = True
-_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)")  # over lower-cased heads (faster than IGNORECASE)
 
 
 def _members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -70,30 +71,43 @@ def _request_line(start: np.ndarray) -> np.ndarray:
     return (lead >= 1) & ((lead == 8) | (after == ord(" ")))
 
 
+_PAIR_MUL = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd
+
+
+def _pair_keys(client_lo: np.ndarray, server_lo: np.ndarray) -> np.ndarray:
+    """One uint64 for each (client, server) pair of address low halves (equal pairs, equal
+    keys; a collision only adds a row for the exact lookup to turn down)."""
+    return (np.asarray(client_lo, dtype=np.uint64) * _PAIR_MUL) ^ np.asarray(server_lo,
+                                                                            dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=4096)
+def _low64(addr: str) -> int:
+    """An address's low 64 bits (the whole of an IPv4 address), as the frame's ``addr`` holds
+    them."""
+    return int(ipaddress.ip_address(addr)) & 0xFFFFFFFFFFFFFFFF
+
+
 class DnsAnswers:
     """Answers each client received: (client, address) -> (name, expiry ns); bounded, LRU."""
 
     def __init__(self, capacity: int = DNS_CACHE_ENTRIES) -> None:
         self.capacity = capacity
         self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
-        self._clients: Counter[str] = Counter()  # answers held per client
-
-    @property
-    def clients(self) -> Counter[str]:
-        """Clients that hold at least one answer (as bounded as the answers)."""
-        return self._clients
 
     def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
         key = (client, addr)
-        if key not in self._map:
-            self._clients[client] += 1
         self._map[key] = (name, expiry_ns)
         self._map.move_to_end(key)
         while len(self._map) > self.capacity:
-            (old, _), _ = self._map.popitem(last=False)
-            self._clients[old] -= 1
-            if not self._clients[old]:
-                del self._clients[old]
+            self._map.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(client, address) of every answer held."""
+        return list(self._map)
 
     def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
         hit = self._map.get((client, addr))
@@ -181,9 +195,9 @@ class PoolDetector(Detector):
         # frames' arrays not merged in yet
         self._seen_open = np.zeros(0, dtype=np.int64)
         self._seen_new: list[np.ndarray] = []
-        # the low 64 bits of the addresses of clients DNS answered for: sorted, a superset
-        # (clients the bounded cache dropped stay until it is rebuilt)
-        self._asked_lo = np.zeros(0, dtype=np.uint64)
+        # (client, pool address) pairs DNS answered, as ``_pair_keys``: sorted, a superset
+        # (what the bounded cache dropped stays until it is rebuilt)
+        self._asked = np.zeros(0, dtype=np.uint64)
         # Host header values seen, and whether they name a pool of the indicators held then
         self._host_hits: dict[bytes, bool] = {}
         self._host_hits_of: PoolSet | None = None
@@ -224,7 +238,7 @@ class PoolDetector(Detector):
         named |= self._listed_host(frame, rows[http])[rows]
         addr = frame.addr[rows]
         listed = self.pools.listed(c["ip_version"][rows], addr[:, 2], addr[:, 3])
-        asked = self._asked(addr[:, 1])
+        asked = self._was_answered(addr[:, 1], addr[:, 3])
         rhythm = cadence.candidates(frame)[rows]
         pick = named | listed | asked | rhythm
         for i, is_listed, is_rhythm in zip(rows[pick].tolist(), listed[pick].tolist(),
@@ -250,19 +264,19 @@ class PoolDetector(Detector):
         # computed as read: its src_ip column would format every lookup of the frame)
         clients = addr_text(c["ip_version"][rows].astype(np.uint8), frame.addr[rows, 0],
                             frame.addr[rows, 1])
-        learned = []
+        learned: list[tuple[int, int]] = []
         for i, client in zip(rows.tolist(), clients.tolist()):
             for name, addr, ttl in self._pool_answers(frame.payload(i, 0), frame.payload(i, 1)):
                 expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
                 self.dns.learn(client, addr, name, expiry)
-                learned.append(int(frame.addr[i, 1]))
+                learned.append((int(frame.addr[i, 1]), _low64(addr)))
         if not learned:
             return
-        if len(self._asked_lo) > 2 * len(self.dns.clients) + 1024:  # rebuild past evictions
-            learned += [int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
-                        for ip in self.dns.clients]
-            self._asked_lo = np.zeros(0, dtype=np.uint64)
-        self._asked_lo = np.union1d(self._asked_lo, np.array(learned, dtype=np.uint64))
+        if len(self._asked) > 2 * len(self.dns) + 1024:  # rebuild past evictions
+            learned += [(_low64(client), _low64(addr)) for client, addr in self.dns.pairs()]
+            self._asked = np.zeros(0, dtype=np.uint64)
+        pairs = np.array(learned, dtype=np.uint64).reshape(-1, 2)
+        self._asked = np.union1d(self._asked, _pair_keys(pairs[:, 0], pairs[:, 1]))
 
     def _pool_answers(self, query: bytes, response: bytes) -> tuple[tuple[str, str, int], ...]:
         """``dns_answers`` of a lookup that asked for a pool name (none for other names),
@@ -283,12 +297,12 @@ class PoolDetector(Detector):
             memo[key] = found
         return found
 
-    def _asked(self, client_lo: np.ndarray) -> np.ndarray:
-        """Which clients (the low 64 bits of their addresses) DNS answered for: a superset,
-        ``_judge`` looks up exactly."""
-        if not self.dns.clients:
+    def _was_answered(self, client_lo: np.ndarray, server_lo: np.ndarray) -> np.ndarray:
+        """Which (client, server) pairs (the low 64 bits of their addresses) are a client and
+        an address DNS gave it for a pool: a superset, ``_judge`` looks up exactly."""
+        if not len(self.dns):
             return np.zeros(len(client_lo), dtype=bool)
-        return _members(client_lo, self._asked_lo)
+        return _members(_pair_keys(client_lo, server_lo), self._asked)
 
     def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
         """Rows of DNS lookups not read before: a lookup whose reply was shown at once (a
@@ -326,7 +340,7 @@ class PoolDetector(Detector):
         heads[:, :-1] = frame.head[rows, 0, :]
         heads[:, -1] = ord("\r")
         width = heads.shape[1]
-        blob = heads.tobytes()
+        blob = heads.tobytes().lower()  # names match without case
         hits = self._host_hits
         if len(hits) > HOST_VALUES or self._host_hits_of is not self.pools:  # or reloaded
             hits.clear()
