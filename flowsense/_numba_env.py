@@ -24,6 +24,7 @@ KERNEL_SOURCES = (
     "flows/kernels.py",
     "flows/table_kernels.py",
     "flows/text_kernels.py",
+    "flows/export_kernels.py",
     "report/kernels.py",
     "sidecar/ring_kernels.py",
 )

@@ -156,7 +156,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
         if not args.output or args.output == "-":
             raise ConfigError("--format parquet needs -o FILE")
         frames: list[FeatureFrame] = []
-        pipe = Pipeline(cfg, frames.append)
+        pipe = Pipeline(cfg, frames.append, heads=False)
         rc = _run(pipe, paths, args.quiet)
         flows_out.write_parquet(concat(frames), args.output)
         return rc
@@ -171,7 +171,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
             flows_out.write_jsonl(frame, out, splt=args.splt)
 
     try:
-        rc = _run(Pipeline(cfg, sink), paths, args.quiet)
+        rc = _run(Pipeline(cfg, sink, heads=False), paths, args.quiet)
         if args.format == "csv" and first[0]:
             empty = {k: np.empty(0, dtype=object) for k in FLOW_COLUMNS}
             flows_out.write_csv(FeatureFrame(cols=empty), out)

@@ -1,4 +1,12 @@
-"""The one decorator every kernel uses; its flags live in ``config.NUMBA_FLAGS``."""
+"""The decorators every kernel uses (their flags live in ``config.NUMBA_FLAGS``), and the few
+intrinsics the hot loops need: prefetch hints, memcpy and memset.
+
+Reference counts: numba counts a reference on every array a function receives, on entry and
+again at each inlined helper's arguments, and each count is an atomic operation. Where its
+pruning fails (helpers with branches or loops, a table tuple of 33 arrays passed to a per-flow
+helper) this was 13% of a ``flows`` run. The per-packet and per-record loops are therefore
+``counted_free_kernel``s, and the helpers they call take scalars where they can.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +22,18 @@ def kernel(fn: Callable[..., Any]) -> Any:
     return numba.njit(**NUMBA_FLAGS)(fn)
 
 
+def counted_free_kernel(fn: Callable[..., Any]) -> Any:
+    """A kernel compiled without numba's runtime (``_nrt=False``), so without reference
+    counting: for the hot loops (see the module docstring). It must not allocate arrays (the
+    caller passes every buffer), and what it calls is an ``inline_kernel`` or another
+    counted-free kernel (a counted callee would count its arguments on entry)."""
+    return numba.njit(_nrt=False, **NUMBA_FLAGS)(fn)
+
+
 def inline_kernel(fn: Callable[..., Any]) -> Any:
     """For small helpers called per packet: inlined into the caller at numba's IR level, so no
-    call, and no reference counting of the arrays passed."""
+    call. In a counted kernel the arrays passed are still counted per call (see above)."""
     return numba.njit(inline="always", **NUMBA_FLAGS)(fn)
-
 
 
 def _prefetch_codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:

@@ -102,13 +102,14 @@ class Pipeline:
 
     def __init__(self, config: Config, sink: FrameSink,
                  watch_rules: Iterable[WatchRule] = (),
-                 snapshot_sink: FrameSink | None = None) -> None:
+                 snapshot_sink: FrameSink | None = None, heads: bool = True) -> None:
         self.config = config
         self.sink = sink
         self.snapshot_sink = snapshot_sink
         self._snap_ns = int(config.flows.snapshot_interval_s * 1e9)
         self._last_snap = 0
         self.table = FlowTable(config.flows, list(watch_rules))
+        self.table.export_heads = heads  # the records for ``sink``; detectors' looks keep theirs
         # prompt-ruled flows (a DNS answer) reach the detectors as live records the moment
         # their reply arrives, before any flow that ends later is judged
         self.table.prompt_sink = snapshot_sink

@@ -217,13 +217,12 @@ def test_tick_expires_by_wall_clock_on_a_quiet_link(tmp_path: Path) -> None:
 
 
 def test_prompt_records_are_lazy_and_equal_to_the_full_ones(tmp_path: Path) -> None:
-    """A prompt rule's records reach the sink at the reply with their columns computed as
-    read (``Columns``); read or not, they equal the records a full gather makes of the same
-    slots, in FLOW_COLUMNS order, and pickle as a plain dict."""
+    """A prompt rule's records reach the sink at the reply with their flow ids, addresses and
+    Community IDs computed as read (``Columns``); read or not, they equal the records a full
+    gather makes of the same slots, in FLOW_COLUMNS order, and pickle as a plain dict."""
     import pickle
 
-    from flowsense.flows.columns import Columns
-    from flowsense.flows.features import gather
+    from flowsense.flows.features import Columns, gather
     from flowsense.schema import FI_STATE, FLOW_COLUMNS, FS_LIVE
 
     pk = []
@@ -239,9 +238,13 @@ def test_prompt_records_are_lazy_and_equal_to_the_full_ones(tmp_path: Path) -> N
         table.feed(batch)
     assert sum(f.n for f in prompts) == 5
     frame = prompts[0]
-    assert isinstance(frame.cols, Columns) and dict.__len__(frame.cols) == 0
+    deferred = ("flow_id", "community_id", "src_ip", "dst_ip")
+    assert isinstance(frame.cols, Columns)
+    assert dict.__len__(frame.cols) == len(FLOW_COLUMNS) - len(deferred)
     assert frame.cols["dst_port"].tolist() == [53] * frame.n
-    assert 0 < dict.__len__(frame.cols) < len(FLOW_COLUMNS), "one group computed, not all"
+    assert frame.cols["src_ip"].tolist() == [C] * frame.n
+    assert dict.__len__(frame.cols) == len(FLOW_COLUMNS) - len(deferred) + 1, "src_ip alone"
+    assert list(frame.text_rows) == ["src_ip"]
     slots = np.flatnonzero((table.T.fi[:, FI_STATE] & FS_LIVE) != 0)
     assert len(slots) == 6, "the five lookups and the TLS flow"
     full = gather(table.T, slots, np.zeros(len(slots), np.int64), interim=False)

@@ -6,20 +6,32 @@ format its addresses and Community ID.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from flowsense.flows.columns import Columns, Rows, all_columns
+from flowsense.flows import export_kernels as EK
+from flowsense.flows.ids import addr_rows, community_id_rows, flow_ids, rows_text
 from flowsense.flows.table_kernels import TableArrays
 from flowsense.schema import (
     D_HEAD_LEN,
+    END_NAMES,
     FI_DIR0,
     FI_DSTRIDE,
+    FI_FIRST_TS,
     FI_SEQ,
     FI_SPLT_N,
     FI_WATCH,
+    FLOW_COLUMNS,
+    ORIENT_NAMES,
+    TUNNEL_NAMES,
 )
+
+_TUNNEL = np.array(TUNNEL_NAMES, dtype=object)
+_ORIENT = np.array(ORIENT_NAMES, dtype=object)
+_END = np.array(END_NAMES, dtype=object)
 
 
 @dataclass
@@ -67,29 +79,115 @@ class Trace:
     dropped: int
 
 
+class Columns(dict):
+    """A frame's columns, some computed when first read (``gather(..., lazy=True)``): a
+    detector that reads a few columns of many rows (the DNS lookups a prompt rule shows at
+    once) does not pay for the flow ids, addresses and Community IDs it never reads. Reading
+    the whole mapping (iteration, ``len``, ``keys``, ``items``, ``in``, pickling ...) completes
+    it, in FLOW_COLUMNS order; a completed one is an ordinary dict."""
+
+    _deferred: dict[str, Callable[[], np.ndarray]] = {}
+
+    def __missing__(self, name: str) -> np.ndarray:
+        make = self._deferred.get(name)
+        if make is None:
+            raise KeyError(name)
+        value = dict.setdefault(self, name, make())
+        return value
+
+    def complete(self) -> Columns:
+        """Compute what is left; FLOW_COLUMNS order, then any other keys."""
+        if self._deferred:
+            have = {k: dict.__getitem__(self, k) for k in dict.keys(self)}
+            for name, make in self._deferred.items():
+                if name not in have:
+                    have[name] = make()
+            self._deferred = {}
+            dict.clear(self)
+            dict.update(self, {k: have.pop(k) for k in FLOW_COLUMNS if k in have})
+            dict.update(self, have)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self.complete()),))
+
+
+def _completing(name: str) -> Callable[..., Any]:
+    base = getattr(dict, name)
+
+    def method(self: Columns, *args: Any, **kwargs: Any) -> Any:
+        return base(self.complete(), *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__iter__", "__len__", "__contains__", "__repr__", "__eq__", "__ne__",
+              "__reversed__", "__or__", "__ror__", "__delitem__", "keys", "values", "items",
+              "get", "copy", "pop", "popitem", "setdefault"):
+    setattr(Columns, _name, _completing(_name))
+
+
 def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
-           lazy: bool = False) -> FeatureFrame:
-    """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). With
-    ``lazy``, the columns are computed as they are first read (``Columns``); the cold arrays
-    (heads, first packets, slabs, traces) are copied out either way."""
+           heads: bool = True, lazy: bool = False) -> FeatureFrame:
+    """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
+    ``heads`` the frame carries no payload heads (``head`` and ``head_len`` are None). With
+    ``lazy``, the flow ids and the text the table formats (addresses, Community IDs) are
+    computed as they are first read (``Columns``)."""
     slots = np.asarray(slots, dtype=np.int64)
-    rows = Rows(T.fi[slots], T.key[slots], reasons, interim)
-    cols: dict[str, np.ndarray]
+    n = len(slots)
+    ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)
+    floats = np.empty((len(EK.FLOAT_COLUMNS), n), dtype=np.float64)
+    EK.export_numbers(T.fi, T.ff, T.key, slots, ints, floats)
+    num = dict(zip(EK.INT_COLUMNS, ints))
+    num.update(zip(EK.FLOAT_COLUMNS, floats))
+    key = T.key[slots]
+    k0 = key[:, 0]
+    fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
+    proto = ((k0 >> np.uint64(8)) & np.uint64(0xFF)).astype(np.uint8)
+    pa = ((k0 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
+    pb = ((k0 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
+    cli_a = ((k0 >> np.uint64(48)) & np.uint64(1)) == 1
+    a_hi, a_lo, b_hi, b_lo = key[:, 1], key[:, 2], key[:, 3], key[:, 4]
+    s_hi = np.where(cli_a, a_hi, b_hi)
+    s_lo = np.where(cli_a, a_lo, b_lo)
+    d_hi = np.where(cli_a, b_hi, a_hi)
+    d_lo = np.where(cli_a, b_lo, a_lo)
+    first = T.fi[slots, FI_FIRST_TS]
+    text_rows: dict[str, np.ndarray] = {}  # filled as the text columns are made
+
+    def text(name: str, rows: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        def make() -> np.ndarray:
+            text_rows[name] = rows()
+            return rows_text(text_rows[name])
+        return make
+
+    deferred = {
+        "flow_id": lambda: flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first),
+        "community_id": text("community_id", lambda: community_id_rows(
+            fam, proto, s_hi, s_lo, d_hi, d_lo, num["src_port"], num["dst_port"])),
+        "src_ip": text("src_ip", lambda: addr_rows(fam, s_hi, s_lo)),
+        "dst_ip": text("dst_ip", lambda: addr_rows(fam, d_hi, d_lo)),
+    }
+    made = {**num, "tunnel": _TUNNEL[ints[EK.I_TUNNEL]], "orientation": _ORIENT[ints[EK.I_ORIENT]],
+            "app_proto": np.full(n, "", dtype=object),
+            "expiration": _END[np.asarray(reasons, dtype=np.int64)],
+            "interim": np.full(n, interim)}
+    c: dict[str, np.ndarray]
     if lazy:
-        cols = Columns()
-        cols._rows = rows
+        c = Columns(made)
+        c._deferred = deferred
     else:
-        cols = all_columns(rows, {})
-    fi = rows.fi
-    n = rows.n
+        made.update({name: make() for name, make in deferred.items()})
+        c = {name: made[name] for name in FLOW_COLUMNS}  # the contract's order
 
     # heads and first packets, oriented to the client
     # the table already keeps heads by client direction (0: from the client)
-    head = T.head[slots]
-    head_len = np.stack(
-        [fi[:, FI_DIR0 + D_HEAD_LEN], fi[:, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]], axis=1
-    )
-    watch = fi[:, FI_WATCH]
+    head = head_len = None
+    if heads:
+        head = T.head[slots]
+        head_len = T.fi[slots[:, None], [FI_DIR0 + D_HEAD_LEN, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]]
+    watch = T.fi[slots, FI_WATCH]
     slabs: dict[int, tuple[bytes, bytes]] = {}
     traces: dict[int, Trace] = {}
     for i in np.flatnonzero(watch >= 0).tolist():
@@ -97,11 +195,10 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         slabs[i] = (bytes(T.slab[w, 0, : T.w_fill[w, 0]]), bytes(T.slab[w, 1, : T.w_fill[w, 1]]))
         traces[i] = _trace(T, w)
     return FeatureFrame(
-        cols=cols, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
-        splt_t_ms=T.splt_t[slots], splt_n=fi[:, FI_SPLT_N], seq=fi[:, FI_SEQ],
+        cols=c, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
+        splt_t_ms=T.splt_t[slots], splt_n=T.fi[slots, FI_SPLT_N], seq=T.fi[slots, FI_SEQ],
         watch=watch, slabs=slabs, traces=traces,
-        addr=np.stack([rows.s_hi, rows.s_lo, rows.d_hi, rows.d_lo], axis=1),
-        text_rows=rows.text_rows,
+        addr=np.stack([s_hi, s_lo, d_hi, d_lo], axis=1), text_rows=text_rows,
     )
 
 
@@ -134,8 +231,9 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
         traces.update({base + i: v for i, v in f.traces.items()})
         base += f.n
 
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(f, name) for f in frames])
+    def cat(name: str) -> np.ndarray | None:
+        parts = [getattr(f, name) for f in frames]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
 
     shared = set.intersection(*(set(f.text_rows) for f in frames))
     text_rows = {k: np.concatenate([f.text_rows[k] for f in frames]) for k in shared}

@@ -26,8 +26,16 @@ from flowsense.flows.table_kernels import (
     list_append,
     list_unlink,
     timeout_ns,
+    timeouts,
 )
-from flowsense.jit import copy_bytes3, inline_kernel, kernel, prefetch, prefetch2, zero_row
+from flowsense.jit import (
+    copy_bytes3,
+    counted_free_kernel,
+    inline_kernel,
+    prefetch,
+    prefetch2,
+    zero_row,
+)
 from flowsense.schema import (
     D_BYTES,
     D_CWR_ECE,
@@ -140,14 +148,15 @@ def _pack(fam, proto, pa, pb):
 
 
 @inline_kernel
-def flow_hash(hkey, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
-    """Keyed hash of a canonical key (the key is drawn per run: flow floods cannot aim)."""
-    h = hkey[0]
+def flow_hash(k0, k1, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb):
+    """Keyed hash of a canonical key; (k0, k1) is the table's key ``hkey``, drawn per run so
+    flow floods cannot aim."""
+    h = k0
     h = _mix(h, _pack(fam, proto, pa, pb))
-    h = _mix(h, a_hi ^ hkey[1])
+    h = _mix(h, a_hi ^ k1)
     h = _mix(h, a_lo)
     h = _mix(h, b_hi)
-    h = _mix(h, b_lo ^ hkey[1])
+    h = _mix(h, b_lo ^ k1)
     return h
 
 
@@ -165,14 +174,21 @@ def _canon(sh, sl, dh, dl, sp, dp):
 
 
 @inline_kernel
+def _packet_hash(k0, k1, fam, proto, sh, sl, dh, dl, sp, dp):
+    """flow_hash of a packet's canonical key."""
+    _, a_hi, a_lo, b_hi, b_lo, pa, pb = _canon(sh, sl, dh, dl, sp, dp)
+    return flow_hash(k0, k1, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb)
+
+
+@inline_kernel
 def _hash_at(hkey, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport):
-    """flow_hash of packet ``i``'s canonical key."""
-    _, a_hi, a_lo, b_hi, b_lo, pa, pb = _canon(src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
-                                               sport[i], dport[i])
-    return flow_hash(hkey, fam[i], proto[i], a_hi, a_lo, b_hi, b_lo, pa, pb)
+    """flow_hash of packet ``i``'s canonical key (for callers outside the per-packet loop: the
+    arrays passed cost a reference count each, see ``jit.inline_kernel``)."""
+    return _packet_hash(hkey[0], hkey[1], fam[i], proto[i], src_hi[i], src_lo[i], dst_hi[i],
+                        dst_lo[i], sport[i], dport[i])
 
 
-@kernel
+@inline_kernel
 def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, icmp_reply,
               ts, vlan, tun):
     st = T.st
@@ -228,13 +244,11 @@ def _new_flow(T, h, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, from_a, flags, i
 
 
 @inline_kernel
-def _welford(ff, s, im, i2, x, k):
-    """Update mean (ff[s, im]) and M2 (ff[s, i2]) with the k-th value x."""
-    mean = ff[s, im]
+def _welford(mean, m2, x, k):
+    """Mean and M2 updated with the k-th value x (scalars in and out: see jit.inline_kernel)."""
     delta = x - mean
     mean += delta / k
-    ff[s, im] = mean
-    ff[s, i2] += delta * (x - mean)
+    return mean, m2 + delta * (x - mean)
 
 
 @inline_kernel
@@ -275,7 +289,7 @@ def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, buf, po, cap, sport, dp
     return found
 
 
-@kernel
+@counted_free_kernel
 def process(
     T, start, n, ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo,
     sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, buf,
@@ -294,17 +308,21 @@ def process(
     slen = T.slab.shape[2]
     tcap = T.tr_len.shape[1]
     mask = T.ix.shape[0] - 1
+    hk0 = T.hkey[0]
+    hk1 = T.hkey[1]
+    tmos = timeouts(T.prm)
     # look-ahead (software pipelining of the lookups, which miss the cache on large tables):
     # the hash of packet i+AHEAD_CELL is computed and its index cell prefetched; by packet
     # i+AHEAD_ROW that cell is in cache and the key and flow row it points at are prefetched
-    hr = np.empty(AHEAD_RING, dtype=np.uint64)
+    hr = T.ahead
     for j in range(start, min(start + AHEAD_CELL, n)):
-        hj = _hash_at(T.hkey, j, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
-        hr[j & (AHEAD_RING - 1)] = hj
+        hr[j & (AHEAD_RING - 1)] = _packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j],
+                                                dst_hi[j], dst_lo[j], sport[j], dport[j])
     for i in range(start, n):
         j = i + AHEAD_CELL
         if j < n:
-            hj = _hash_at(T.hkey, j, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
+            hj = _packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j], dst_hi[j],
+                              dst_lo[j], sport[j], dport[j])
             hr[j & (AHEAD_RING - 1)] = hj
             prefetch(T.ix, np.int64(hj & np.uint64(mask)))
         j = i + AHEAD_ROW
@@ -360,7 +378,7 @@ def process(
             # a flow past its timeout ends before this packet (the idle lists are lazy)
             li = fi[s, FI_LIST]
             new_syn = p == 6 and (flags & (TH_SYN | TH_ACK)) == TH_SYN
-            idle = st[S_CLOCK] - fi[s, FI_LAST_TS] >= timeout_ns(T.prm, li)
+            idle = st[S_CLOCK] - fi[s, FI_LAST_TS] >= timeout_ns(tmos, li)
             if idle or ((fi[s, FI_STATE] & FS_CLOSING) and new_syn):
                 if st[S_NEV] >= T.ev_slot.shape[0]:
                     return K_EVENTS, i
@@ -408,8 +426,10 @@ def process(
                 fi[s, FI_BI_MIN_PIAT] = piat
             if bk == 2 or piat > fi[s, FI_BI_MAX_PIAT]:
                 fi[s, FI_BI_MAX_PIAT] = piat
-            _welford(ff, s, FF_BI_MEAN_PIAT, FF_BI_M2_PIAT, piat / 1e6, bk - 1)
-        _welford(ff, s, FF_BI_MEAN_PS, FF_BI_M2_PS, xs, bk)
+            ff[s, FF_BI_MEAN_PIAT], ff[s, FF_BI_M2_PIAT] = _welford(
+                ff[s, FF_BI_MEAN_PIAT], ff[s, FF_BI_M2_PIAT], piat / 1e6, bk - 1)
+        ff[s, FF_BI_MEAN_PS], ff[s, FF_BI_M2_PS] = _welford(
+            ff[s, FF_BI_MEAN_PS], ff[s, FF_BI_M2_PS], xs, bk)
         fi[s, FI_PREV_TS] = ts
         if ts > fi[s, FI_LAST_TS]:
             fi[s, FI_LAST_TS] = ts
@@ -433,8 +453,10 @@ def process(
                 fi[s, b + D_MIN_PIAT] = piat
             if k == 2 or piat > fi[s, b + D_MAX_PIAT]:
                 fi[s, b + D_MAX_PIAT] = piat
-            _welford(ff, s, fb + DF_MEAN_PIAT, fb + DF_M2_PIAT, piat / 1e6, k - 1)
-        _welford(ff, s, fb + DF_MEAN_PS, fb + DF_M2_PS, xs, k)
+            ff[s, fb + DF_MEAN_PIAT], ff[s, fb + DF_M2_PIAT] = _welford(
+                ff[s, fb + DF_MEAN_PIAT], ff[s, fb + DF_M2_PIAT], piat / 1e6, k - 1)
+        ff[s, fb + DF_MEAN_PS], ff[s, fb + DF_M2_PS] = _welford(
+            ff[s, fb + DF_MEAN_PS], ff[s, fb + DF_M2_PS], xs, k)
         fi[s, b + D_LAST] = ts
         if pflags[i] & PF_FRAGMENT:
             fi[s, FI_COUNTS] += 1 << 32
@@ -518,9 +540,10 @@ def process(
             else:
                 rel = fi[s, b + D_HEAD_LEN]
             if rel >= 0:
-                he = _place(T.head, s, d, hlen, rel, buf, po, cap)
-                if he > fi[s, b + D_HEAD_LEN]:
-                    fi[s, b + D_HEAD_LEN] = he
+                if rel < hlen:  # the call passes arrays: only when there is a byte to place
+                    he = _place(T.head, s, d, hlen, rel, buf, po, cap)
+                    if he > fi[s, b + D_HEAD_LEN]:
+                        fi[s, b + D_HEAD_LEN] = he
                 if w >= 0:
                     if p != 6:
                         rel = T.w_fill[w, d]  # datagrams: appended in arrival order
@@ -566,7 +589,7 @@ def process(
             list_append(T.lprev, T.lnext, T.lhead, T.ltail, target, s)
             fi[s, FI_LIST] = target
             fi[s, FI_ENQ_TS] = ts
-            dl = ts + timeout_ns(T.prm, target)
+            dl = ts + timeout_ns(tmos, target)
             if dl < st[S_DEADLINE]:
                 st[S_DEADLINE] = dl
         if not (state & FS_DIRTY):

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from flowsense.jit import copy_bytes3, inline_kernel, kernel, zero_row
+from flowsense.jit import copy_bytes3, counted_free_kernel, inline_kernel, zero_row
 from flowsense.schema import (
     D_HEAD_LEN,
     END_ACTIVE,
@@ -131,6 +131,7 @@ class TableArrays(NamedTuple):
     st: np.ndarray
     prm: np.ndarray
     hkey: np.ndarray
+    ahead: np.ndarray  # uint64[AHEAD_RING]: the flow kernel's look-ahead hashes (no allocation)
 
 
 @inline_kernel
@@ -166,7 +167,7 @@ def index_cell(h, slot):
     return np.int64(((h >> np.uint64(32)) << np.uint64(32)) | np.uint64(slot + 1))
 
 
-@kernel
+@inline_kernel
 def index_find(T, h, slot):
     """Index cell holding ``slot`` (whose hash is ``h``), or -1."""
     mask = T.ix.shape[0] - 1
@@ -178,7 +179,7 @@ def index_find(T, h, slot):
     return -1
 
 
-@kernel
+@inline_kernel
 def index_delete(T, pos):
     """Backward-shift deletion at cell ``pos``."""
     mask = T.ix.shape[0] - 1
@@ -201,7 +202,7 @@ def index_delete(T, pos):
     T.ix[i] = 0
 
 
-@kernel
+@inline_kernel
 def index_insert(T, h, slot):
     mask = T.ix.shape[0] - 1
     pos = np.int64(h & np.uint64(mask))
@@ -210,7 +211,7 @@ def index_insert(T, h, slot):
     T.ix[pos] = index_cell(h, slot)
 
 
-@kernel
+@inline_kernel
 def end_flow(T, s, reason):
     """Take a live flow out of the index and lists and queue it for export."""
     fi = T.fi
@@ -227,7 +228,7 @@ def end_flow(T, s, reason):
     T.st[S_NEV] = e + 1
 
 
-@kernel
+@counted_free_kernel
 def evict(T, want):
     """End up to ``want`` live flows to make room (bounded mode), least recently queued first:
     short-lived flows, then closing, then established TCP; watched flows only when nothing else
@@ -253,12 +254,20 @@ def evict(T, want):
 
 
 @inline_kernel
-def timeout_ns(prm, li):
+def timeouts(prm):
+    """The idle timeouts of the three lists, as scalars for ``timeout_ns``."""
+    return prm[P_IDLE_NS], prm[P_EST_IDLE_NS], prm[P_CLOSE_NS]
+
+
+@inline_kernel
+def timeout_ns(tmo, li):
+    """The idle timeout of list ``li``; ``tmo`` from ``timeouts`` (a tuple of scalars, not the
+    array: see ``jit.inline_kernel``)."""
     if li == L_SHORT:
-        return prm[P_IDLE_NS]
+        return tmo[0]
     if li == L_EST:
-        return prm[P_EST_IDLE_NS]
-    return prm[P_CLOSE_NS]
+        return tmo[1]
+    return tmo[2]
 
 
 @inline_kernel
@@ -268,7 +277,7 @@ def end_reason(fi, s, li):
     return END_IDLE
 
 
-@kernel
+@counted_free_kernel
 def expire(T, now):
     """End flows idle past their list's timeout; queue an interim record when one is due.
 
@@ -280,8 +289,9 @@ def expire(T, now):
     fi = T.fi
     cap = T.ev_slot.shape[0]
     deadline = np.int64(0x7FFFFFFFFFFFFFFF)
+    tmos = timeouts(prm)
     for li in range(3):
-        tmo = timeout_ns(prm, li)
+        tmo = timeout_ns(tmos, li)
         while T.lhead[li] >= 0:
             s = T.lhead[li]
             if now - fi[s, FI_ENQ_TS] < tmo:
@@ -301,7 +311,7 @@ def expire(T, now):
         if st[S_NEV] >= cap:
             return K_EVENTS
         li = fi[s, FI_LIST]
-        if now - fi[s, FI_LAST_TS] >= timeout_ns(prm, li):
+        if now - fi[s, FI_LAST_TS] >= timeout_ns(tmos, li):
             # idle past its timeout but not yet reached on its lazy list: it ended already
             end_flow(T, s, end_reason(fi, s, li))
             s = T.lhead[A_LIST]
@@ -325,7 +335,7 @@ def expire(T, now):
     return K_DONE
 
 
-@kernel
+@counted_free_kernel
 def end_live(T):
     """End live flows (end of input) until the event list is full; returns how many remain.
 
@@ -342,7 +352,7 @@ def end_live(T):
             break
         li = fi[s, FI_LIST]
         reason = END_EOF
-        if T.st[S_CLOCK] - fi[s, FI_LAST_TS] >= timeout_ns(T.prm, li):
+        if T.st[S_CLOCK] - fi[s, FI_LAST_TS] >= timeout_ns(timeouts(T.prm), li):
             reason = end_reason(fi, s, li)  # past its timeout, not yet expired (lazy lists)
         elif fi[s, FI_STATE] & FS_CLOSING:
             reason = END_RST if fi[s, FI_STATE] & FS_RST else END_FIN
@@ -350,7 +360,7 @@ def end_live(T):
     return T.st[S_NLIVE]
 
 
-@kernel
+@counted_free_kernel
 def expire_until(T, now):
     """Advance the table's clock to ``now`` (live capture on a quiet link) and expire."""
     if now > T.st[S_CLOCK]:
@@ -358,7 +368,7 @@ def expire_until(T, now):
     return expire(T, T.st[S_CLOCK])
 
 
-@kernel
+@inline_kernel
 def lease_watch(T, s):
     """Give flow ``s`` a slab and a trace (its head copied in); -1 when the quota is spent."""
     fi = T.fi
@@ -381,7 +391,7 @@ def lease_watch(T, s):
     return w
 
 
-@kernel
+@counted_free_kernel
 def release_slots(T, slots, n):
     """Return ended flows' slots (and their watches) to the free lists."""
     fi = T.fi
@@ -402,7 +412,7 @@ def release_slots(T, slots, n):
         st[S_NFREE] += 1
 
 
-@kernel
+@counted_free_kernel
 def reindex(T):
     """Rebuild the index from the live slots (after growth)."""
     T.ix[:] = 0
@@ -412,7 +422,7 @@ def reindex(T):
             index_insert(T, np.uint64(fi[s, FI_HASH]), s)
 
 
-@kernel
+@counted_free_kernel
 def take_dirty(T, out):
     """Copy the slots touched since the last call into ``out``; returns their count."""
     n = T.st[S_NDIRTY]

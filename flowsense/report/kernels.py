@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowsense.jit import copy_bytes, inline_kernel, kernel
+from flowsense.jit import copy_bytes, counted_free_kernel, inline_kernel
 
 K_INT = 0
 K_FLOAT = 1
@@ -85,7 +85,7 @@ def _put_float(out, pos, x):
     return pos
 
 
-@kernel
+@counted_free_kernel
 def write_jsonl(n, kinds, index, keys, key_off, ints, floats, strs, out):
     """Format ``n`` records into ``out`` (uint8, sized by the caller); returns bytes written."""
     pos = 0
