@@ -263,24 +263,23 @@ class SshDetector(Detector):
         if frame.n == 0 or frame.head is None:
             return []
         c = frame.cols
-        tcp = c["protocol"] == 6
-        head = frame.head
-        # vectorised pick: a banner at the start of either direction, a TLS ClientHello (for
-        # multiplexers), or an HTTP request that may upgrade to a WebSocket
-        ssh0 = _starts(head[:, 0], b"SSH")
-        ssh1 = _starts(head[:, 1], b"SSH")
-        tls = head[:, 0, 0] == 0x16
-        http = head[:, 0, 0] == ord("G")
+        # vectorised pick, over TCP rows: a banner at the start of either direction, a TLS
+        # ClientHello (for multiplexers), or an HTTP request that may upgrade to a WebSocket
+        tcp = np.flatnonzero(c["protocol"] == 6)
+        start = frame.head[tcp, :, :3]
+        ssh = _starts(start[:, 0], b"SSH") | _starts(start[:, 1], b"SSH")
+        tls = start[:, 0, 0] == 0x16
+        http = start[:, 0, 0] == ord("G")
         alerts: list[Alert] = []
-        for i in np.flatnonzero(tcp & tls).tolist():
+        for i in tcp[tls].tolist():
             key = (str(c["dst_ip"][i]), int(c["dst_port"][i]))
             self._remember(key, "tls")
             waiting = self._ssh_seen.pop(key, None)
             if waiting is not None:
                 alerts.append(waiting["multiplexed"])
-        for i in np.flatnonzero(tcp & (ssh0 | ssh1)).tolist():
+        for i in tcp[ssh].tolist():
             alerts += self._judge(frame, i)
-        rows = np.flatnonzero(tcp & http & ~(ssh0 | ssh1))
+        rows = tcp[http & ~ssh]
         for i in _containing(frame, rows, (0,), b"upgrade: websocket", fold=True).tolist():
             a = self._websocket(frame, i)
             if a is not None:

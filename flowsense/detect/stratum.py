@@ -341,11 +341,15 @@ class StratumDetector(Detector):
         if heads is None:
             return alerts
         c = frame.cols
-        # vectorised pick: a first payload byte that could open JSON or an HTTP POST
-        first = heads[:, :, 0]
-        rows = ((first[:, 0] == ord("{")) | (first[:, 0] == ord("P")) | (first[:, 1] == ord("{")))
-        rows &= c["protocol"] == 6
-        for i in rows.nonzero()[0].tolist():
+        # vectorised pick, over TCP rows (a prompt frame of DNS lookups has none): a first
+        # payload byte that could open JSON or an HTTP POST
+        tcp = np.flatnonzero(c["protocol"] == 6)
+        first = heads[tcp, :, 0]
+        picked = tcp[(first[:, 0] == ord("{")) | (first[:, 0] == ord("P"))
+                     | (first[:, 1] == ord("{"))]
+        rows = np.zeros(frame.n, dtype=bool)
+        rows[picked] = True
+        for i in picked.tolist():
             ev = self._inspect(frame, i)
             if ev is not None:
                 alerts.append(self._alert(frame, i, ev))
