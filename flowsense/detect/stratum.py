@@ -85,20 +85,14 @@ class Evidence:
     http: bool = False
 
 
-_MINING_WORDS = (b"job", b"mining.", b"submit", b"login", b"eth_", b"keepalived", b"\\u",
-                 b"{\x00")
-# one scan for all of them: a word's first byte, then any word's rest (a superset: a stray
-# "jogin" costs a parse, never a miss)
-_MINING_HINT = re.compile(b"[" + re.escape(bytes(w[0] for w in _MINING_WORDS)) + b"](?:"
-                          + b"|".join(re.escape(w[1:]) for w in _MINING_WORDS) + b")")
-
-
 def _may_mine(data: bytes) -> bool:
     """Whether ``data`` can hold a mining message. Each names its method (``mining.*``,
     ``login``, ``job``, ``submit``, ``keepalived``, ``eth_*``) or carries a ``job``: a payload
     without these words has none, unless its JSON spells them with \\u escapes or is UTF-16/32
-    (``json.loads`` tells that from a zero after the line's opening brace)."""
-    return _MINING_HINT.search(data) is not None
+    (``json.loads`` tells that from a zero after the line's opening brace). (One regular
+    expression of these words scans no faster, and a looser one lets benign JSON through.)"""
+    return (b"job" in data or b"mining." in data or b"submit" in data or b"login" in data
+            or b"eth_" in data or b"keepalived" in data or b"\\u" in data or b"{\x00" in data)
 
 
 def _lines(data: bytes) -> list[tuple[int, bytes]]:
