@@ -20,6 +20,7 @@ KERNEL_SOURCES = (
     "capture/decode_kernels.py",
     "jit.py",
     "config.py",
+    "detect/kernels.py",
     "flows/kernels.py",
     "flows/table_kernels.py",
     "flows/text_kernels.py",

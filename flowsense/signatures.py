@@ -56,7 +56,7 @@ class PoolEntry:
     origin: str  # file:line
 
 
-_HASH_WEIGHTS = np.random.default_rng(20261126).integers(
+HASH_WEIGHTS = np.random.default_rng(20261126).integers(
     1, 2**63, size=256, dtype=np.int64).astype(np.uint64) | np.uint64(1)
 MEMO_NAMES = 65536
 
@@ -69,7 +69,7 @@ def suffix_hashes(rev: np.ndarray) -> np.ndarray:
     upper = (rev >= 65) & (rev <= 90)
     folded = np.where(upper, rev | np.uint8(32), rev).astype(np.uint64)
     with np.errstate(over="ignore"):
-        return np.cumsum(folded * _HASH_WEIGHTS[: rev.shape[1]], axis=1, dtype=np.uint64)
+        return np.cumsum(folded * HASH_WEIGHTS[: rev.shape[1]], axis=1, dtype=np.uint64)
 
 
 @dataclass
@@ -80,6 +80,7 @@ class PoolSet:
     versions: list[str] = field(default_factory=list)
     _domains: dict[str, PoolEntry] = field(default_factory=dict)
     _nets: dict[int, dict[int, dict[int, PoolEntry]]] = field(default_factory=dict)
+    _v4_keys: dict[int, np.ndarray] = field(default_factory=dict)  # prefix length: sorted nets
     _memo: dict[str, PoolEntry | None] = field(default_factory=dict)  # names seen lately
 
     def add(self, e: PoolEntry) -> None:
@@ -94,6 +95,8 @@ class PoolSet:
                 net = e.network
                 table = self._nets.setdefault(net.version, {}).setdefault(net.prefixlen, {})
                 table.setdefault(int(net.network_address), e)
+        self._v4_keys = {plen: np.sort(np.fromiter(table, dtype=np.uint64, count=len(table)))
+                         for plen, table in self._nets.get(4, {}).items()}
         return self
 
     def match_name(self, name: str) -> PoolEntry | None:
@@ -127,10 +130,11 @@ class PoolSet:
         """Vectorised: which addresses (family, high and low 64 bits) fall in a listed network."""
         hit = np.zeros(len(fam), dtype=bool)
         v4 = fam == 4
-        for plen, table in self._nets.get(4, {}).items():
+        for plen, keys in self._v4_keys.items():
             shift = np.uint64(32 - plen)
-            keys = np.fromiter(table, dtype=np.uint64, count=len(table))
-            hit |= v4 & np.isin((lo >> shift) << shift, keys)
+            net = (lo >> shift) << shift
+            at = np.minimum(np.searchsorted(keys, net), len(keys) - 1)
+            hit |= v4 & (keys[at] == net)
         if self._nets.get(6):
             for k in np.flatnonzero(fam == 6).tolist():
                 hit[k] = self.match_ip(str(ipaddress.IPv6Address(

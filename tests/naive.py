@@ -863,3 +863,26 @@ def naive_flows(paths: Sequence[str | Path], config: Any = None) -> NaiveResult:
                    key=lambda i: (agg.out[i]["bidirectional_first_seen_ms"], agg.out[i]["_seq"], i))
     res.records = [agg.out[i] for i in order]
     return res
+
+
+def may_name_suffix(head: bytes, kept: int, lengths: Sequence[int], listed: set[int],
+                    weights: Sequence[int]) -> bool:
+    """Twin of ``flowsense.detect.kernels.may_name_suffix`` for one DNS message: does the first
+    question's name (from byte 12 to its terminating zero, within 256 bytes and the ``kept``
+    bytes) end, zero included, in a suffix of one of ``lengths`` bytes whose hash is
+    ``listed``? The hash: the suffix read last byte first, ASCII letters lowered, each byte
+    times its position's weight, summed modulo 2**64."""
+    window = head[12:12 + 256]
+    if 0 not in window:
+        return False
+    end = 12 + window.index(0)
+    if end >= kept:
+        return False
+    for size in lengths:
+        if end - size + 1 < 12:
+            return False
+        suffix = head[end - size + 1:end + 1].lower()
+        h = sum(b * w for b, w in zip(reversed(suffix), weights)) % 2**64
+        if h in listed:
+            return True
+    return False

@@ -166,3 +166,51 @@ def test_no_pool_alerts_on_benign_ssh_and_tunnel_captures(corpus: Path, name: st
 
 def test_bundled_path_exists() -> None:
     assert (BUNDLED / "pools.yaml").is_file()
+
+
+def test_dns_name_kernel_matches_its_naive_twin() -> None:
+    """``detect.kernels.may_name_suffix`` against the plain-Python twin in tests/naive.py, on
+    messages built around listed names (case mixed, as resolvers randomise it), their
+    look-alikes, random bytes, names with no terminator in the window and heads cut short."""
+    import random
+
+    import numpy as np
+
+    from flowsense.detect.kernels import may_name_suffix
+    from flowsense.signatures import HASH_WEIGHTS
+    from tests import naive
+
+    det = PoolDetector(Resources(pools=load_pools()))
+    lengths, listed = det._suffix_table
+    rng = random.Random(7)
+    domains = sorted(det.pools._domains)[:40]
+    heads, kept = [], []
+    for k in range(3000):
+        kind = k % 5
+        if kind == 4:
+            body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300)))
+        else:
+            name = rng.choice(domains)
+            if kind == 1:
+                name = rng.choice(["eu1.", "x.", ""]) + name
+            elif kind == 2:
+                name = name[: rng.randrange(1, len(name))] + rng.choice(["q", "org", ".com"])
+            name = "".join(ch.upper() if rng.random() < 0.3 else ch for ch in name)
+            wire = b"".join(bytes([len(lb)]) + lb.encode() for lb in name.split(".") if lb)
+            body = wire + (b"" if kind == 3 and rng.random() < 0.5 else b"\0\0\1\0\1")
+        msg = bytes(rng.randrange(256) for _ in range(12)) + body
+        heads.append(msg[:512].ljust(512, b"\0"))
+        kept.append(min(len(msg), 512) - (rng.randrange(0, 8) if kind == 3 else 0))
+    arr = np.zeros((len(heads), 2, 512), dtype=np.uint8)
+    arr[:, 0, :] = np.frombuffer(b"".join(heads), dtype=np.uint8).reshape(len(heads), 512)
+    head_len = np.zeros((len(heads), 2), dtype=np.int64)
+    head_len[:, 0] = kept
+    rows = np.arange(len(heads), dtype=np.int64)[::-1].copy()  # any order, any subset
+    out = np.zeros(len(rows), dtype=bool)
+    may_name_suffix(arr, head_len, rows, lengths, listed, HASH_WEIGHTS, out)
+    weights = [int(w) for w in HASH_WEIGHTS]
+    table = {int(h) for h in listed}
+    want = [naive.may_name_suffix(heads[r], kept[r], lengths.tolist(), table, weights)
+            for r in rows.tolist()]
+    assert out.tolist() == want
+    assert 200 < sum(want) < len(want) - 200, "both answers well represented"

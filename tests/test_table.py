@@ -214,3 +214,48 @@ def test_tick_expires_by_wall_clock_on_a_quiet_link(tmp_path: Path) -> None:
     table.tick(int(221e9), ended.append)
     assert sum(f.n for f in ended) == 1 and ended[0].cols["expiration"][0] == "idle"
     assert table.stats()["flows_live"] == 0
+
+
+def test_prompt_records_are_lazy_and_equal_to_the_full_ones(tmp_path: Path) -> None:
+    """A prompt rule's records reach the sink at the reply with their flow ids, addresses and
+    Community IDs computed as read (``Columns``); read or not, they equal the records a full
+    gather makes of the same slots, in FLOW_COLUMNS order, and pickle as a plain dict."""
+    import pickle
+
+    from flowsense.flows.features import Columns, gather
+    from flowsense.schema import FI_STATE, FLOW_COLUMNS, FS_LIVE
+
+    pk = []
+    for k in range(5):
+        t = 1.0 + k
+        pk += [(t, udp(C, S, 5000 + k, 53, b"q" * (20 + k))),
+               (t + 0.01, udp(S, C, 53, 5000 + k, b"r" * (40 + k)))]
+    pk += tcp_session(C, S, 48000, 443, 0.5, [(0, b"\x16\x03\x01hello")], close=False)
+    prompts: list[FeatureFrame] = []
+    table = FlowTable(FlowConfig(), [WatchRule(b"", 53, prompt=True)])
+    table.prompt_sink = prompts.append
+    for batch in iter_batches(str(write_pcap(tmp_path / "p.pcap", pk))):
+        table.feed(batch)
+    assert sum(f.n for f in prompts) == 5
+    frame = prompts[0]
+    deferred = ("flow_id", "community_id", "src_ip", "dst_ip")
+    assert isinstance(frame.cols, Columns)
+    assert dict.__len__(frame.cols) == len(FLOW_COLUMNS) - len(deferred)
+    assert frame.cols["dst_port"].tolist() == [53] * frame.n
+    assert frame.cols["src_ip"].tolist() == [C] * frame.n
+    assert dict.__len__(frame.cols) == len(FLOW_COLUMNS) - len(deferred) + 1, "src_ip alone"
+    assert list(frame.text_rows) == ["src_ip"]
+    slots = np.flatnonzero((table.T.fi[:, FI_STATE] & FS_LIVE) != 0)
+    assert len(slots) == 6, "the five lookups and the TLS flow"
+    full = gather(table.T, slots, np.zeros(len(slots), np.int64), interim=False)
+    lazy = gather(table.T, slots, np.zeros(len(slots), np.int64), interim=False, lazy=True)
+    assert lazy.cols["src2dst_bytes"].tolist() == full.cols["src2dst_bytes"].tolist()
+    assert list(lazy.cols) == list(full.cols) == list(FLOW_COLUMNS)
+    assert sorted(full.cols["protocol"].tolist()) == [6, 17, 17, 17, 17, 17]
+    for name in FLOW_COLUMNS:
+        a, b = full.cols[name], lazy.cols[name]
+        assert a.dtype == b.dtype and a.tolist() == b.tolist(), name
+    again = pickle.loads(pickle.dumps(gather(table.T, slots, np.zeros(len(slots), np.int64),
+                                             interim=False, lazy=True).cols))
+    assert type(again) is dict and list(again) == list(FLOW_COLUMNS)
+    assert again["flow_id"].tolist() == full.cols["flow_id"].tolist()

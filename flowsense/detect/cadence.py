@@ -54,24 +54,26 @@ MIN_MESSAGE_BYTES = 60
 
 
 def candidates(frame: FeatureFrame) -> np.ndarray:
-    """Rows worth a look (vectorised): long-lived, low-volume TCP with a trace, carrying
-    payload both ways, and not JSON or SSH in the clear (the protocol detectors judge those)."""
+    """Rows worth a look (vectorised over the traced rows alone): long-lived, low-volume TCP
+    with a trace, carrying payload both ways, and not JSON or SSH in the clear (the protocol
+    detectors judge those)."""
     c = frame.cols
-    n = frame.n
-    traced = np.zeros(n, dtype=bool)
-    if frame.traces:
-        traced[np.fromiter(frame.traces, dtype=np.int64, count=len(frame.traces))] = True
-    dur_s = c["bidirectional_duration_ms"] / 1000.0
-    payload = c["bidirectional_payload_bytes"]
-    ok = traced & (c["protocol"] == 6) & (dur_s >= MIN_DURATION_S)
-    ok &= payload <= MAX_RATE_BPS * np.maximum(dur_s, 1.0)
-    ok &= (c["src2dst_payload_bytes"] > 0) & (c["dst2src_payload_bytes"] > 0)
-    if frame.head is not None and ok.any():
-        rows = np.flatnonzero(ok)
+    ok = np.zeros(frame.n, dtype=bool)
+    if not frame.traces:
+        return ok
+    rows = np.sort(np.fromiter(frame.traces, dtype=np.int64, count=len(frame.traces)))
+    dur_s = c["bidirectional_duration_ms"][rows] / 1000.0
+    payload = c["bidirectional_payload_bytes"][rows]
+    keep = (c["protocol"][rows] == 6) & (dur_s >= MIN_DURATION_S)
+    keep &= payload <= MAX_RATE_BPS * np.maximum(dur_s, 1.0)
+    keep &= (c["src2dst_payload_bytes"][rows] > 0) & (c["dst2src_payload_bytes"][rows] > 0)
+    rows = rows[keep]
+    if frame.head is not None and len(rows):
         head = frame.head[rows, :, :4]
         json = (head[:, :, 0] == ord("{")).any(axis=1)
         ssh = (head == np.frombuffer(b"SSH-", np.uint8)).all(axis=2).any(axis=1)
-        ok[rows[json | ssh]] = False
+        rows = rows[~(json | ssh)]
+    ok[rows] = True
     return ok
 
 

@@ -12,10 +12,11 @@ long-lived low-volume flow (``detect.cadence``, lower confidence, the figures as
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import struct
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +26,13 @@ import numpy as np
 from flowsense.detect import cadence
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
 from flowsense.detect.dns_tunnel import parse_message
+from flowsense.detect.kernels import may_name_suffix
 from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
+from flowsense.flows.ids import addr_text
 from flowsense.flows.table import WatchRule
-from flowsense.signatures import PoolEntry, PoolSet, suffix_hashes
+from flowsense.signatures import HASH_WEIGHTS, PoolEntry, PoolSet
 
 VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidence, signature)
     "login": (3400001, 1, 0.95, "mining pool named in the miner's own protocol"),
@@ -42,16 +45,47 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
 }
 DNS_CACHE_ENTRIES = 100_000
 MAX_SEEN_OPEN = 1_000_000  # DNS flows remembered as read while open (cleared past this)
-_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
+ANSWER_MEMO = 1024  # DNS lookups (without their ids) remembered with their answers (<= 1 MiB)
+HOST_VALUES = 4096  # Host header values remembered with their verdict (cleared past this)
+_HTTP_FIRST = np.zeros(256, dtype=bool)  # first letters of the HTTP methods, by byte
+_HTTP_FIRST[np.frombuffer(b"GPHDOCT", dtype=np.uint8)] = True
+_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)")  # over lower-cased heads (faster than IGNORECASE)
 
 
 def _members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``values`` (any shape) found in the sorted, unique ``table``: a binary search each, no
-    sort of the values (``np.isin`` sorts both)."""
+    """``values`` (any shape) found in the sorted ``table`` (repeats do no harm): a binary
+    search each, no sort of the values (``np.isin`` sorts both)."""
     if not len(table):
         return np.zeros(values.shape, dtype=bool)
     at = np.minimum(np.searchsorted(table, values), len(table) - 1)
     return table[at] == values
+
+
+def _request_line(start: np.ndarray) -> np.ndarray:
+    """Vectorised ``http_host``'s first test over uint8[n, 8] payload starts: letters up to
+    a space (or all eight), as an HTTP request's method."""
+    folded = start | np.uint8(0x20)
+    letter = (folded >= ord("a")) & (folded <= ord("z"))
+    lead = np.where(letter.all(axis=1), 8, np.argmin(letter, axis=1))  # leading letters
+    after = start[np.arange(len(start)), np.minimum(lead, 7)]
+    return (lead >= 1) & ((lead == 8) | (after == ord(" ")))
+
+
+_PAIR_MUL = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd
+
+
+def _pair_keys(client_lo: np.ndarray, server_lo: np.ndarray) -> np.ndarray:
+    """One uint64 for each (client, server) pair of address low halves (equal pairs, equal
+    keys; a collision only adds a row for the exact lookup to turn down)."""
+    return (np.asarray(client_lo, dtype=np.uint64) * _PAIR_MUL) ^ np.asarray(server_lo,
+                                                                            dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=4096)
+def _low64(addr: str) -> int:
+    """An address's low 64 bits (the whole of an IPv4 address), as the frame's ``addr`` holds
+    them."""
+    return int(ipaddress.ip_address(addr)) & 0xFFFFFFFFFFFFFFFF
 
 
 class DnsAnswers:
@@ -60,27 +94,20 @@ class DnsAnswers:
     def __init__(self, capacity: int = DNS_CACHE_ENTRIES) -> None:
         self.capacity = capacity
         self._map: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()
-        self._clients: Counter[str] = Counter()  # answers held per client
-        self.version = 0  # changes whenever the set of clients does
-
-    @property
-    def clients(self) -> Counter[str]:
-        """Clients that hold at least one answer (as bounded as the answers)."""
-        return self._clients
 
     def learn(self, client: str, addr: str, name: str, expiry_ns: int) -> None:
         key = (client, addr)
-        if key not in self._map:
-            self.version += client not in self._clients
-            self._clients[client] += 1
         self._map[key] = (name, expiry_ns)
         self._map.move_to_end(key)
         while len(self._map) > self.capacity:
-            (old, _), _ = self._map.popitem(last=False)
-            self._clients[old] -= 1
-            if not self._clients[old]:
-                del self._clients[old]
-                self.version += 1
+            self._map.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(client, address) of every answer held."""
+        return list(self._map)
 
     def lookup(self, client: str, addr: str, at_ns: int) -> str | None:
         hit = self._map.get((client, addr))
@@ -164,9 +191,18 @@ class PoolDetector(Detector):
         self._suffix_table = (np.array(sorted(self._suffixes), dtype=np.int64),
                               np.unique(np.concatenate([np.zeros(0, np.uint64),
                                                         *self._suffixes.values()])))
-        self._seen_open: set[int] = set()  # DNS flows read while open (their reply's prompt)
-        self._asked_version = -1
-        self._asked_lo = np.zeros(0, dtype=np.uint64)
+        # flow ids of the DNS lookups read while open (their reply's prompt): sorted, and the
+        # frames' arrays not merged in yet
+        self._seen_open = np.zeros(0, dtype=np.int64)
+        self._seen_new: list[np.ndarray] = []
+        # (client, pool address) pairs DNS answered, as ``_pair_keys``: sorted, a superset
+        # (what the bounded cache dropped stays until it is rebuilt)
+        self._asked = np.zeros(0, dtype=np.uint64)
+        # Host header values seen, and whether they name a pool of the indicators held then
+        self._host_hits: dict[bytes, bool] = {}
+        self._host_hits_of: PoolSet | None = None
+        self._answer_memo: dict[tuple[bytes, bytes], tuple[tuple[str, str, int], ...]] = {}
+        self._answer_memo_of: PoolSet | None = None
 
     @property
     def pools(self) -> PoolSet:
@@ -184,39 +220,31 @@ class PoolDetector(Detector):
             return []
         c = frame.cols
         dns_rows = self._new_lookups(frame)
-        dns_rows = dns_rows[self._may_ask_pool(frame, dns_rows)]
-        for i in dns_rows.tolist():  # learn answers before judging the flows of this frame
-            query = frame.payload(i, 0)
-            qname = dns_qname(query)
-            if qname is None or self.pools.match_name(qname) is None:
-                continue  # only answers for pool names are kept: the rest cannot matter
-            for name, addr, ttl in dns_answers(query, frame.payload(i, 1)):
-                expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
-                self.dns.learn(str(c["src_ip"][i]), addr, name, expiry)
-        alerts = []
-        # vectorised pick: a client payload that can name a pool (JSON, a TLS ClientHello, an
-        # HTTP request), a listed server address, or a client that DNS answered for
+        self._learn(frame, dns_rows[self._may_ask_pool(frame, dns_rows)])
+        alerts: list[Alert] = []
+        # vectorised pick, over the rows that can carry a connection (a frame of DNS lookups
+        # alone, as a prompt rule shows them, has none): a client payload that can name a pool
+        # (JSON, a TLS ClientHello, an HTTP request), a listed server address, or a client that
+        # DNS answered for
+        proto = c["protocol"]
+        rows = np.flatnonzero((proto == 6) | ((proto == 17) & (c["dst_port"] != 53)))
+        if not len(rows):
+            return alerts
         assert frame.head is not None and frame.addr is not None
-        first = frame.head[:, 0, 0]
-        named = (first == ord("{")) | ((first == 0x16) & (frame.head[:, 0, 5] == 1))
-        http = np.isin(first, np.frombuffer(b"GPHDOCT", dtype=np.uint8))
-        named |= self._listed_host(frame, np.flatnonzero(http))
-        fam = c["ip_version"]
-        listed = self.pools.listed(fam, frame.addr[:, 2], frame.addr[:, 3])
-        asked = np.zeros(frame.n, dtype=bool)
-        if self.dns.clients:  # by the address's low 64 bits: a superset, _judge looks up exactly
-            if self._asked_version != self.dns.version:
-                self._asked_version = self.dns.version
-                self._asked_lo = np.unique(np.array(
-                    [int(ipaddress.ip_address(ip)) & 0xFFFFFFFFFFFFFFFF
-                     for ip in self.dns.clients], dtype=np.uint64))
-            asked = _members(frame.addr[:, 1], self._asked_lo)
-        transport = (c["protocol"] == 6) | ((c["protocol"] == 17) & (c["dst_port"] != 53))
-        rhythm = cadence.candidates(frame)
-        candidates = np.flatnonzero(transport & (named | listed | asked | rhythm))
-        for i in candidates.tolist():
-            found = self._judge(frame, i, bool(listed[i]))
-            figures = cadence.figures(frame, i) if rhythm[i] else None
+        first = frame.head[rows, 0, 0]
+        named = (first == ord("{")) | ((first == 0x16) & (frame.head[rows, 0, 5] == 1))
+        http = _HTTP_FIRST[first]
+        http[http] = _request_line(frame.head[rows[http], 0, :8])
+        named |= self._listed_host(frame, rows[http])[rows]
+        addr = frame.addr[rows]
+        listed = self.pools.listed(c["ip_version"][rows], addr[:, 2], addr[:, 3])
+        asked = self._was_answered(addr[:, 1], addr[:, 3])
+        rhythm = cadence.candidates(frame)[rows]
+        pick = named | listed | asked | rhythm
+        for i, is_listed, is_rhythm in zip(rows[pick].tolist(), listed[pick].tolist(),
+                                           rhythm[pick].tolist()):
+            found = self._judge(frame, i, is_listed)
+            figures = cadence.figures(frame, i) if is_rhythm else None
             if figures is not None and cadence.matches(figures):
                 found.append(("cadence", "behaviour", None))
             else:
@@ -224,6 +252,57 @@ class PoolDetector(Detector):
             if found:
                 alerts.append(self._alert(frame, i, found, figures))
         return alerts
+
+    def _learn(self, frame: FeatureFrame, rows: np.ndarray) -> None:
+        """Keep the answers of the DNS lookups in ``rows`` that asked for a pool name (the rest
+        cannot matter), before the flows of this frame are judged."""
+        if not len(rows):
+            return
+        c = frame.cols
+        assert frame.addr is not None
+        # the clients' addresses as text for these rows alone (a prompt frame's columns are
+        # computed as read: its src_ip column would format every lookup of the frame)
+        clients = addr_text(c["ip_version"][rows].astype(np.uint8), frame.addr[rows, 0],
+                            frame.addr[rows, 1])
+        learned: list[tuple[int, int]] = []
+        for i, client in zip(rows.tolist(), clients.tolist()):
+            for name, addr, ttl in self._pool_answers(frame.payload(i, 0), frame.payload(i, 1)):
+                expiry = (int(c["bidirectional_last_seen_ms"][i]) + 1000 * ttl) * 1_000_000
+                self.dns.learn(client, addr, name, expiry)
+                learned.append((int(frame.addr[i, 1]), _low64(addr)))
+        if not learned:
+            return
+        if len(self._asked) > 2 * len(self.dns) + 1024:  # rebuild past evictions
+            learned += [(_low64(client), _low64(addr)) for client, addr in self.dns.pairs()]
+            self._asked = np.zeros(0, dtype=np.uint64)
+        pairs = np.array(learned, dtype=np.uint64).reshape(-1, 2)
+        self._asked = np.union1d(self._asked, _pair_keys(pairs[:, 0], pairs[:, 1]))
+
+    def _pool_answers(self, query: bytes, response: bytes) -> tuple[tuple[str, str, int], ...]:
+        """``dns_answers`` of a lookup that asked for a pool name (none for other names),
+        memoised by the two messages without their id (a client asks for its pool again and
+        again; the id only has to match, and nothing else depends on it)."""
+        memo = self._answer_memo
+        if len(memo) > ANSWER_MEMO or self._answer_memo_of is not self.pools:  # or reloaded
+            memo.clear()
+            self._answer_memo_of = self.pools
+        same_id = len(query) >= 2 and query[:2] == response[:2]
+        key = (query[2:], response[2:])
+        if same_id and key in memo:
+            return memo[key]
+        qname = dns_qname(query)
+        found = () if qname is None or self.pools.match_name(qname) is None else \
+            tuple(dns_answers(query, response))
+        if same_id:
+            memo[key] = found
+        return found
+
+    def _was_answered(self, client_lo: np.ndarray, server_lo: np.ndarray) -> np.ndarray:
+        """Which (client, server) pairs (the low 64 bits of their addresses) are a client and
+        an address DNS gave it for a pool: a superset, ``_judge`` looks up exactly."""
+        if not len(self.dns):
+            return np.zeros(len(client_lo), dtype=bool)
+        return _members(_pair_keys(client_lo, server_lo), self._asked)
 
     def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
         """Rows of DNS lookups not read before: a lookup whose reply was shown at once (a
@@ -233,58 +312,63 @@ class PoolDetector(Detector):
         rows = np.flatnonzero((c["protocol"] == 17) & (c["dst_port"] == 53))
         if not len(rows):
             return rows
-        fids = c["flow_id"][rows].tolist()
+        fids = c["flow_id"][rows]
         if c["expiration"][rows[0]] == "":  # a live record (prompt or snapshot frame)
-            if len(self._seen_open) > MAX_SEEN_OPEN:
-                self._seen_open.clear()
-            self._seen_open.update(fids)
+            if len(self._seen_open) + sum(map(len, self._seen_new)) > MAX_SEEN_OPEN:
+                self._seen_open, self._seen_new = np.zeros(0, dtype=np.int64), []
+            self._seen_new.append(fids.astype(np.int64))
             return rows
-        seen = self._seen_open
-        fresh = [fid not in seen for fid in fids]
-        seen.difference_update(fids)
-        return rows[np.array(fresh, dtype=bool)]
+        if self._seen_new:  # sorted (a flow's reply is shown once: no duplicates to remove)
+            self._seen_open = np.sort(np.concatenate([self._seen_open, *self._seen_new]))
+            self._seen_new = []
+        seen = _members(fids, self._seen_open)
+        if seen.any():  # ended: not shown again
+            self._seen_open = self._seen_open[~_members(self._seen_open, np.sort(fids))]
+        return rows[~seen]
 
     def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
         """Which rows (of ``frame.n``) among HTTP-looking ``rows`` carry a Host header naming a
-        listed pool: one regular-expression pass over their heads laid end to end, then the
-        (memoised) name match; ``http_host`` checks the few hits exactly."""
+        listed pool: one regular-expression pass over their heads laid end to end, the distinct
+        values matched (memoised), and the rows looked for only when one names a pool;
+        ``http_host`` checks the few hits exactly."""
         ok = np.zeros(frame.n, dtype=bool)
         if not len(rows) or not self._suffixes:
             return ok
         assert frame.head is not None
-        heads = np.ascontiguousarray(frame.head[rows, 0, :])
+        # each head ends in a CR of its own: a header value stops at its row's end
+        heads = np.empty((len(rows), frame.head.shape[2] + 1), dtype=np.uint8)
+        heads[:, :-1] = frame.head[rows, 0, :]
+        heads[:, -1] = ord("\r")
         width = heads.shape[1]
-        blob = heads.tobytes()
-        for m in _HOST.finditer(blob):
-            k = m.start() // width
-            value = blob[m.start(1):min(m.end(1), (k + 1) * width)]
+        blob = heads.tobytes().lower()  # names match without case
+        hits = self._host_hits
+        if len(hits) > HOST_VALUES or self._host_hits_of is not self.pools:  # or reloaded
+            hits.clear()
+            self._host_hits_of = self.pools
+        values = set(_HOST.findall(blob))  # most requests name the same few hosts
+        for value in values.difference(hits):
             name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
-            if self.pools.match_name(name) is not None:
-                ok[rows[k]] = True
+            hits[value] = self.pools.match_name(name) is not None
+        if not any(hits[value] for value in values):
+            return ok  # no Host header names a pool: no row to find
+        for m in _HOST.finditer(blob):
+            if hits[m.group(1)]:
+                ok[rows[m.start() // width]] = True
         return ok
 
     def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
-        """Vectorised: which DNS queries' first question can end in a listed domain. The name's
-        wire bytes up to its terminating zero are read backwards and hashed for every suffix
-        length at once; the lengths of listed domains are looked up; a hit is checked exactly
-        (``dns_qname``, ``match_name``)."""
+        """Which DNS queries' first question can end in a listed domain (a kernel over the
+        heads, ``detect.kernels.may_name_suffix``): the name's wire bytes up to its terminating
+        zero hashed backwards for each length of a listed domain, the hashes looked up; a hit
+        is checked exactly (``dns_qname``, ``match_name``)."""
         ok = np.zeros(len(rows), dtype=bool)
         if not len(rows) or not self._suffixes:
             return ok
         assert frame.head is not None and frame.head_len is not None
-        # most names end within 96 bytes: look there first, at the rest only where they do not
-        q = frame.head[rows, 0, : 12 + 96]
-        zero = q[:, 12:] == 0
-        if not zero.any(axis=1).all():
-            q = frame.head[rows, 0, : 12 + 256]
-            zero = q[:, 12:] == 0
-        end = np.argmax(zero, axis=1) + 12  # where the first question's name ends
-        found = zero.any(axis=1) & (end < frame.head_len[rows, 0])
         lengths, listed = self._suffix_table
-        back = np.maximum(end[:, None] - np.arange(lengths[-1]), 0)
-        hashes = suffix_hashes(np.take_along_axis(q, back, axis=1))[:, lengths - 1]
-        fit = found[:, None] & (end[:, None] - lengths[None, :] + 1 >= 12)
-        return (fit & _members(hashes, listed)).any(axis=1)
+        may_name_suffix(frame.head, frame.head_len, np.ascontiguousarray(rows, dtype=np.int64),
+                        lengths, listed, HASH_WEIGHTS, ok)
+        return ok
 
     def _judge(self, frame: FeatureFrame, i: int,
                listed: bool) -> list[tuple[str, str, PoolEntry | None]]:

@@ -263,29 +263,29 @@ class SshDetector(Detector):
         if frame.n == 0 or frame.head is None:
             return []
         c = frame.cols
-        tcp = c["protocol"] == 6
-        head = frame.head
-        # vectorised pick: a banner at the start of either direction, a TLS ClientHello (for
-        # multiplexers), or an HTTP request that may upgrade to a WebSocket
-        ssh0 = _starts(head[:, 0], b"SSH")
-        ssh1 = _starts(head[:, 1], b"SSH")
-        tls = head[:, 0, 0] == 0x16
-        http = head[:, 0, 0] == ord("G")
+        # vectorised pick, over TCP rows: a banner at the start of either direction, a TLS
+        # ClientHello (for multiplexers), or an HTTP request that may upgrade to a WebSocket
+        tcp = np.flatnonzero(c["protocol"] == 6)
+        start = frame.head[tcp, :, :3]
+        ssh = _starts(start[:, 0], b"SSH") | _starts(start[:, 1], b"SSH")
+        tls = start[:, 0, 0] == 0x16
+        http = start[:, 0, 0] == ord("G")
         alerts: list[Alert] = []
-        for i in np.flatnonzero(tcp & tls).tolist():
+        for i in tcp[tls].tolist():
             key = (str(c["dst_ip"][i]), int(c["dst_port"][i]))
             self._remember(key, "tls")
             waiting = self._ssh_seen.pop(key, None)
             if waiting is not None:
                 alerts.append(waiting["multiplexed"])
-        for i in np.flatnonzero(tcp & (ssh0 | ssh1)).tolist():
+        for i in tcp[ssh].tolist():
             alerts += self._judge(frame, i)
-        for i in np.flatnonzero(tcp & http & ~(ssh0 | ssh1)).tolist():
+        rows = tcp[http & ~ssh]
+        for i in _containing(frame, rows, (0,), b"upgrade: websocket", fold=True).tolist():
             a = self._websocket(frame, i)
             if a is not None:
                 alerts.append(a)
-        icmp = (c["protocol"] == 1) | (c["protocol"] == 58)
-        for i in np.flatnonzero(icmp).tolist():
+        icmp = np.flatnonzero((c["protocol"] == 1) | (c["protocol"] == 58))
+        for i in _containing(frame, icmp, (0, 1), b"SSH-").tolist():
             a = self._icmp(frame, i)
             if a is not None:
                 alerts.append(a)
@@ -394,7 +394,37 @@ def _banner_at(data: bytes) -> int:
 
 def _starts(heads: np.ndarray, prefix: bytes) -> np.ndarray:
     """Rows of a uint8[n, H] head matrix that begin with ``prefix``."""
-    return np.all(heads[:, : len(prefix)] == np.frombuffer(prefix, dtype=np.uint8), axis=1)
+    ok = heads[:, 0] == prefix[0]
+    for k in range(1, len(prefix)):
+        ok &= heads[:, k] == prefix[k]
+    return ok
+
+
+def _containing(frame: FeatureFrame, rows: np.ndarray, dirs: tuple[int, ...], word: bytes,
+                fold: bool = False) -> np.ndarray:
+    """The ``rows`` whose payload in one of ``dirs`` may contain ``word`` (lower-cased first
+    with ``fold``): a watched flow's (its slab outgrows the head), or one whose head does, found
+    by one search over the heads laid end to end (each followed by a NUL, so no match spans two;
+    ``word`` holds none). A superset for the per-row test to settle."""
+    if not len(rows):
+        return rows
+    assert frame.head is not None
+    keep = np.zeros(len(rows), dtype=bool)
+    if frame.slabs:
+        keep |= np.isin(rows, np.fromiter(frame.slabs, dtype=np.int64, count=len(frame.slabs)))
+    width = frame.head.shape[2] + 1
+    for d in dirs:
+        heads = np.zeros((len(rows), width), dtype=np.uint8)
+        heads[:, :-1] = frame.head[rows, d, :]
+        blob = heads.tobytes()
+        if fold:
+            blob = blob.lower()
+        at = blob.find(word)
+        while at >= 0:
+            k = at // width
+            keep[k] = True
+            at = blob.find(word, (k + 1) * width)  # the next row
+    return rows[keep]
 
 
 def _offset_of_message(data: bytes, side: SshSide, wanted: set[int]) -> int:

@@ -85,6 +85,16 @@ class Evidence:
     http: bool = False
 
 
+def _may_mine(data: bytes) -> bool:
+    """Whether ``data`` can hold a mining message. Each names its method (``mining.*``,
+    ``login``, ``job``, ``submit``, ``keepalived``, ``eth_*``) or carries a ``job``: a payload
+    without these words has none, unless its JSON spells them with \\u escapes or is UTF-16/32
+    (``json.loads`` tells that from a zero after the line's opening brace). (One regular
+    expression of these words scans no faster, and a looser one lets benign JSON through.)"""
+    return (b"job" in data or b"mining." in data or b"submit" in data or b"login" in data
+            or b"eth_" in data or b"keepalived" in data or b"\\u" in data or b"{\x00" in data)
+
+
 def _lines(data: bytes) -> list[tuple[int, bytes]]:
     """Complete JSON lines (offset of their end, line) of one direction's payload."""
     out: list[tuple[int, bytes]] = []
@@ -124,6 +134,8 @@ def inspect(client: bytes, server: bytes) -> Evidence | None:
     """Mining evidence in a flow's two payload streams, or None when it is not mining."""
     if not (client.lstrip()[:1] in (b"{", b"P") or server.lstrip()[:1] == b"{"):
         return None
+    if not (_may_mine(client) or _may_mine(server)):
+        return None  # no message can be a mining one: nothing to parse
     ev = Evidence(http=client.startswith(b"POST "))
     for d, data in ((0, client), (1, server)):
         for end, raw in _lines(data):
@@ -307,6 +319,10 @@ class StratumDetector(Detector):
     def __init__(self, resources: Resources | None = None) -> None:
         super().__init__(resources)
         self.tallies: OrderedDict[int, Tally] = OrderedDict()
+        # watched flows' last evidence (None: not mining), by flow id, with the lengths and
+        # hashes of the payloads it came from (LRU)
+        self.inspected: OrderedDict[int, tuple[tuple[int, int, int, int], Evidence | None]] = \
+            OrderedDict()
 
     def watch_rules(self) -> Sequence[WatchRule]:
         # JSON-RPC over raw TCP needs the slab; an HTTP getwork POST fits the 512-byte head.
@@ -319,21 +335,43 @@ class StratumDetector(Detector):
         if heads is None:
             return alerts
         c = frame.cols
-        # vectorised pick: a first payload byte that could open JSON or an HTTP POST
-        first = heads[:, :, 0]
-        rows = ((first[:, 0] == ord("{")) | (first[:, 0] == ord("P")) | (first[:, 1] == ord("{")))
-        rows &= c["protocol"] == 6
-        for i in rows.nonzero()[0].tolist():
-            ev = inspect(frame.payload(i, 0), frame.payload(i, 1))
+        # vectorised pick, over TCP rows (a prompt frame of DNS lookups has none): a first
+        # payload byte that could open JSON or an HTTP POST
+        tcp = np.flatnonzero(c["protocol"] == 6)
+        first = heads[tcp, :, 0]
+        picked = tcp[(first[:, 0] == ord("{")) | (first[:, 0] == ord("P"))
+                     | (first[:, 1] == ord("{"))]
+        rows = np.zeros(frame.n, dtype=bool)
+        rows[picked] = True
+        for i in picked.tolist():
+            ev = self._inspect(frame, i)
             if ev is not None:
                 alerts.append(self._alert(frame, i, ev))
-        sv2 = (c["protocol"] == 6) & np.isin(c["dst_port"], SV2_PORTS) & ~rows
-        sv2 &= c["orientation"] == "syn"
-        for i in np.flatnonzero(sv2).tolist():
+        port = c["dst_port"]
+        sv2_port = (port == SV2_PORTS[0]) | (port == SV2_PORTS[1])
+        sv2 = np.flatnonzero((c["protocol"] == 6) & sv2_port & ~rows)
+        for i in sv2[c["orientation"][sv2] == "syn"].tolist():
             hs = sv2_handshake(frame, i)
             if hs is not None:
                 alerts.append(self._sv2_alert(frame, i, hs))
         return alerts
+
+    def _inspect(self, frame: FeatureFrame, i: int) -> Evidence | None:
+        """``inspect`` of row ``i``; for a watched flow shown again with the same payload (a
+        snapshot while nothing arrived, or its end) the evidence found the last time."""
+        client, server = frame.payload(i, 0), frame.payload(i, 1)
+        if i not in frame.slabs:
+            return inspect(client, server)
+        c = frame.cols
+        fid = int(c["flow_id"][i])
+        key = (len(client), len(server), hash(client), hash(server))
+        last = self.inspected.pop(fid, None)
+        ev = last[1] if last is not None and last[0] == key else inspect(client, server)
+        if c["interim"][i] or c["expiration"][i] == "":  # still open: keep for the next look
+            self.inspected[fid] = (key, ev)
+            while len(self.inspected) > COUNT_FLOWS:
+                self.inspected.popitem(last=False)
+        return ev
 
     def _tally(self, frame: FeatureFrame, i: int, ev: Evidence) -> Tally:
         """This flow's count past the slab, carried on from its earlier snapshots."""

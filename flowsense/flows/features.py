@@ -6,7 +6,9 @@ format its addresses and Community ID.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,10 +79,61 @@ class Trace:
     dropped: int
 
 
+class Columns(dict):
+    """A frame's columns, some computed when first read (``gather(..., lazy=True)``): a
+    detector that reads a few columns of many rows (the DNS lookups a prompt rule shows at
+    once) does not pay for the flow ids, addresses and Community IDs it never reads. Reading
+    the whole mapping (iteration, ``len``, ``keys``, ``items``, ``in``, pickling ...) completes
+    it, in FLOW_COLUMNS order; a completed one is an ordinary dict."""
+
+    _deferred: dict[str, Callable[[], np.ndarray]] = {}
+
+    def __missing__(self, name: str) -> np.ndarray:
+        make = self._deferred.get(name)
+        if make is None:
+            raise KeyError(name)
+        value = dict.setdefault(self, name, make())
+        return value
+
+    def complete(self) -> Columns:
+        """Compute what is left; FLOW_COLUMNS order, then any other keys."""
+        if self._deferred:
+            have = {k: dict.__getitem__(self, k) for k in dict.keys(self)}
+            for name, make in self._deferred.items():
+                if name not in have:
+                    have[name] = make()
+            self._deferred = {}
+            dict.clear(self)
+            dict.update(self, {k: have.pop(k) for k in FLOW_COLUMNS if k in have})
+            dict.update(self, have)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self.complete()),))
+
+
+def _completing(name: str) -> Callable[..., Any]:
+    base = getattr(dict, name)
+
+    def method(self: Columns, *args: Any, **kwargs: Any) -> Any:
+        return base(self.complete(), *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__iter__", "__len__", "__contains__", "__repr__", "__eq__", "__ne__",
+              "__reversed__", "__or__", "__ror__", "__delitem__", "keys", "values", "items",
+              "get", "copy", "pop", "popitem", "setdefault"):
+    setattr(Columns, _name, _completing(_name))
+
+
 def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
-           heads: bool = True) -> FeatureFrame:
+           heads: bool = True, lazy: bool = False) -> FeatureFrame:
     """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
-    ``heads`` the frame carries no payload heads (``head`` and ``head_len`` are None)."""
+    ``heads`` the frame carries no payload heads (``head`` and ``head_len`` are None). With
+    ``lazy``, the flow ids and the text the table formats (addresses, Community IDs) are
+    computed as they are first read (``Columns``)."""
     slots = np.asarray(slots, dtype=np.int64)
     n = len(slots)
     ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)
@@ -100,20 +153,33 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     s_lo = np.where(cli_a, a_lo, b_lo)
     d_hi = np.where(cli_a, b_hi, a_hi)
     d_lo = np.where(cli_a, b_lo, a_lo)
-    text_rows = {
-        "community_id": community_id_rows(fam, proto, s_hi, s_lo, d_hi, d_lo,
-                                          num["src_port"], num["dst_port"]),
-        "src_ip": addr_rows(fam, s_hi, s_lo),
-        "dst_ip": addr_rows(fam, d_hi, d_lo),
+    first = T.fi[slots, FI_FIRST_TS]
+    text_rows: dict[str, np.ndarray] = {}  # filled as the text columns are made
+
+    def text(name: str, rows: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        def make() -> np.ndarray:
+            text_rows[name] = rows()
+            return rows_text(text_rows[name])
+        return make
+
+    deferred = {
+        "flow_id": lambda: flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first),
+        "community_id": text("community_id", lambda: community_id_rows(
+            fam, proto, s_hi, s_lo, d_hi, d_lo, num["src_port"], num["dst_port"])),
+        "src_ip": text("src_ip", lambda: addr_rows(fam, s_hi, s_lo)),
+        "dst_ip": text("dst_ip", lambda: addr_rows(fam, d_hi, d_lo)),
     }
-    text = {name: rows_text(rows) for name, rows in text_rows.items()}
-    text["tunnel"] = _TUNNEL[ints[EK.I_TUNNEL]]
-    text["orientation"] = _ORIENT[ints[EK.I_ORIENT]]
-    text["app_proto"] = np.full(n, "", dtype=object)
-    text["expiration"] = _END[np.asarray(reasons, dtype=np.int64)]
-    flow_id = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, T.fi[slots, FI_FIRST_TS])
-    made = {**num, **text, "flow_id": flow_id, "interim": np.full(n, interim)}
-    c = {name: made[name] for name in FLOW_COLUMNS}  # the contract's order
+    made = {**num, "tunnel": _TUNNEL[ints[EK.I_TUNNEL]], "orientation": _ORIENT[ints[EK.I_ORIENT]],
+            "app_proto": np.full(n, "", dtype=object),
+            "expiration": _END[np.asarray(reasons, dtype=np.int64)],
+            "interim": np.full(n, interim)}
+    c: dict[str, np.ndarray]
+    if lazy:
+        c = Columns(made)
+        c._deferred = deferred
+    else:
+        made.update({name: make() for name, make in deferred.items()})
+        c = {name: made[name] for name in FLOW_COLUMNS}  # the contract's order
 
     # heads and first packets, oriented to the client
     # the table already keeps heads by client direction (0: from the client)
@@ -137,13 +203,15 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
 
 
 def _trace(T: TableArrays, w: int) -> Trace:
-    """The ring of watch ``w`` in packet order."""
+    """The ring of watch ``w`` in packet order (slices: no index arrays)."""
     total = int(T.tr_n[w])
     cap = T.tr_len.shape[1]
-    k = min(total, cap)
-    order = (np.arange(total - k, total) % cap) if k else np.zeros(0, np.int64)
-    return Trace(T.tr_len[w, order].copy(), T.tr_flags[w, order].copy(), T.tr_ts[w, order].copy(),
-                 total - k)
+    if total <= cap:
+        return Trace(T.tr_len[w, :total].copy(), T.tr_flags[w, :total].copy(),
+                     T.tr_ts[w, :total].copy(), 0)
+    at = total % cap  # the oldest packet kept
+    return Trace(*(np.concatenate((a[w, at:], a[w, :at])) for a in (T.tr_len, T.tr_flags, T.tr_ts)),
+                 total - cap)
 
 
 def concat(frames: list[FeatureFrame]) -> FeatureFrame:

@@ -296,7 +296,10 @@ class FlowTable:
 
     def _show_prompts(self, slots: np.ndarray) -> None:
         assert self.prompt_sink is not None
-        self.prompt_sink(gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False))
+        # columns as read: a detector that learns from a few of these many lookups pays for
+        # the columns it reads alone
+        self.prompt_sink(gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False,
+                                lazy=True))
 
     def flush(self, sink: Sink) -> None:
         """End every live flow (end of input)."""
