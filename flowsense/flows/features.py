@@ -21,6 +21,7 @@ from flowsense.schema import (
     FI_DIR0,
     FI_DSTRIDE,
     FI_FIRST_TS,
+    FI_LAST_TS,
     FI_SEQ,
     FI_SPLT_N,
     FI_WATCH,
@@ -128,6 +129,47 @@ for _name in ("__iter__", "__len__", "__contains__", "__repr__", "__eq__", "__ne
     setattr(Columns, _name, _completing(_name))
 
 
+def derive_columns(sources: list[dict[str, np.ndarray]],
+                   fn: Callable[[list[np.ndarray]], np.ndarray]) -> dict[str, np.ndarray]:
+    """Columns made of the same column of each source (``concat``, ``take``), without
+    completing a lazy source: what a source has not computed yet stays deferred in the result
+    (made from the sources when first read), so joining and reordering prompt records keeps
+    them cheap until a detector reads their text."""
+    first = sources[0]
+    lazy = [c for c in sources if isinstance(c, Columns) and c._deferred]
+    if not lazy:
+        return {k: fn([c[k] for c in sources]) for k in first}
+    names = list(dict.keys(first)) if isinstance(first, Columns) else list(first)
+    if isinstance(first, Columns):
+        names += [k for k in first._deferred if k not in names]
+    ready = [k for k in names if all(dict.__contains__(c, k) for c in sources)]
+    out = Columns({k: fn([dict.__getitem__(c, k) for c in sources]) for k in ready})
+    out._deferred = {k: (lambda k=k: fn([c[k] for c in sources])) for k in names
+                     if k not in ready}
+    return out
+
+
+def _key_fields(T: TableArrays, slots: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The flow keys of ``slots`` unpacked: family, protocol, ports a and b, whether a is the
+    client, then the canonical addresses (a hi, a lo, b hi, b lo)."""
+    key = T.key[slots]
+    k0 = key[:, 0]
+    fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
+    proto = ((k0 >> np.uint64(8)) & np.uint64(0xFF)).astype(np.uint8)
+    pa = ((k0 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
+    pb = ((k0 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
+    cli_a = ((k0 >> np.uint64(48)) & np.uint64(1)) == 1
+    return fam, proto, pa, pb, cli_a, key[:, 1], key[:, 2], key[:, 3], key[:, 4]
+
+
+def end_order(T: TableArrays, slots: np.ndarray) -> np.ndarray:
+    """The order ``in_end_order`` gives the records of ``slots`` (last packet in ms, then
+    ``flow_id``), from the table: a table that exports in it spares the reorder's copy."""
+    fam, proto, pa, pb, _, a_hi, a_lo, b_hi, b_lo = _key_fields(T, slots)
+    ids = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, T.fi[slots, FI_FIRST_TS])
+    return np.lexsort((ids, T.fi[slots, FI_LAST_TS] // 1_000_000))
+
+
 def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
            heads: bool = True, lazy: bool = False) -> FeatureFrame:
     """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
@@ -141,14 +183,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     EK.export_numbers(T.fi, T.ff, T.key, slots, ints, floats)
     num = dict(zip(EK.INT_COLUMNS, ints))
     num.update(zip(EK.FLOAT_COLUMNS, floats))
-    key = T.key[slots]
-    k0 = key[:, 0]
-    fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
-    proto = ((k0 >> np.uint64(8)) & np.uint64(0xFF)).astype(np.uint8)
-    pa = ((k0 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
-    pb = ((k0 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
-    cli_a = ((k0 >> np.uint64(48)) & np.uint64(1)) == 1
-    a_hi, a_lo, b_hi, b_lo = key[:, 1], key[:, 2], key[:, 3], key[:, 4]
+    fam, proto, pa, pb, cli_a, a_hi, a_lo, b_hi, b_lo = _key_fields(T, slots)
     s_hi = np.where(cli_a, a_hi, b_hi)
     s_lo = np.where(cli_a, a_lo, b_lo)
     d_hi = np.where(cli_a, b_hi, a_hi)
@@ -221,7 +256,7 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
         return FeatureFrame()
     if len(frames) == 1:
         return frames[0]
-    cols = {key: np.concatenate([f.cols[key] for f in frames]) for key in frames[0].cols}
+    cols = derive_columns([f.cols for f in frames], np.concatenate)
 
     slabs: dict[int, tuple[bytes, bytes]] = {}
     traces: dict[int, Trace] = {}
@@ -255,7 +290,8 @@ def take(frame: FeatureFrame, rows: np.ndarray) -> FeatureFrame:
         return None if a is None else a[rows]
 
     return FeatureFrame(
-        cols={k: v[rows] for k, v in frame.cols.items()}, n=len(rows), head=sub(frame.head),
+        cols=derive_columns([frame.cols], lambda parts: parts[0][rows]), n=len(rows),
+        head=sub(frame.head),
         head_len=sub(frame.head_len), splt_ps=sub(frame.splt_ps), splt_t_ms=sub(frame.splt_t_ms),
         splt_n=sub(frame.splt_n), seq=sub(frame.seq), watch=sub(frame.watch), addr=sub(frame.addr),
         slabs={where[i]: v for i, v in frame.slabs.items() if i in where},
@@ -271,4 +307,6 @@ def in_end_order(frames: list[FeatureFrame]) -> FeatureFrame:
     if f.n < 2:
         return f
     order = np.lexsort((f.cols["flow_id"], f.cols["bidirectional_last_seen_ms"]))
+    if (order == np.arange(f.n)).all():  # in order already (``end_order``): no copy
+        return f
     return take(f, order)

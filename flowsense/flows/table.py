@@ -19,7 +19,7 @@ from flowsense.capture.reader import PacketBatch
 from flowsense.config import FlowConfig
 from flowsense.flows import kernels as K
 from flowsense.flows import table_kernels as TK
-from flowsense.flows.features import FeatureFrame, gather
+from flowsense.flows.features import FeatureFrame, end_order, gather
 from flowsense.schema import (
     END_ACTIVE,
     EV_PROMPT,
@@ -266,6 +266,10 @@ class FlowTable:
         slots = T.ev_slot[:n].astype(np.int64)
         kinds = T.ev_kind[:n].copy()
         T.st[S_NEV] = 0
+        # in the order detectors are shown records in (``features.in_end_order``): a step
+        # that drained once then needs no reordering copy
+        order = end_order(T, slots)
+        slots, kinds = slots[order], kinds[order]
         prompt = kinds == EV_PROMPT
         if prompt.any():  # before the ends: a later flow may need what these replies said
             if self.prompt_sink is not None and self.hold_prompts:
