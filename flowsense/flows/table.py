@@ -139,8 +139,11 @@ class FlowTable:
         """Hold those records until ``release_prompts`` (the flow as it is then), or until the
         flow ends (as it ended), whichever comes first: then they are the same whenever the
         table drains (drains follow the event list's room and the table's growth, which differ
-        between one table and a parallel run's partitions). Set for files analysed in steps,
-        where it also drains events in ``features.end_order``."""
+        between one table and a parallel run's partitions)."""
+        self.drain_in_end_order = False
+        """Drain events in the order detectors are shown records in (``features.end_order``):
+        where records are shown in steps, a step that drained once then needs no reordering
+        copy in ``in_end_order``."""
         self._held = np.zeros(0, dtype=np.int64)  # slots whose prompt record is held
 
     # --- allocation ---------------------------------------------------------------------------
@@ -267,9 +270,7 @@ class FlowTable:
         slots = T.ev_slot[:n].astype(np.int64)
         kinds = T.ev_kind[:n].copy()
         T.st[S_NEV] = 0
-        if self.hold_prompts:
-            # files in steps: in the order detectors are shown records in
-            # (``features.in_end_order``), so a step that drained once needs no reordering copy
+        if self.drain_in_end_order:
             order = end_order(T, slots)
             slots, kinds = slots[order], kinds[order]
         prompt = kinds == EV_PROMPT
