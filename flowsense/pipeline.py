@@ -208,7 +208,7 @@ class Pipeline:
             self.steps.begin_file()
             self.table.prompt_sink = self.steps.prompts.append
             self.table.hold_prompts = True
-            self.table.drain_in_end_order = True  # kept for the end's flush too
+            self.table.end_ordered = True  # kept for the end's flush too
         try:
             for batch in iter_batches(path, self.config.capture, self.reader_stats, self.decoder):
                 if stepped:

@@ -162,33 +162,36 @@ def _key_fields(T: TableArrays, slots: np.ndarray) -> tuple[np.ndarray, ...]:
     return fam, proto, pa, pb, cli_a, key[:, 1], key[:, 2], key[:, 3], key[:, 4]
 
 
-def end_order(T: TableArrays, slots: np.ndarray) -> np.ndarray:
-    """The order ``in_end_order`` gives the records of ``slots`` (last packet in ms, then
-    ``flow_id``), from the table: a table that exports in it spares the reorder's copy."""
-    fam, proto, pa, pb, _, a_hi, a_lo, b_hi, b_lo = _key_fields(T, slots)
-    ids = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, T.fi[slots, FI_FIRST_TS])
-    return np.lexsort((ids, T.fi[slots, FI_LAST_TS] // 1_000_000))
-
-
 def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
-           heads: bool = True, lazy: bool = False) -> FeatureFrame:
+           heads: bool = True, lazy: bool = False, end_ordered: bool = False) -> FeatureFrame:
     """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
     ``heads`` the frame carries no payload heads (``head`` and ``head_len`` are None). With
     ``lazy``, the flow ids and the text the table formats (addresses, Community IDs) are
-    computed as they are first read (``Columns``)."""
+    computed as they are first read (``Columns``). With ``end_ordered``, the records come in
+    ``in_end_order``'s order (last packet in ms, then ``flow_id``), so a look made of one such
+    frame needs no reordering copy."""
     slots = np.asarray(slots, dtype=np.int64)
+    reasons = np.asarray(reasons, dtype=np.int64)
     n = len(slots)
+    keys = _key_fields(T, slots)
+    first = T.fi[slots, FI_FIRST_TS]
+    ids = None
+    if end_ordered:
+        fam, proto, pa, pb, _, a_hi, a_lo, b_hi, b_lo = keys
+        ids = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first)
+        order = np.lexsort((ids, T.fi[slots, FI_LAST_TS] // 1_000_000))
+        slots, reasons, ids, first = slots[order], reasons[order], ids[order], first[order]
+        keys = tuple(k[order] for k in keys)
+    fam, proto, pa, pb, cli_a, a_hi, a_lo, b_hi, b_lo = keys
     ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)
     floats = np.empty((len(EK.FLOAT_COLUMNS), n), dtype=np.float64)
     EK.export_numbers(T.fi, T.ff, T.key, slots, ints, floats)
     num = dict(zip(EK.INT_COLUMNS, ints))
     num.update(zip(EK.FLOAT_COLUMNS, floats))
-    fam, proto, pa, pb, cli_a, a_hi, a_lo, b_hi, b_lo = _key_fields(T, slots)
     s_hi = np.where(cli_a, a_hi, b_hi)
     s_lo = np.where(cli_a, a_lo, b_lo)
     d_hi = np.where(cli_a, b_hi, a_hi)
     d_lo = np.where(cli_a, b_lo, a_lo)
-    first = T.fi[slots, FI_FIRST_TS]
     text_rows: dict[str, np.ndarray] = {}  # filled as the text columns are made
 
     def text(name: str, rows: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
@@ -198,7 +201,8 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         return make
 
     deferred = {
-        "flow_id": lambda: flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first),
+        "flow_id": lambda: ids if ids is not None else flow_ids(fam, proto, a_hi, a_lo, b_hi,
+                                                                 b_lo, pa, pb, first),
         "community_id": text("community_id", lambda: community_id_rows(
             fam, proto, s_hi, s_lo, d_hi, d_lo, num["src_port"], num["dst_port"])),
         "src_ip": text("src_ip", lambda: addr_rows(fam, s_hi, s_lo)),
@@ -206,7 +210,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     }
     made = {**num, "tunnel": _TUNNEL[ints[EK.I_TUNNEL]], "orientation": _ORIENT[ints[EK.I_ORIENT]],
             "app_proto": np.full(n, "", dtype=object),
-            "expiration": _END[np.asarray(reasons, dtype=np.int64)],
+            "expiration": _END[reasons],
             "interim": np.full(n, interim)}
     c: dict[str, np.ndarray]
     if lazy:
@@ -307,6 +311,6 @@ def in_end_order(frames: list[FeatureFrame]) -> FeatureFrame:
     if f.n < 2:
         return f
     order = np.lexsort((f.cols["flow_id"], f.cols["bidirectional_last_seen_ms"]))
-    if (order == np.arange(f.n)).all():  # in order already (``end_order``): no copy
+    if (order == np.arange(f.n)).all():  # in order already (``gather(end_ordered=True)``)
         return f
     return take(f, order)

@@ -19,7 +19,7 @@ from flowsense.capture.reader import PacketBatch
 from flowsense.config import FlowConfig
 from flowsense.flows import kernels as K
 from flowsense.flows import table_kernels as TK
-from flowsense.flows.features import FeatureFrame, end_order, gather
+from flowsense.flows.features import FeatureFrame, gather
 from flowsense.schema import (
     END_ACTIVE,
     EV_PROMPT,
@@ -140,8 +140,8 @@ class FlowTable:
         flow ends (as it ended), whichever comes first: then they are the same whenever the
         table drains (drains follow the event list's room and the table's growth, which differ
         between one table and a parallel run's partitions)."""
-        self.drain_in_end_order = False
-        """Drain events in the order detectors are shown records in (``features.end_order``):
+        self.end_ordered = False
+        """Export records in the order detectors are shown them (``gather(end_ordered=True)``):
         where records are shown in steps, a step that drained once then needs no reordering
         copy in ``in_end_order``."""
         self._held = np.zeros(0, dtype=np.int64)  # slots whose prompt record is held
@@ -270,9 +270,6 @@ class FlowTable:
         slots = T.ev_slot[:n].astype(np.int64)
         kinds = T.ev_kind[:n].copy()
         T.st[S_NEV] = 0
-        if self.drain_in_end_order:
-            order = end_order(T, slots)
-            slots, kinds = slots[order], kinds[order]
         prompt = kinds == EV_PROMPT
         if prompt.any():  # before the ends: a later flow may need what these replies said
             if self.prompt_sink is not None and self.hold_prompts:
@@ -283,7 +280,7 @@ class FlowTable:
         interim = kinds == END_ACTIVE
         if interim.any():
             sink(gather(T, slots[interim], kinds[interim], interim=True,
-                        heads=self.export_heads))
+                        heads=self.export_heads, end_ordered=self.end_ordered))
         ended = ~interim
         if ended.any():
             rel = slots[ended]
@@ -292,7 +289,8 @@ class FlowTable:
                 if gone.any():
                     self._show_prompts(self._held[gone])
                     self._held = self._held[~gone]
-            sink(gather(T, rel, kinds[ended], interim=False, heads=self.export_heads))
+            sink(gather(T, rel, kinds[ended], interim=False, heads=self.export_heads,
+                        end_ordered=self.end_ordered))
             TK.release_slots(T, rel, len(rel))
 
     def release_prompts(self) -> None:
@@ -306,7 +304,7 @@ class FlowTable:
         # columns as read: a detector that learns from a few of these many lookups pays for
         # the columns it reads alone
         self.prompt_sink(gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False,
-                                lazy=True))
+                                lazy=True, end_ordered=self.end_ordered))
 
     def flush(self, sink: Sink) -> None:
         """End every live flow (end of input)."""
@@ -326,7 +324,8 @@ class FlowTable:
         slots = slots[(self.T.fi[slots, FI_STATE] & FS_LIVE) != 0]
         if watched_only:
             slots = slots[self.T.fi[slots, FI_WATCH] >= 0]
-        return gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False)
+        return gather(self.T, slots, np.zeros(len(slots), np.int64), interim=False,
+                      end_ordered=self.end_ordered)
 
     @property
     def clock_ns(self) -> int:

@@ -127,7 +127,7 @@ class Partition:
         if output.kind == "analyze":  # DNS replies go with the step they came in
             self.table.prompt_sink = self.steps.prompts.append
             self.table.hold_prompts = True
-            self.table.drain_in_end_order = True
+            self.table.end_ordered = True
         self._damaged: set[int] = set()
         self._next: dict[int, int] = {}  # file -> where its next range starts
         self._buf: tuple[int, np.ndarray] | None = None
