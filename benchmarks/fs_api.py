@@ -57,11 +57,18 @@ def make_config(idle_s: float, active_s: float) -> Any:
     return cfg
 
 
-def compute_flows() -> Callable[[list[str], Any], Any]:
-    """The in-process aggregation entry point."""
+def compute_flows(heads: bool = False) -> Callable[[list[str], Any], Any]:
+    """The in-process aggregation entry point. By default the flows command's job, which is the
+    job nfstream is pinned to (``n_dissections=0``): records without payload heads, none kept
+    (``heads=False``, where ``compute_flows`` takes it); ``heads`` True keeps and exports the
+    default heads (what ``analyze`` gathers for its detectors)."""
+    import inspect
+
     from flowsense.pipeline import compute_flows as fn
 
-    return fn
+    if "heads" not in inspect.signature(fn).parameters:
+        return fn
+    return functools.partial(fn, heads=heads)
 
 
 def fill_table(path: str, cfg: Any) -> tuple[Any, dict[str, int]]:

@@ -37,7 +37,7 @@ path, jobs, runs, what = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.ar
 cfg = Config().with_timeouts(3600, 7200)
 def job(j):
     if what == "compute_flows":
-        return compute_flows([path], cfg, jobs=j).n_flows
+        return compute_flows([path], cfg, jobs=j, heads=False).n_flows  # the flows job
     return main(["flows", path, "--format", "jsonl", "-o", os.devnull, "--jobs", str(j),
                  "--idle-timeout", "3600", "--active-timeout", "7200"])
 counts = {j: job(j) for j in (1, jobs)}  # warm-up

@@ -141,7 +141,8 @@ def scapy_flows(path: str, limit: int) -> dict[str, Any]:
 
 def flowsense_steady(path: str, idle_s: float, active_s: float) -> dict[str, Any]:
     """compute_flows over an already-warm JIT: the first pass compiles or loads kernels and warms
-    the page cache, the second is timed; then one pass of the pipeline with every detector
+    the page cache, the second is timed (the flows command's job: records without payload
+    heads, as nfstream's without dissection); then one pass of the pipeline with every detector
     (``analyze``'s job, in-process)."""
     t0 = time.perf_counter()
     compute = fs_api.compute_flows()
@@ -244,9 +245,10 @@ def flowsense_memory(
     A warm-up on a small capture first makes compiled code and imports resident, so they do not
     count as per-flow memory. Phase ``table``: RSS once every packet is in the flow table and no
     flow has ended (the table at its load, before any export). Phase ``compute``: RSS around a
-    whole ``compute_flows`` call, its peak and what stays resident with the result.
+    whole ``compute_flows`` call, its peak and what stays resident with the result (records
+    with their default payload heads, as ``analyze`` gathers them).
     """
-    compute = fs_api.compute_flows()
+    compute = fs_api.compute_flows(heads=True)
     cfg = fs_api.make_config(idle_s, active_s)
     compute([warm_path], cfg)
     gc.collect()

@@ -25,8 +25,10 @@ DEFAULT_HOME_NET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0
 class CaptureConfig:
     batch_packets: int = 65536
     """Packets handed to the flow table per batch."""
-    walk_packets: int = 4096
-    """Records walked and then decoded at a time, so decoding finds the frames still in cache."""
+    walk_packets: int = 1024
+    """Records walked and then decoded at a time, so decoding finds the frames still in cache
+    (the walk prefetches every line of them: a step must fit the core's L2; on the benchmark
+    capture 1,024 took 0.82 s where 4,096 took 0.90 s and 256 0.88 s)."""
     read_chunk_bytes: int = 8 << 20
     """Read size for streams (stdin, .gz) that cannot be memory-mapped."""
     max_record_bytes: int = 262144 * 4

@@ -180,8 +180,12 @@ class Pipeline:
         self.sink = sink
         self.snapshot_sink = snapshot_sink
         self.steps = Steps(config)
-        self.table = FlowTable(config.flows, list(watch_rules))
-        self.table.export_heads = heads  # the records for ``sink``; detectors' looks keep theirs
+        # heads False: the records for ``sink`` carry none, and without detectors (no
+        # ``snapshot_sink``, no watch rules) the table keeps none either
+        rules = list(watch_rules)
+        keep = heads or snapshot_sink is not None or bool(rules)
+        self.table = FlowTable(config.flows, rules, heads=keep)
+        self.table.export_heads = heads  # detectors' looks keep theirs
         # prompt-ruled flows (a DNS answer) reach the detectors as live records when their
         # reply arrives, before any flow that ends later is judged (files: at the step's end)
         self.table.prompt_sink = snapshot_sink
@@ -327,12 +331,15 @@ def order_by_time(paths: list[str], config: Config | None = None) -> list[str]:
 
 
 def compute_flows(paths: list[str], config: Config | None = None, jobs: int = 1,
-                  engine: str = "local", scheduler: str | None = None) -> FlowsResult:
+                  engine: str = "local", scheduler: str | None = None,
+                  heads: bool = True) -> FlowsResult:
     """Flow records of ``paths`` (one stream), in the order the flows ended (as nfstream and
     Zeek emit them); ``frame.seq`` gives the order they began. With ``jobs`` > 1 (or the
     ``dask`` engine), the same records from parallel partitions (``flowsense.parallel``), in
-    another order, ``seq`` counted per partition."""
+    another order, ``seq`` counted per partition. With ``heads`` False the records carry no
+    payload heads, and none are kept (the flows command's job)."""
     from flowsense.parallel.engine import ParallelPipeline, can_split
+    from flowsense.parallel.partition import Output
 
     config = config or Config()
     frames: list[FeatureFrame] = []
@@ -340,8 +347,8 @@ def compute_flows(paths: list[str], config: Config | None = None, jobs: int = 1,
     pipe: Pipeline | ParallelPipeline
     if (jobs > 1 or engine != "local") and can_split(paths):
         pipe = ParallelPipeline(config, frames.append, jobs=jobs, engine=engine,
-                                scheduler=scheduler)
+                                scheduler=scheduler, output=Output(heads=heads))
     else:
-        pipe = Pipeline(config, frames.append)
+        pipe = Pipeline(config, frames.append, heads=heads)
     pipe.run(paths)
     return FlowsResult(concat(frames), pipe.counters_dict(), pipe.errors)

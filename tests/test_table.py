@@ -259,3 +259,26 @@ def test_prompt_records_are_lazy_and_equal_to_the_full_ones(tmp_path: Path) -> N
                                              interim=False, lazy=True).cols))
     assert type(again) is dict and list(again) == list(FLOW_COLUMNS)
     assert again["flow_id"].tolist() == full.cols["flow_id"].tolist()
+
+
+def test_headless_table_gives_the_same_records() -> None:
+    """A table that keeps no payload heads (the flows command's: no detector reads them) makes
+    the same records, column for column, as one that keeps them, on real captures (TCP with
+    retransmissions, UDP, a VXLAN tunnel, Stratum), and allocates no head bytes."""
+    from flowsense.schema import FLOW_COLUMNS
+
+    repo = Path(__file__).resolve().parent.parent / "pcaps"
+    paths = [str(repo / "corpus" / n) for n in
+             ("ndpi-dns.pcap", "ndpi-xmr-stak-monero-stratum.pcap", "suricata-vxlan-ssh.pcap",
+              "zeek-reverse-ssh.pcap")] + [str(repo / "ssh" / "reverse-exfil.pcap")]
+    for path in paths:
+        full = compute_flows([path], heads=True)
+        bare = compute_flows([path], heads=False)
+        assert full.frame.head is not None and full.frame.head_len.max() > 0, path
+        assert bare.frame.head is None and bare.frame.head_len is None
+        assert bare.n_flows == full.n_flows > 0
+        for name in FLOW_COLUMNS:
+            a, b = full.frame.cols[name], bare.frame.cols[name]
+            assert a.tolist() == b.tolist(), (path, name)
+    table = FlowTable(FlowConfig(), heads=False)
+    assert table.T.head.nbytes == 0 and not table.export_heads

@@ -90,8 +90,13 @@ def zeros(shape: int | tuple[int, ...], dtype: type) -> np.ndarray:
 
 
 class FlowTable:
-    def __init__(self, cfg: FlowConfig, watch_rules: Sequence[WatchRule] = ()) -> None:
+    def __init__(self, cfg: FlowConfig, watch_rules: Sequence[WatchRule] = (),
+                 heads: bool = True) -> None:
+        """With ``heads`` False the table keeps no payload heads and its records carry none:
+        a table nobody shows to detectors (the flows command writes no heads; placing a
+        kilobyte a flow it would never read cost a tenth of its time)."""
         self.cfg = cfg
+        self.head_bytes = cfg.head_bytes if heads else 0
         cap = max(16, cfg.initial_flows)
         if cfg.max_flows:
             cap = min(cap, cfg.max_flows)
@@ -130,9 +135,8 @@ class FlowTable:
             prm=prm, hkey=hkey,
         )
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
-        self.export_heads = True
-        """Whether the records a sink gets carry payload heads (a flows-only run writes none:
-        copying a kilobyte a flow it would never read cost 5% of its time)."""
+        self.export_heads = heads
+        """Whether the records a sink gets carry payload heads."""
         self.prompt_sink: Sink | None = None
         """Where the records of prompt-ruled flows go when their reply arrives (else dropped)."""
         self.hold_prompts = False
@@ -156,7 +160,7 @@ class FlowTable:
         a["fi"] = zeros((cap, FI_NFIELDS), np.int64)
         a["splt_ps"] = zeros((cap, cfg.splt_packets), np.int32)
         a["splt_t"] = zeros((cap, cfg.splt_packets), np.float32)
-        a["head"] = zeros((cap, 2, cfg.head_bytes), np.uint8)
+        a["head"] = zeros((cap, 2, self.head_bytes), np.uint8)
         a["dirty_list"] = zeros(cap, np.int32)
         a["free"] = zeros(cap, np.int32)
         a["ix"] = zeros(2 * cap, np.int64)

@@ -115,7 +115,8 @@ class Partition:
         self.config = config
         self.output = output
         self.files = files
-        self.table = FlowTable(partition_config(config, n_parts).flows, rules)
+        keep = output.heads or output.kind == "analyze" or bool(rules)
+        self.table = FlowTable(partition_config(config, n_parts).flows, rules, heads=keep)
         self.table.export_heads = output.heads
         self.fragments = Decoder(config.capture)  # sees every fragment, in order
         self.stats = ReaderStats()
