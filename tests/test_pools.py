@@ -133,6 +133,43 @@ def test_each_way_of_knowing_a_pool(tmp_path: Path, variant: str) -> None:
     assert a.evidence.get("encrypted") is (True if variant == "sni" else None)
 
 
+def test_only_lookups_of_listed_names_are_shown_at_their_reply(tmp_path: Path) -> None:
+    """The pool detector's prompt rule names the pools: the flow table shows a lookup at its
+    reply only when its question ends in a listed domain (any case, any subdomain, not a
+    look-alike); the rest wait for their end. After a reload the new names count."""
+    from flowsense.capture.reader import iter_batches
+    from flowsense.config import FlowConfig
+    from flowsense.flows.table import FlowTable
+
+    names = ["xmr-eu1.nanopool.org", "XMR.NanoPool.ORG", "nanopool.org",
+             "nanopool.org.evil.example", "notnanopool.org", "example.com", "pool.example.net"]
+    pk = []
+    for k, name in enumerate(names):
+        q = dpkt.dns.DNS(id=k, qd=[dpkt.dns.DNS.Q(name=name, type=dpkt.dns.DNS_A)])
+        r = dpkt.dns.DNS(id=k, qr=1, qd=q.qd)
+        pk += [(k + 0.0, udp(C, "192.0.2.53", 53100 + k, 53, bytes(q))),
+               (k + 0.01, udp("192.0.2.53", C, 53, 53100 + k, bytes(r)))]
+    cap = write_pcap(tmp_path / "d.pcap", pk)
+
+    def prompted(det: PoolDetector, table: FlowTable | None = None) -> list[int]:
+        shown: list = []
+        table = table or FlowTable(FlowConfig(), det.watch_rules())
+        table.prompt_sink = shown.append
+        for batch in iter_batches(str(cap)):
+            table.feed(batch)
+        return sorted(p - 53100 for f in shown for p in f.cols["src_port"].tolist())
+
+    det = PoolDetector(Resources(pools=load_pools()))
+    assert prompted(det) == [0, 1, 2]
+    extra = tmp_path / "extra.txt"
+    extra.write_text("example.net\n")
+    reloaded = Resources(pools=load_pools([BUNDLED, extra]))
+    det2 = PoolDetector(reloaded)
+    table = FlowTable(FlowConfig(), PoolDetector(Resources(pools=load_pools())).watch_rules())
+    table.set_watch_rules(det2.watch_rules())
+    assert prompted(det2, table) == [0, 1, 2, 6]
+
+
 def test_dns_answer_for_another_client_does_not_count(tmp_path: Path) -> None:
     pk = _dns_pair(0.0, "xmr-eu1.nanopool.org", S)
     pk += tcp_session("10.7.7.8", S, 41003, 14433, 1.0, [(0, b"\x00" * 100)])
@@ -181,7 +218,7 @@ def test_dns_name_kernel_matches_its_naive_twin() -> None:
     from tests import naive
 
     det = PoolDetector(Resources(pools=load_pools()))
-    lengths, listed = det._suffix_table
+    lengths, listed = det.names.lengths, det.names.hashes
     rng = random.Random(7)
     domains = sorted(det.pools._domains)[:40]
     heads, kept = [], []

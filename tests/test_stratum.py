@@ -144,3 +144,23 @@ def test_mining_words_outside_json_stay_silent(tmp_path: Path) -> None:
            b"content:\"mining.subscribe\"; content:\"xmrig\";)\n")
     path = write_pcap(tmp_path / "db.pcap", tcp_session(C, S, 40001, 5432, 0.0, [(1, row * 3)]))
     assert detect([path]) == []
+
+
+def test_pool_names_from_login_and_subscribe_also_when_escaped() -> None:
+    """The pool a miner names in its login or subscribe parameters is found whether or not the
+    method is spelt with JSON escapes (the quick test for the method's words must not skip
+    it); other JSON-RPC names none."""
+    from flowsense.detect.stratum import pool_names
+
+    login = {"id": 1, "method": "login", "params": {"login": "4Abc", "pass": "x",
+                                                       "agent": "XMRig/6.21.0",
+                                                       "pool": "XMR.NanoPool.org"}}
+    plain = json.dumps(login).encode() + b"\n"
+    escaped = plain.replace(b'"method": "login"', b'"method": "\\u006cogin"')
+    assert b'"login"' not in escaped.replace(b'"login": ', b"")
+    sub = b'{"id":1,"method":"mining.subscribe","params":["cgminer/4.10","eu.pool.example"]}\n'
+    assert pool_names(plain) == ["xmr.nanopool.org"]
+    assert pool_names(escaped.replace(b'"login": "4Abc", ', b"")) == ["xmr.nanopool.org"]
+    assert pool_names(sub) == ["eu.pool.example"]
+    other = b'{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["eu.pool.example"]}\n'
+    assert pool_names(other) == []

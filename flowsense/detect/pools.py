@@ -31,7 +31,7 @@ from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.ids import addr_text
-from flowsense.flows.table import WatchRule
+from flowsense.flows.table import NameSuffixes, WatchRule
 from flowsense.signatures import HASH_WEIGHTS, PoolEntry, PoolSet
 
 VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidence, signature)
@@ -187,10 +187,7 @@ class PoolDetector(Detector):
     def __init__(self, resources: Resources | None = None) -> None:
         super().__init__(resources)
         self.dns = DnsAnswers()
-        self._suffixes = self.pools.wire_suffixes()
-        self._suffix_table = (np.array(sorted(self._suffixes), dtype=np.int64),
-                              np.unique(np.concatenate([np.zeros(0, np.uint64),
-                                                        *self._suffixes.values()])))
+        self._names_memo: tuple[PoolSet, NameSuffixes] | None = None
         # flow ids of the DNS lookups read while open (their reply's prompt): sorted, and the
         # frames' arrays not merged in yet
         self._seen_open = np.zeros(0, dtype=np.int64)
@@ -209,11 +206,25 @@ class PoolDetector(Detector):
         # read through the shared resources each time: a reload (watch's SIGUSR2) swaps them
         return self.resources.pools
 
+    @property
+    def names(self) -> NameSuffixes:
+        """The listed domains as the flow table's name test takes them (``wire_suffixes``),
+        made again when the signatures are reloaded."""
+        pools = self.pools
+        if self._names_memo is None or self._names_memo[0] is not pools:
+            suffixes = pools.wire_suffixes()
+            self._names_memo = (pools, NameSuffixes(
+                np.array(sorted(suffixes), dtype=np.int64),
+                np.unique(np.concatenate([np.zeros(0, np.uint64), *suffixes.values()])),
+                HASH_WEIGHTS))
+        return self._names_memo[1]
+
     def watch_rules(self) -> Sequence[WatchRule]:
         # post-quantum ClientHellos outgrow the 512-byte head: the slab holds the SNI.
-        # DNS answers are learned the moment they arrive (a prompt rule, no lease): the
-        # connection a lookup precedes may be judged before the UDP flow of the lookup ends.
-        return (WatchRule(b"\x16\x03"), WatchRule(b"", 53, prompt=True))
+        # DNS answers that name a listed pool are learned the moment they arrive (a prompt
+        # rule, no lease): the connection a lookup precedes may be judged before the UDP flow
+        # of the lookup ends. Other lookups cannot lead to a pool: read when they end.
+        return (WatchRule(b"\x16\x03"), WatchRule(b"", 53, prompt=True, names=self.names))
 
     def on_frame(self, frame: FeatureFrame) -> list[Alert]:
         if frame.n == 0:
@@ -332,7 +343,7 @@ class PoolDetector(Detector):
         values matched (memoised), and the rows looked for only when one names a pool;
         ``http_host`` checks the few hits exactly."""
         ok = np.zeros(frame.n, dtype=bool)
-        if not len(rows) or not self._suffixes:
+        if not len(rows) or not len(self.names.hashes):
             return ok
         assert frame.head is not None
         # each head ends in a CR of its own: a header value stops at its row's end
@@ -362,12 +373,12 @@ class PoolDetector(Detector):
         zero hashed backwards for each length of a listed domain, the hashes looked up; a hit
         is checked exactly (``dns_qname``, ``match_name``)."""
         ok = np.zeros(len(rows), dtype=bool)
-        if not len(rows) or not self._suffixes:
+        names = self.names
+        if not len(rows) or not len(names.hashes):
             return ok
         assert frame.head is not None and frame.head_len is not None
-        lengths, listed = self._suffix_table
         may_name_suffix(frame.head, frame.head_len, np.ascontiguousarray(rows, dtype=np.int64),
-                        lengths, listed, HASH_WEIGHTS, ok)
+                        names.lengths, names.hashes, names.weights, ok)
         return ok
 
     def _judge(self, frame: FeatureFrame, i: int,

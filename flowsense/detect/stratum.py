@@ -216,7 +216,9 @@ _HOSTLIKE = re.compile(r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+$")
 
 def pool_names(client: bytes) -> list[str]:
     """Host names a miner put in its subscribe or login parameters (EWBF names its pool)."""
-    names = []
+    names: list[str] = []
+    if b"mining.subscribe" not in client and b"login" not in client and b"\\u" not in client:
+        return names  # neither method can be in it, not even spelt with JSON escapes
     for _, raw in _lines(client)[:8]:
         try:
             msg = json.loads(raw)

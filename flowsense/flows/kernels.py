@@ -268,12 +268,63 @@ def _place(dst, s, d, limit, rel, buf, po, cap):
     return rel + k
 
 
+DNS_NAME_START = 12  # the first question's name follows the 12-byte DNS header
+DNS_NAME_WINDOW = 256  # bytes after the header searched for the name's terminating zero
+
+
 @inline_kernel
-def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, buf, po, cap, sport, dport):
-    """Which watch rules a direction's first payload matches (prefix, and port unless 0):
-    bit 1 a lease rule, bit 2 a prompt rule."""
+def dns_name_listed(buf, start, avail, lengths, listed, weights):
+    """Whether the first question's name of the DNS message at ``buf[start:start + avail]``,
+    in wire form up to and with its terminating zero, ends in a suffix of one of ``lengths``
+    (int64[k], ascending) bytes whose hash is in ``listed`` (uint64[m], sorted). The hash of
+    the last L bytes, read last byte first, is sum(fold(byte t from the end) * weights[t],
+    t < L) in uint64 with wrap-around, ASCII letters folded to lower case
+    (``signatures.suffix_hashes``). A superset test: a hit is then checked exactly."""
+    m = listed.shape[0]
+    if m == 0:
+        return False
+    stop = start + min(avail, DNS_NAME_START + DNS_NAME_WINDOW)
+    end = -1
+    for p in range(start + DNS_NAME_START, stop):
+        if buf[p] == 0:
+            end = p
+            break
+    if end < 0:
+        return False
+    h = np.uint64(0)
+    t = 0
+    for k in range(lengths.shape[0]):
+        size = lengths[k]
+        if end - size + 1 < start + DNS_NAME_START:
+            return False
+        while t < size:
+            b = buf[end - t]
+            if 65 <= b <= 90:
+                b |= 32
+            h += np.uint64(b) * weights[t]
+            t += 1
+        lo, hi = 0, m  # binary search of h in listed
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if listed[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < m and listed[lo] == h:
+            return True
+    return False
+
+
+@inline_kernel
+def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, wr_names, pn_len, pn_hash,
+                  pn_weights, buf, po, cap, sport, dport, client):
+    """Which watch rules a direction's first payload matches (prefix, and port unless 0; for
+    a rule with ``wr_names``, a DNS question naming one of the table's listed suffixes):
+    bit 1 a lease rule, bit 2 a prompt rule (which only the ``client``'s payload can match)."""
     found = 0
     for r in range(wr_len.shape[0]):
+        if wr_prompt[r] and not client:
+            continue
         port = wr_port[r]
         if port != 0 and port != sport and port != dport:
             continue
@@ -285,6 +336,9 @@ def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, buf, po, cap, sport, dp
             if buf[po + j] != wr_prefix[r, j]:
                 ok = False
                 break
+        if ok and wr_names[r] and not dns_name_listed(buf, po, cap, pn_len, pn_hash,
+                                                      pn_weights):
+            ok = False
         if ok:
             found |= 2 if wr_prompt[r] else 1
     return found
@@ -517,11 +571,12 @@ def process(
         if pl > 0 and not (pflags[i] & PF_FRAGMENT):
             first_payload = fi[s, b + D_HEAD_LEN] == 0 and fi[s, b + D_NEXT] == 0
             if first_payload and w < 0 and T.wr_len.shape[0] > 0:
-                m = _rule_matches(T.wr_prefix, T.wr_len, T.wr_port, T.wr_prompt, buf, po, cap,
-                                  sp, dp)
+                m = _rule_matches(T.wr_prefix, T.wr_len, T.wr_port, T.wr_prompt, T.wr_names,
+                                  T.pn_len, T.pn_hash, T.pn_weights, buf, po, cap, sp, dp,
+                                  d == 0)
                 if m & 1:
                     w = lease_watch(T, s)  # a call, but only for the flows that match
-                if m & 2 and d == 0:
+                if m & 2:
                     state |= FS_PROMPT
             if first_payload and d == 1 and (state & FS_PROMPT):
                 state &= ~FS_PROMPT  # the reply: show the flow now (room was made above)

@@ -11,7 +11,7 @@ import logging
 import mmap
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -62,6 +62,18 @@ _PER_SLOT = {  # one value per slot: name -> dtype
 
 
 @dataclass(frozen=True)
+class NameSuffixes:
+    """DNS names, as the hashes of their wire forms (``signatures.suffix_hashes``): ``lengths``
+    int64[k] ascending, ``hashes`` uint64[m] sorted, ``weights`` uint64[256]. A question ends
+    in one of them when the hash of its last L bytes, for some L in ``lengths``, is listed
+    (``kernels.dns_name_listed``; a superset test, exact checks follow in Python)."""
+
+    lengths: np.ndarray
+    hashes: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass(frozen=True)
 class WatchRule:
     """Lease a watch when a direction's first payload starts with ``prefix`` (at most 8 bytes)
     and, unless ``port`` is 0, either port equals ``port``. Detectors supply these as data."""
@@ -72,6 +84,43 @@ class WatchRule:
     """No lease: the flow is shown to the detectors (``FlowTable.prompt_sink``, its heads) as
     soon as the server's first payload arrives. For request/response flows whose answer must be
     known before later flows are judged (a DNS answer before the connection it names)."""
+    names: NameSuffixes | None = field(default=None, compare=False)
+    """Only a DNS message whose first question ends in one of these names matches (the
+    lookups a detector needs at once: tens of thousands of others then wait for their end).
+    A table holds one set: every rule that has one gives the same."""
+
+
+def _rule_arrays(watch_rules: Sequence[WatchRule]) -> dict[str, np.ndarray]:
+    """The table's rule arrays (``table_kernels`` docstring) for ``watch_rules``."""
+    rules = [r for r in watch_rules if 0 < len(r.prefix) <= 8 or r.port]
+    sets = {id(r.names): r.names for r in rules if r.names is not None}
+    if len(sets) > 1:
+        raise ValueError("watch rules with different name sets in one table")
+    names = next(iter(sets.values()), None)
+    a = {
+        "wr_prefix": np.zeros((len(rules), 8), dtype=np.uint8),
+        "wr_len": np.zeros(len(rules), dtype=np.uint8),
+        "wr_port": np.zeros(len(rules), dtype=np.uint16),
+        "wr_prompt": np.zeros(len(rules), dtype=np.uint8),
+        "wr_names": np.zeros(len(rules), dtype=np.uint8),
+        "pn_len": np.zeros(0, np.int64), "pn_hash": np.zeros(0, np.uint64),
+        "pn_weights": np.zeros(0, np.uint64),
+    }
+    for i, r in enumerate(rules):
+        a["wr_prefix"][i, : len(r.prefix)] = np.frombuffer(r.prefix[:8], dtype=np.uint8)
+        a["wr_len"][i] = len(r.prefix[:8])
+        a["wr_port"][i] = r.port
+        a["wr_prompt"][i] = r.prompt
+        a["wr_names"][i] = r.names is not None
+    if names is not None:
+        lengths = np.ascontiguousarray(names.lengths, dtype=np.int64)
+        weights = np.ascontiguousarray(names.weights, dtype=np.uint64)
+        if len(lengths) and (lengths.max() > len(weights) or np.any(np.diff(lengths) <= 0)):
+            raise ValueError("name lengths must ascend and fit the weights")
+        a["pn_len"] = lengths
+        a["pn_hash"] = np.ascontiguousarray(names.hashes, dtype=np.uint64)
+        a["pn_weights"] = weights
+    return a
 
 
 def _null_sink(frame: FeatureFrame) -> None:
@@ -110,16 +159,6 @@ class FlowTable:
         prm[P_ACTIVE_NS] = int(cfg.active_timeout_s * 1e9)
         prm[P_CLOSE_NS] = int(cfg.close_delay_s * 1e9)
         prm[P_MAX_FLOWS] = cfg.max_flows
-        rules = [r for r in watch_rules if 0 < len(r.prefix) <= 8 or r.port]
-        wr_prefix = np.zeros((len(rules), 8), dtype=np.uint8)
-        wr_len = np.zeros(len(rules), dtype=np.uint8)
-        wr_port = np.zeros(len(rules), dtype=np.uint16)
-        wr_prompt = np.zeros(len(rules), dtype=np.uint8)
-        for i, r in enumerate(rules):
-            wr_prefix[i, : len(r.prefix)] = np.frombuffer(r.prefix[:8], dtype=np.uint8)
-            wr_len[i] = len(r.prefix[:8])
-            wr_port[i] = r.port
-            wr_prompt[i] = r.prompt
         w = max(1, cfg.watch_quota)
         self.T = self._allocate(self.capacity, None)
         self.T = self.T._replace(
@@ -131,8 +170,7 @@ class FlowTable:
             tr_flags=zeros((w, cfg.trace_packets), np.uint8),
             tr_ts=zeros((w, cfg.trace_packets), np.int64),
             tr_n=np.zeros(w, np.int64),
-            wr_prefix=wr_prefix, wr_len=wr_len, wr_port=wr_port, wr_prompt=wr_prompt,
-            prm=prm, hkey=hkey,
+            **_rule_arrays(watch_rules), prm=prm, hkey=hkey,
         )
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
         self.export_heads = heads
@@ -149,6 +187,11 @@ class FlowTable:
         where records are shown in steps, a step that drained once then needs no reordering
         copy in ``in_end_order``."""
         self._held = np.zeros(0, dtype=np.int64)  # slots whose prompt record is held
+
+    def set_watch_rules(self, watch_rules: Sequence[WatchRule]) -> None:
+        """Replace the rules (a reload of the detectors' data): flows already watched or marked
+        keep their watch; first payloads from now on meet the new rules."""
+        self.T = self.T._replace(**_rule_arrays(watch_rules))
 
     # --- allocation ---------------------------------------------------------------------------
     def _allocate(self, cap: int, old: TK.TableArrays | None) -> TK.TableArrays:
@@ -182,7 +225,9 @@ class FlowTable:
                 tr_len=np.zeros((0, 0), np.int32), tr_flags=np.zeros((0, 0), np.uint8),
                 tr_ts=np.zeros((0, 0), np.int64), tr_n=np.zeros(0, np.int64),
                 wr_prefix=np.zeros((0, 8), np.uint8), wr_len=np.zeros(0, np.uint8),
-                wr_port=np.zeros(0, np.uint16), wr_prompt=np.zeros(0, np.uint8), st=st,
+                wr_port=np.zeros(0, np.uint16), wr_prompt=np.zeros(0, np.uint8),
+                wr_names=np.zeros(0, np.uint8), pn_len=np.zeros(0, np.int64),
+                pn_hash=np.zeros(0, np.uint64), pn_weights=np.zeros(0, np.uint64), st=st,
                 prm=np.zeros(P_NFIELDS, np.int64),
                 hkey=np.zeros(2, np.uint64), ahead=np.zeros(K.AHEAD_RING, np.uint64),
             )

@@ -33,7 +33,10 @@ Layout (all arrays preallocated by ``flows/table.py``; F flow slots, IC = 2F ind
   Rules: ``wr_prefix`` uint8[R, 8], ``wr_len`` uint8[R], ``wr_port`` uint16[R]: lease when a
   direction's first payload starts with the prefix and (port 0 or) either port matches;
   ``wr_prompt`` uint8[R] 1: instead of a lease, mark the flow (FS_PROMPT) when the client's
-  first payload matches, and queue an EV_PROMPT event when the server's first payload comes.
+  first payload matches, and queue an EV_PROMPT event when the server's first payload comes;
+  ``wr_names`` uint8[R] 1: the payload must also be a DNS message whose first question ends
+  in a listed name (``pn_len`` int64[k], ``pn_hash`` uint64[m], ``pn_weights`` uint64[256]:
+  ``kernels.dns_name_listed``; the table's one ``NameSuffixes``).
 """
 
 from __future__ import annotations
@@ -128,6 +131,10 @@ class TableArrays(NamedTuple):
     wr_len: np.ndarray
     wr_port: np.ndarray
     wr_prompt: np.ndarray
+    wr_names: np.ndarray
+    pn_len: np.ndarray
+    pn_hash: np.ndarray
+    pn_weights: np.ndarray
     st: np.ndarray
     prm: np.ndarray
     hkey: np.ndarray

@@ -316,6 +316,8 @@ class Watcher:
                 self.metrics.reloads.labels("failed").inc()
             return False
         self.resources.pools = pools
+        # the detectors' rules are data made of the signatures (the DNS names a prompt needs)
+        self.pipe.table.set_watch_rules([r for d in self.detectors for r in d.watch_rules()])
         if policy is not None:
             self.policy = policy
             self.actions = integration.make_actions(policy, self.opts.enforce, self.sealed,
