@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowsense.capture.decode_kernels import tally_batch
 from flowsense.capture.reader import (
     Decoder,
     PacketBatch,
@@ -80,10 +81,13 @@ class Counters:
     files_damaged: int = 0
 
     def add(self, batch: PacketBatch) -> None:
+        c = batch.cols
+        t = np.zeros(2 + N_STATUS, dtype=np.int64)
+        tally_batch(batch.n, c["wirelen"], c["status"], c["pflags"], PF_FRAG_ORPHAN, t)
         self.packets += batch.n
-        self.bytes_wire += int(batch.cols["wirelen"].sum())
-        self.status += np.bincount(batch.cols["status"], minlength=N_STATUS)[:N_STATUS]
-        self.fragment_orphans += int(np.count_nonzero(batch.cols["pflags"] & PF_FRAG_ORPHAN))
+        self.bytes_wire += int(t[0])
+        self.fragment_orphans += int(t[1])
+        self.status += t[2:]
 
     def as_dict(self) -> dict[str, int]:
         d = {"packets": self.packets, "bytes": self.bytes_wire, "files": self.files,

@@ -57,3 +57,16 @@ def test_community_id_published_example() -> None:
     b = struct.unpack(">I", socket.inet_aton("66.35.250.204"))[0]
     assert ids.community_id(4, 6, 0, a, 0, b, 34855, 80) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
     assert ids.community_id(4, 6, 0, b, 0, a, 80, 34855) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789abcdef.:/+=", max_size=12), max_size=40))
+def test_text_rows_to_str_keeps_every_row(texts: list[str]) -> None:
+    """``rows_text`` (NUL-padded rows joined, decoded and split in one go): one str a row, in
+    order, empty rows and rows filling their whole width included."""
+    width = 12
+    rows = np.zeros((len(texts), width), dtype=np.uint8)
+    for i, t in enumerate(texts):
+        rows[i, : len(t)] = np.frombuffer(t.encode(), dtype=np.uint8)
+    got = ids.rows_text(rows)
+    assert got.dtype == object and got.tolist() == texts

@@ -132,15 +132,21 @@ def decode_batch(
     ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
     tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, rec_off, wlen,
     fr_src_hi, fr_src_lo, fr_dst_hi, fr_dst_lo, fr_id, fr_proto, fr_sport, fr_dport, fr_ts,
-    frag_timeout_ns, max_depth, counters,
+    frag_timeout_ns, max_depth, counters, at,
 ):
     """Decode ``n`` frames.
 
     Inputs: record columns (length >= n) over ``buf`` (uint8).
-    Outputs: packet columns (length >= n).
+    Outputs: packet columns, written from index ``at`` on (length >= at + n): the slices are
+    taken here, where they cost nothing (in Python, 25 views a call of a thousand records).
     Fragment table: arrays of one power-of-two length; ``fr_ts`` < 0 marks a free slot.
     counters: int64[8]: [0] fragment-table overwrites, [1] orphan fragments.
     """
+    ts_ns, status, pflags, fam, proto = ts_ns[at:], status[at:], pflags[at:], fam[at:], proto[at:]
+    src_hi, src_lo, dst_hi, dst_lo = src_hi[at:], src_lo[at:], dst_hi[at:], dst_lo[at:]
+    sport, dport, tcp_flags, ip_len = sport[at:], dport[at:], tcp_flags[at:], ip_len[at:]
+    payload_len, pay_off, pay_cap, seq = payload_len[at:], pay_off[at:], pay_cap[at:], seq[at:]
+    vlan, tunnel, rec_off, wlen = vlan[at:], tunnel[at:], rec_off[at:], wlen[at:]
     fmask = fr_ts.shape[0] - 1
     for i in range(n):
         off = data_off[i]
@@ -579,3 +585,19 @@ def decode_batch(
                 # an encapsulation we could not open: a packet of the outer flow is lost,
                 # so report it as undecodable rather than half-decoded
                 fam[i] = 0
+
+
+@kernel
+def tally_batch(n, wirelen, status, pflags, orphan_flag, out):
+    """A batch's counters in one pass: out[0] += wire bytes, out[1] += fragments with no first
+    fragment (``orphan_flag`` in pflags), out[2 + s] += packets of status s (out has room for
+    every status a decoder sets; others, as a parallel run's ST_TICK, are not counted there)."""
+    top = out.shape[0] - 2
+    for i in range(n):
+        out[0] += wirelen[i]
+        if pflags[i] & orphan_flag:
+            out[1] += 1
+        s = np.int64(status[i])
+        if s < top:
+            out[2 + s] += 1
+

@@ -325,20 +325,28 @@ class Decoder:
             np.full(size, -1, np.int64),
         )
         self.counters = np.zeros(8, dtype=np.int64)
+        self._frag_timeout_ns = int(cfg.frag_timeout_s * 1e9)
+
+    @property
+    def out(self) -> dict[str, np.ndarray]:
+        """The packet arrays decoding writes (a parallel plan points them at its regions)."""
+        return self._out
+
+    @out.setter
+    def out(self, cols: dict[str, np.ndarray]) -> None:
+        self._out = cols
+        self._outs = tuple(cols[k] for k in (
+            "ts_ns", "status", "pflags", "fam", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo",
+            "sport", "dport", "tcp_flags", "ip_len", "payload_len", "pay_off", "pay_cap", "seq",
+            "vlan", "tunnel", "rec_off", "wirelen"))
 
     def decode(self, rb: RecordBatch, at: int) -> None:
         """Decode a record batch into the packet arrays from index ``at`` on."""
-        n = rb.n
-        o = {k: v[at:] for k, v in self.out.items()}
         rc = rb.cols
         decode_batch(
-            rb.buf, n, rc["data_off"], rc["caplen"], rc["wirelen"], rc["ts_ns"], rc["linktype"],
-            rc["rec_off"],
-            o["ts_ns"], o["status"], o["pflags"], o["fam"], o["proto"], o["src_hi"], o["src_lo"],
-            o["dst_hi"], o["dst_lo"], o["sport"], o["dport"], o["tcp_flags"], o["ip_len"],
-            o["payload_len"], o["pay_off"], o["pay_cap"], o["seq"], o["vlan"], o["tunnel"],
-            o["rec_off"], o["wirelen"],
-            *self.fr, int(self.cfg.frag_timeout_s * 1e9), self.cfg.max_encap_depth, self.counters,
+            rb.buf, rb.n, rc["data_off"], rc["caplen"], rc["wirelen"], rc["ts_ns"],
+            rc["linktype"], rc["rec_off"], *self._outs, *self.fr, self._frag_timeout_ns,
+            self.cfg.max_encap_depth, self.counters, at,
         )
 
     def batch(self, n: int, buf: np.ndarray, source: str) -> PacketBatch:

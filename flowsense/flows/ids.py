@@ -40,8 +40,11 @@ def rows_text(out: np.ndarray) -> np.ndarray:
     """NUL-padded ASCII rows to an object array of str."""
     text = np.empty(len(out), dtype=object)
     if len(out):
-        # bytes objects drop the padding; decoding them is faster than numpy's "U" round trip
-        text[:] = [b.decode("ascii") for b in out.view(f"S{out.shape[1]}").ravel().tolist()]
+        # the rows joined by newlines, decoded and split at once: each str made in C (twice as
+        # fast as a bytes object a row decoded in turn, and numpy's "U" round trip is slower)
+        buf = np.empty(out.shape[0] * (out.shape[1] + 1), dtype=np.uint8)
+        k = TK.join_rows(np.ascontiguousarray(out), buf)
+        text[:] = buf[:k - 1].tobytes().decode("ascii").split("\n")
     return text
 
 

@@ -112,6 +112,24 @@ def format_addrs(fam, hi, lo, out, hexd):
 
 
 @kernel
+def join_rows(rows, out):
+    """The text of NUL-padded rows (uint8[n, w]: no NUL or newline inside a row's text), each
+    followed by a newline, into ``out`` (uint8, at least n * (w + 1)); returns the bytes
+    written. One decode and split then make every row's str in C (``ids.rows_text``)."""
+    k = 0
+    for i in range(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            b = rows[i, j]
+            if b == 0:
+                break
+            out[k] = b
+            k += 1
+        out[k] = 10
+        k += 1
+    return k
+
+
+@kernel
 def _rotl(x, n):
     return ((x << n) | (x >> (32 - n))) & 0xFFFFFFFF
 
