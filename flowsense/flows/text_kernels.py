@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowsense.jit import kernel
+from flowsense.jit import inline_kernel, kernel
 
 ADDR_WIDTH = 48  # longest IPv6 text is 45 characters
 CID_WIDTH = 30  # "1:" + 28 base64 characters
@@ -111,6 +111,19 @@ def format_addrs(fam, hi, lo, out, hexd):
             k += 1
 
 
+@inline_kernel
+def put_text(out, pos, row):
+    """Copy a NUL-padded text row (uint8[w]) into ``out`` at ``pos``, without the padding;
+    returns the position after it."""
+    for j in range(row.shape[0]):
+        b = row[j]
+        if b == 0:
+            break
+        out[pos] = b
+        pos += 1
+    return pos
+
+
 @kernel
 def join_rows(rows, out):
     """The text of NUL-padded rows (uint8[n, w]: no NUL or newline inside a row's text), each
@@ -118,12 +131,7 @@ def join_rows(rows, out):
     written. One decode and split then make every row's str in C (``ids.rows_text``)."""
     k = 0
     for i in range(rows.shape[0]):
-        for j in range(rows.shape[1]):
-            b = rows[i, j]
-            if b == 0:
-                break
-            out[k] = b
-            k += 1
+        k = put_text(out, k, rows[i])
         out[k] = 10
         k += 1
     return k

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flowsense.flows.text_kernels import put_text
 from flowsense.jit import copy_bytes, counted_free_kernel, inline_kernel
 
 K_INT = 0
@@ -90,7 +91,6 @@ def write_jsonl(n, kinds, index, keys, key_off, ints, floats, strs, out):
     """Format ``n`` records into ``out`` (uint8, sized by the caller); returns bytes written."""
     pos = 0
     nc = kinds.shape[0]
-    width = strs.shape[2]
     for r in range(n):
         out[pos] = 123  # {
         pos += 1
@@ -118,13 +118,7 @@ def write_jsonl(n, kinds, index, keys, key_off, ints, floats, strs, out):
                     pos += 5
             else:
                 out[pos] = 34  # "
-                pos += 1
-                for j in range(width):
-                    b = strs[i, r, j]
-                    if b == 0:
-                        break
-                    out[pos] = b
-                    pos += 1
+                pos = put_text(out, pos + 1, strs[i, r])
                 out[pos] = 34
                 pos += 1
         out[pos] = 125  # }
