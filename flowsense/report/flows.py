@@ -10,7 +10,7 @@ import numpy as np
 
 from flowsense.encoding import csv_cell
 from flowsense.errors import ConfigError
-from flowsense.flows.features import FeatureFrame
+from flowsense.flows.features import FeatureFrame, column_names
 from flowsense.report import kernels as RK
 from flowsense.schema import FLOW_COLUMNS
 
@@ -59,7 +59,7 @@ def write_jsonl(frame: FeatureFrame, out: TextIO, splt: bool = False) -> None:
 
 
 def _jsonl_bytes(frame: FeatureFrame) -> memoryview | None:
-    names = list(frame.cols)
+    names = column_names(frame.cols)  # text the table formatted is taken as bytes: no str made
     n = frame.n
     kinds = np.empty(len(names), dtype=np.int64)
     index = np.empty(len(names), dtype=np.int64)
@@ -67,11 +67,12 @@ def _jsonl_bytes(frame: FeatureFrame) -> memoryview | None:
     floats: list[np.ndarray] = []
     strs: list[np.ndarray] = []
     for c, name in enumerate(names):
-        col = frame.cols[name]
         if name in frame.text_rows:  # formatted by the table: ASCII, nothing to escape
             kinds[c], index[c] = RK.K_STR, len(strs)
             strs.append(frame.text_rows[name])
-        elif col.dtype == object:
+            continue
+        col = frame.cols[name]
+        if col.dtype == object:
             try:
                 b = col.astype("S")
             except UnicodeEncodeError:
