@@ -282,3 +282,16 @@ def test_headless_table_gives_the_same_records() -> None:
             assert a.tolist() == b.tolist(), (path, name)
     table = FlowTable(FlowConfig(), heads=False)
     assert table.T.head.nbytes == 0 and not table.export_heads
+
+
+def test_text_of_a_row_without_making_the_column() -> None:
+    """``FeatureFrame.text``: a row of an address or Community ID column read from the bytes
+    the table formatted, equal to the column's own str, and the column not made by it."""
+    repo = Path(__file__).resolve().parent.parent / "pcaps"
+    frame = compute_flows([str(repo / "corpus" / "suricata-vxlan-ssh.pcap")]).frame
+    names = ("src_ip", "dst_ip", "community_id")
+    got = {name: [frame.text(name, i) for i in range(frame.n)] for name in names}
+    assert not any(dict.__contains__(frame.cols, name) for name in names)
+    for name in names:
+        assert got[name] == frame.cols[name].tolist() and all(got[name]), name
+        assert frame.text(name, 0) == got[name][0]  # and from the made column

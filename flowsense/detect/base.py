@@ -69,9 +69,9 @@ def flow_fields(frame: FeatureFrame, i: int) -> dict[str, Any]:
     ended = not bool(c["interim"][i]) and c["expiration"][i] != ""
     return {
         "flow_id": int(c["flow_id"][i]),
-        "community_id": str(c["community_id"][i]),
-        "src_ip": str(c["src_ip"][i]), "src_port": int(c["src_port"][i]),
-        "dst_ip": str(c["dst_ip"][i]), "dst_port": int(c["dst_port"][i]),
+        "community_id": frame.text("community_id", i),
+        "src_ip": frame.text("src_ip", i), "src_port": int(c["src_port"][i]),
+        "dst_ip": frame.text("dst_ip", i), "dst_port": int(c["dst_port"][i]),
         "protocol": int(c["protocol"][i]),
         "eve_flow": {
             "start_ms": int(c["bidirectional_first_seen_ms"][i]),

@@ -400,9 +400,9 @@ class PoolDetector(Detector):
         host = http_host(client)
         if host and (e := self.pools.match_name(host)) is not None:
             found.append(("http-host", host, e))
-        dst = str(c["dst_ip"][i])
+        dst = frame.text("dst_ip", i)
         first_ns = int(c["bidirectional_first_seen_ms"][i]) * 1_000_000
-        name = self.dns.lookup(str(c["src_ip"][i]), dst, first_ns)
+        name = self.dns.lookup(frame.text("src_ip", i), dst, first_ns)
         if name and (e := self.pools.match_name(name)) is not None:
             found.append(("dns", name, e))
         if listed and (e := self.pools.match_ip(dst)) is not None:

@@ -272,7 +272,7 @@ class SshDetector(Detector):
         http = start[:, 0, 0] == ord("G")
         alerts: list[Alert] = []
         for i in tcp[tls].tolist():
-            key = (str(c["dst_ip"][i]), int(c["dst_port"][i]))
+            key = (frame.text("dst_ip", i), int(c["dst_port"][i]))
             self._remember(key, "tls")
             waiting = self._ssh_seen.pop(key, None)
             if waiting is not None:
@@ -352,7 +352,7 @@ class SshDetector(Detector):
         if port in ODD_PORTS:
             out.append(self._alert(frame, i, "ssh-tunnel", "odd-port", 0.8, banner_ts,
                                    dict(ev, port=port, registered_to=ODD_PORTS[port])))
-        key = (str(c["dst_ip"][i]), port)
+        key = (frame.text("dst_ip", i), port)
         mux = self._alert(frame, i, "ssh-tunnel", "multiplexed", 0.75, banner_ts,
                           dict(ev, also_served="tls"))
         if "tls" in self._remember(key, "ssh"):

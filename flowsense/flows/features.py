@@ -68,6 +68,16 @@ class FeatureFrame:
         assert self.head is not None and self.head_len is not None
         return bytes(self.head[i, d, : self.head_len[i, d]])
 
+    def text(self, name: str, i: int) -> str:
+        """Row ``i`` of a text column (``src_ip``, ``dst_ip``, ``community_id`` ...): from the
+        bytes the table formatted where the column's str objects are not made yet, so a
+        detector reading a few rows does not make a str for every row of the frame."""
+        cols = self.cols
+        rows = self.text_rows.get(name)
+        if rows is not None and isinstance(cols, Columns) and not dict.__contains__(cols, name):
+            return rows[i].tobytes().split(b"\0", 1)[0].decode("ascii")
+        return str(cols[name][i])
+
 
 @dataclass(frozen=True)
 class Trace:
