@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowsense.jit import inline_kernel, kernel
+from flowsense.jit import inline_kernel, kernel, prefetch2
 from flowsense.schema import (
     D_BYTES,
     D_CWR_ECE,
@@ -48,6 +48,8 @@ from flowsense.schema import (
     FI_LAST_TS,
     FI_META,
 )
+
+AHEAD = 4  # export_numbers asks for the rows of the flow this many ahead
 
 _PREFIXES = ("bidirectional", "src2dst", "dst2src")
 _FLAGS = ("syn", "cwr", "ece", "urg", "ack", "psh", "rst", "fin")
@@ -99,7 +101,13 @@ def _flags(ints, base, r, syn_ack, cwr_ece, urg_psh, rst_fin):
 @kernel
 def export_numbers(fi, ff, key, slots, ints, floats):
     """The numeric columns of the flows in ``slots`` (see the module docstring)."""
-    for r in range(slots.shape[0]):
+    m = slots.shape[0]
+    for r in range(m):
+        if r + AHEAD < m:  # the rows are scattered over the table: ask for a later one's lines
+            t = slots[r + AHEAD]
+            prefetch2(key, t, 0)
+            for line in range(0, fi.shape[1], 8):
+                prefetch2(fi, t, line)
         s = slots[r]
         k0 = key[s, 0]
         pa = np.int64((k0 >> np.uint64(16)) & np.uint64(0xFFFF))
