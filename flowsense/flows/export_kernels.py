@@ -99,8 +99,10 @@ def _flags(ints, base, r, syn_ack, cwr_ece, urg_psh, rst_fin):
 
 
 @kernel
-def export_numbers(fi, ff, key, slots, ints, floats):
-    """The numeric columns of the flows in ``slots`` (see the module docstring)."""
+def export_numbers(fi, ff, key, t_ps, t_t, slots, ints, floats, splt_ps, splt_t, addr):
+    """The numeric columns of the flows in ``slots`` (see the module docstring), their first
+    packets (rows of the table's ``t_ps``, ``t_t`` into ``splt_ps``, ``splt_t``) and their
+    addresses oriented to the client (``addr`` uint64[n, 4]: client hi, lo, server hi, lo)."""
     m = slots.shape[0]
     for r in range(m):
         if r + AHEAD < m:  # the rows are scattered over the table: ask for a later one's lines
@@ -108,11 +110,21 @@ def export_numbers(fi, ff, key, slots, ints, floats):
             prefetch2(key, t, 0)
             for line in range(0, fi.shape[1], 8):
                 prefetch2(fi, t, line)
+            prefetch2(t_ps, t, 0)
+            prefetch2(t_t, t, 0)
         s = slots[r]
+        for j in range(t_ps.shape[1]):
+            splt_ps[r, j] = t_ps[s, j]
+            splt_t[r, j] = t_t[s, j]
         k0 = key[s, 0]
         pa = np.int64((k0 >> np.uint64(16)) & np.uint64(0xFFFF))
         pb = np.int64((k0 >> np.uint64(32)) & np.uint64(0xFFFF))
         cli_a = ((k0 >> np.uint64(48)) & np.uint64(1)) == 1
+        c = 1 if cli_a else 3
+        addr[r, 0] = key[s, c]
+        addr[r, 1] = key[s, c + 1]
+        addr[r, 2] = key[s, 4 - c]
+        addr[r, 3] = key[s, 5 - c]
         ints[0, r] = pa if cli_a else pb
         ints[1, r] = pb if cli_a else pa
         ints[2, r] = np.int64((k0 >> np.uint64(8)) & np.uint64(0xFF))

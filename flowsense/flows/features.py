@@ -170,16 +170,15 @@ def derive_columns(sources: list[dict[str, np.ndarray]],
 
 
 def _key_fields(T: TableArrays, slots: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The flow keys of ``slots`` unpacked: family, protocol, ports a and b, whether a is the
-    client, then the canonical addresses (a hi, a lo, b hi, b lo)."""
+    """The flow keys of ``slots`` unpacked: family, protocol, ports a and b, then the canonical
+    addresses (a hi, a lo, b hi, b lo)."""
     key = T.key[slots]
     k0 = key[:, 0]
     fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
     proto = ((k0 >> np.uint64(8)) & np.uint64(0xFF)).astype(np.uint8)
     pa = ((k0 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
     pb = ((k0 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
-    cli_a = ((k0 >> np.uint64(48)) & np.uint64(1)) == 1
-    return fam, proto, pa, pb, cli_a, key[:, 1], key[:, 2], key[:, 3], key[:, 4]
+    return fam, proto, pa, pb, key[:, 1], key[:, 2], key[:, 3], key[:, 4]
 
 
 def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
@@ -199,21 +198,22 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     first = T.fi[slots, FI_FIRST_TS]
     ids = None
     if end_ordered:
-        fam, proto, pa, pb, _, a_hi, a_lo, b_hi, b_lo = keys
+        fam, proto, pa, pb, a_hi, a_lo, b_hi, b_lo = keys
         ids = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first)
         order = np.lexsort((ids, T.fi[slots, FI_LAST_TS] // 1_000_000))
         slots, reasons, ids, first = slots[order], reasons[order], ids[order], first[order]
         keys = tuple(k[order] for k in keys)
-    fam, proto, pa, pb, cli_a, a_hi, a_lo, b_hi, b_lo = keys
+    fam, proto, pa, pb, a_hi, a_lo, b_hi, b_lo = keys
     ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)
     floats = np.empty((len(EK.FLOAT_COLUMNS), n), dtype=np.float64)
-    EK.export_numbers(T.fi, T.ff, T.key, slots, ints, floats)
+    splt_ps = np.empty((n, T.splt_ps.shape[1]), dtype=T.splt_ps.dtype)
+    splt_t = np.empty((n, T.splt_t.shape[1]), dtype=T.splt_t.dtype)
+    addr = np.empty((n, 4), dtype=np.uint64)
+    EK.export_numbers(T.fi, T.ff, T.key, T.splt_ps, T.splt_t, slots, ints, floats, splt_ps,
+                      splt_t, addr)
     num = dict(zip(EK.INT_COLUMNS, ints))
     num.update(zip(EK.FLOAT_COLUMNS, floats))
-    s_hi = np.where(cli_a, a_hi, b_hi)
-    s_lo = np.where(cli_a, a_lo, b_lo)
-    d_hi = np.where(cli_a, b_hi, a_hi)
-    d_lo = np.where(cli_a, b_lo, a_lo)
+    s_hi, s_lo, d_hi, d_lo = addr.T
     text_rows: dict[str, np.ndarray] = {}  # filled as the text columns are made
     row_makers: dict[str, Callable[[], np.ndarray]] = {
         "community_id": lambda: community_id_rows(fam, proto, s_hi, s_lo, d_hi, d_lo,
@@ -257,10 +257,9 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         slabs[i] = (bytes(T.slab[w, 0, : T.w_fill[w, 0]]), bytes(T.slab[w, 1, : T.w_fill[w, 1]]))
         traces[i] = _trace(T, w)
     return FeatureFrame(
-        cols=c, n=n, head=head, head_len=head_len, splt_ps=T.splt_ps[slots],
-        splt_t_ms=T.splt_t[slots], splt_n=T.fi[slots, FI_SPLT_N], seq=T.fi[slots, FI_SEQ],
-        watch=watch, slabs=slabs, traces=traces,
-        addr=np.stack([s_hi, s_lo, d_hi, d_lo], axis=1), text_rows=text_rows,
+        cols=c, n=n, head=head, head_len=head_len, splt_ps=splt_ps,
+        splt_t_ms=splt_t, splt_n=T.fi[slots, FI_SPLT_N], seq=T.fi[slots, FI_SEQ],
+        watch=watch, slabs=slabs, traces=traces, addr=addr, text_rows=text_rows,
     )
 
 
