@@ -217,9 +217,9 @@ def test_tick_expires_by_wall_clock_on_a_quiet_link(tmp_path: Path) -> None:
 
 
 def test_prompt_records_are_lazy_and_equal_to_the_full_ones(tmp_path: Path) -> None:
-    """A prompt rule's records reach the sink at the reply with their flow ids, addresses and
-    Community IDs computed as read (``Columns``); read or not, they equal the records a full
-    gather makes of the same slots, in FLOW_COLUMNS order, and pickle as a plain dict."""
+    """A prompt rule's records reach the sink at the reply with their addresses and Community
+    IDs computed as read (``Columns``); read or not, they equal the records a full gather makes
+    of the same slots, in FLOW_COLUMNS order, and pickle as a plain dict."""
     import pickle
 
     from flowsense.flows.features import Columns, gather
@@ -238,7 +238,7 @@ def test_prompt_records_are_lazy_and_equal_to_the_full_ones(tmp_path: Path) -> N
         table.feed(batch)
     assert sum(f.n for f in prompts) == 5
     frame = prompts[0]
-    deferred = ("flow_id", "community_id", "src_ip", "dst_ip")
+    deferred = ("community_id", "src_ip", "dst_ip")
     assert isinstance(frame.cols, Columns)
     assert dict.__len__(frame.cols) == len(FLOW_COLUMNS) - len(deferred)
     assert frame.cols["dst_port"].tolist() == [53] * frame.n

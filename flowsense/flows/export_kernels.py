@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flowsense.flows.table_kernels import KEY0_MASK
 from flowsense.jit import inline_kernel, kernel, prefetch2
 from flowsense.schema import (
     D_BYTES,
@@ -98,11 +99,44 @@ def _flags(ints, base, r, syn_ack, cwr_ece, urg_psh, rst_fin):
     ints[base + 15, r] = rst_fin >> 32
 
 
+@inline_kernel
+def _fmix(x):
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xFF51AFD7ED558CCD)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+@inline_kernel
+def flow_id_of(k0, a_hi, a_lo, b_hi, b_lo, first_ts):
+    """``flow_id``: a 63-bit hash of the canonical key (``k0``: family, protocol and the ports
+    a and b packed as the table packs them, without the client bit) and the first packet's
+    time: the same in every run, chunk and worker (unkeyed, unlike the table's hash), positive
+    so JSON readers agree."""
+    gold = np.uint64(0x9E3779B97F4A7C15)
+    h = _fmix(np.uint64(k0))
+    h = _fmix(h ^ np.uint64(a_hi) ^ gold)
+    h = _fmix(h ^ np.uint64(a_lo) ^ gold)
+    h = _fmix(h ^ np.uint64(b_hi) ^ gold)
+    h = _fmix(h ^ np.uint64(b_lo) ^ gold)
+    h = _fmix(h ^ np.uint64(first_ts) ^ gold)
+    return np.int64(h & np.uint64(0x7FFFFFFFFFFFFFFF))
+
+
 @kernel
-def export_numbers(fi, ff, key, t_ps, t_t, slots, ints, floats, splt_ps, splt_t, addr):
+def flow_id_rows(k0, a_hi, a_lo, b_hi, b_lo, first_ts, out):
+    """``flow_id_of`` of every row (uint64 arrays, ``first_ts`` int64; ``out`` int64)."""
+    for i in range(k0.shape[0]):
+        out[i] = flow_id_of(k0[i], a_hi[i], a_lo[i], b_hi[i], b_lo[i], first_ts[i])
+
+
+@kernel
+def export_numbers(fi, ff, key, t_ps, t_t, slots, ints, floats, splt_ps, splt_t, addr, ids):
     """The numeric columns of the flows in ``slots`` (see the module docstring), their first
-    packets (rows of the table's ``t_ps``, ``t_t`` into ``splt_ps``, ``splt_t``) and their
-    addresses oriented to the client (``addr`` uint64[n, 4]: client hi, lo, server hi, lo)."""
+    packets (rows of the table's ``t_ps``, ``t_t`` into ``splt_ps``, ``splt_t``), their
+    addresses oriented to the client (``addr`` uint64[n, 4]: client hi, lo, server hi, lo)
+    and their ``flow_id`` (``ids``)."""
     m = slots.shape[0]
     for r in range(m):
         if r + AHEAD < m:  # the rows are scattered over the table: ask for a later one's lines
@@ -125,6 +159,8 @@ def export_numbers(fi, ff, key, t_ps, t_t, slots, ints, floats, splt_ps, splt_t,
         addr[r, 1] = key[s, c + 1]
         addr[r, 2] = key[s, 4 - c]
         addr[r, 3] = key[s, 5 - c]
+        ids[r] = flow_id_of(k0 & KEY0_MASK, key[s, 1], key[s, 2], key[s, 3], key[s, 4],
+                            fi[s, FI_FIRST_TS])
         ints[0, r] = pa if cli_a else pb
         ints[1, r] = pb if cli_a else pa
         ints[2, r] = np.int64((k0 >> np.uint64(8)) & np.uint64(0xFF))

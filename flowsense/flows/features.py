@@ -93,7 +93,7 @@ class Trace:
 class Columns(dict):
     """A frame's columns, some computed when first read (``gather(..., lazy=True)``): a
     detector that reads a few columns of many rows (the DNS lookups a prompt rule shows at
-    once) does not pay for the flow ids, addresses and Community IDs it never reads. Reading
+    once) does not pay for the addresses and Community IDs it never reads. Reading
     the whole mapping (iteration, ``len``, ``keys``, ``items``, ``in``, pickling ...) completes
     it, in FLOW_COLUMNS order; a completed one is an ordinary dict."""
 
@@ -185,8 +185,8 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
            heads: bool = True, lazy: bool = False, end_ordered: bool = False) -> FeatureFrame:
     """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
     ``heads`` the frame carries no payload heads (``head`` and ``head_len`` are None). With
-    ``lazy``, the flow ids and the text the table formats (addresses, Community IDs) are
-    computed as they are first read (``Columns``); without, they are computed at once, and
+    ``lazy``, the text the table formats (addresses, Community IDs) is computed as it is
+    first read (``Columns``); without, its bytes are computed at once, and
     only the text columns' str objects wait to be read (the flows writers take the text's
     bytes, ``text_rows``; boxing every address cost 4% of a flows run). With ``end_ordered``,
     the records come in ``in_end_order``'s order (last packet in ms, then ``flow_id``), so a
@@ -194,26 +194,23 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     slots = np.asarray(slots, dtype=np.int64)
     reasons = np.asarray(reasons, dtype=np.int64)
     n = len(slots)
-    keys = _key_fields(T, slots)
-    first = T.fi[slots, FI_FIRST_TS]
-    ids = None
     if end_ordered:
-        fam, proto, pa, pb, a_hi, a_lo, b_hi, b_lo = keys
-        ids = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, first)
+        fam, proto, pa, pb, a_hi, a_lo, b_hi, b_lo = _key_fields(T, slots)
+        ids = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, T.fi[slots, FI_FIRST_TS])
         order = np.lexsort((ids, T.fi[slots, FI_LAST_TS] // 1_000_000))
-        slots, reasons, ids, first = slots[order], reasons[order], ids[order], first[order]
-        keys = tuple(k[order] for k in keys)
-    fam, proto, pa, pb, a_hi, a_lo, b_hi, b_lo = keys
+        slots, reasons = slots[order], reasons[order]
     ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)
     floats = np.empty((len(EK.FLOAT_COLUMNS), n), dtype=np.float64)
     splt_ps = np.empty((n, T.splt_ps.shape[1]), dtype=T.splt_ps.dtype)
     splt_t = np.empty((n, T.splt_t.shape[1]), dtype=T.splt_t.dtype)
     addr = np.empty((n, 4), dtype=np.uint64)
+    fids = np.empty(n, dtype=np.int64)
     EK.export_numbers(T.fi, T.ff, T.key, T.splt_ps, T.splt_t, slots, ints, floats, splt_ps,
-                      splt_t, addr)
+                      splt_t, addr, fids)
     num = dict(zip(EK.INT_COLUMNS, ints))
     num.update(zip(EK.FLOAT_COLUMNS, floats))
     s_hi, s_lo, d_hi, d_lo = addr.T
+    fam, proto = num["ip_version"].astype(np.uint8), num["protocol"].astype(np.uint8)
     text_rows: dict[str, np.ndarray] = {}  # filled as the text columns are made
     row_makers: dict[str, Callable[[], np.ndarray]] = {
         "community_id": lambda: community_id_rows(fam, proto, s_hi, s_lo, d_hi, d_lo,
@@ -229,19 +226,15 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
             return rows_text(text_rows[name])
         return make
 
-    def flow_id() -> np.ndarray:
-        return ids if ids is not None else flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb,
-                                                    first)
-
-    made = {**num, "tunnel": _TUNNEL[ints[EK.I_TUNNEL]], "orientation": _ORIENT[ints[EK.I_ORIENT]],
+    made = {**num, "flow_id": fids, "tunnel": _TUNNEL[ints[EK.I_TUNNEL]],
+            "orientation": _ORIENT[ints[EK.I_ORIENT]],
             "app_proto": np.full(n, "", dtype=object),
             "expiration": _END[reasons],
             "interim": np.full(n, interim)}
-    if not lazy:  # every number and the text's bytes now; a str a row only when read
-        made["flow_id"] = flow_id()
+    if not lazy:  # the text's bytes now; a str a row only when read
         text_rows.update({name: rows() for name, rows in row_makers.items()})
     c = Columns(made)
-    c._deferred = {"flow_id": flow_id, **{name: text(name) for name in row_makers}}
+    c._deferred = {name: text(name) for name in row_makers}
 
     # heads and first packets, oriented to the client
     # the table already keeps heads by client direction (0: from the client)

@@ -13,6 +13,7 @@ import struct
 
 import numpy as np
 
+from flowsense.flows import export_kernels as EK
 from flowsense.flows import text_kernels as TK
 
 _ICMP = {1, 58}
@@ -94,27 +95,15 @@ def community_ids(
     return rows_text(community_id_rows(fam, proto, s_hi, s_lo, d_hi, d_lo, sport, dport, seed))
 
 
-def _fmix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
-
-
 def flow_ids(
     fam: np.ndarray, proto: np.ndarray, a_hi: np.ndarray, a_lo: np.ndarray, b_hi: np.ndarray,
     b_lo: np.ndarray, pa: np.ndarray, pb: np.ndarray, first_ts: np.ndarray,
 ) -> np.ndarray:
-    """A 63-bit hash of the canonical key and the first packet's time: the same in every run,
-    chunk and worker (unkeyed, unlike the table's hash), positive so JSON readers agree."""
-    with np.errstate(over="ignore"):
-        h = _fmix(
-            fam.astype(np.uint64)
-            | (proto.astype(np.uint64) << np.uint64(8))
-            | (pa.astype(np.uint64) << np.uint64(16))
-            | (pb.astype(np.uint64) << np.uint64(32))
-        )
-        for col in (a_hi, a_lo, b_hi, b_lo, first_ts.astype(np.uint64)):
-            h = _fmix(h ^ col.astype(np.uint64) ^ np.uint64(0x9E3779B97F4A7C15))
-    return (h & np.uint64(0x7FFFFFFFFFFFFFFF)).astype(np.int64)
+    """``export_kernels.flow_id_of`` of each flow (canonical key and first packet time)."""
+    k0 = (fam.astype(np.uint64) | (proto.astype(np.uint64) << np.uint64(8))
+          | (pa.astype(np.uint64) << np.uint64(16)) | (pb.astype(np.uint64) << np.uint64(32)))
+    out = np.empty(len(k0), dtype=np.int64)
+    EK.flow_id_rows(k0, *(np.ascontiguousarray(a, dtype=np.uint64)
+                          for a in (a_hi, a_lo, b_hi, b_lo)),
+                    np.ascontiguousarray(first_ts, dtype=np.int64), out)
+    return out
