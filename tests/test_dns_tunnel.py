@@ -98,6 +98,25 @@ def dns_capture(tmp_path: Path, names: list[tuple[str, int]], sport: int = 40000
     return write_pcap(tmp_path / "dns.pcap", pkts)
 
 
+def test_a_tunnel_is_judged_at_its_first_answer(tmp_path: Path) -> None:
+    """The detector asks for every DNS flow at its first answer (a prompt rule of its own, not
+    the pool detector's, which names the pools): a sidecar alerts while the tunnel's flow is
+    still open, not when it idles out."""
+    from flowsense.config import Config
+    from flowsense.pipeline import Pipeline
+
+    rng = random.Random(11)
+    name = f"{_random_label(rng, string.ascii_lowercase + '234567', 52)}.t.example.net"
+    cap = dns_capture(tmp_path, [(name, dpkt.dns.DNS_A), ("www.example.com", dpkt.dns.DNS_A)])
+    det = DnsTunnelDetector()
+    shown: list = []
+    pipe = Pipeline(Config(), lambda frame: None, det.watch_rules(), shown.append)
+    pipe.run_file(str(cap))  # not finished: the flow is still open
+    alerts = [a for frame in shown for a in det.on_snapshot(frame)]
+    assert [(a.variant, a.flow["eve_flow"]["state"]) for a in alerts] == [("encoded-names",
+                                                                            "open")]
+
+
 def alerts_for(path: Path) -> list:
     return run_detectors([path], [DnsTunnelDetector()])
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ import numpy as np
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
+from flowsense.flows.table import WatchRule
 
 VARIANTS = {  # category dns-tunnel: 3500000-3599999; (sid, severity, confidence, signature)
     "encoded-names": (3500001, 1, 0.85, "DNS tunnel: data encoded in query names"),
@@ -316,6 +318,12 @@ class DnsTunnelDetector(Detector):
         # the variant each flow was first reported under (bounded): a live flow judged again
         # later keeps its signature, so it stays one alert a flow (a stronger one an update)
         self._reported: OrderedDict[int, str] = OrderedDict()
+
+    def watch_rules(self) -> Sequence[WatchRule]:
+        # every DNS flow shown at its first answer (a prompt rule, no lease): a tunnel's flow
+        # can stay open for as long as the tunnel (one 5-tuple), and its first query already
+        # shows an encoded name; ended flows are judged again with all they sent
+        return (WatchRule(b"", DNS_PORT, prompt=True),)
 
     def on_frame(self, frame: FeatureFrame) -> list[Alert]:
         if frame.n == 0:
