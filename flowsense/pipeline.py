@@ -184,12 +184,9 @@ class Pipeline:
         self.sink = sink
         self.snapshot_sink = snapshot_sink
         self.steps = Steps(config)
-        # heads False: the records for ``sink`` carry none, and without detectors (no
-        # ``snapshot_sink``, no watch rules) the table keeps none either
-        rules = list(watch_rules)
-        keep = heads or snapshot_sink is not None or bool(rules)
-        self.table = FlowTable(config.flows, rules, heads=keep)
-        self.table.export_heads = heads  # detectors' looks keep theirs
+        # heads False: the records for ``sink`` carry none (detectors' looks keep theirs)
+        self.table = FlowTable(config.flows, list(watch_rules), heads=heads,
+                               looked_at=snapshot_sink is not None)
         # prompt-ruled flows (a DNS answer) reach the detectors as live records when their
         # reply arrives, before any flow that ends later is judged (files: at the step's end)
         self.table.prompt_sink = snapshot_sink

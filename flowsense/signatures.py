@@ -72,6 +72,15 @@ def suffix_hashes(rev: np.ndarray) -> np.ndarray:
         return np.cumsum(folded * HASH_WEIGHTS[: rev.shape[1]], axis=1, dtype=np.uint64)
 
 
+def sorted_members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``values`` (any shape) found in the sorted ``table`` (repeats do no harm): a binary
+    search each, no sort of the values (``np.isin`` sorts both)."""
+    if not len(table):
+        return np.zeros(np.shape(values), dtype=bool)
+    at = np.minimum(np.searchsorted(table, values), len(table) - 1)
+    return table[at] == values
+
+
 @dataclass
 class PoolSet:
     """Indicators from every loaded file, with fast lookups."""
@@ -132,9 +141,7 @@ class PoolSet:
         v4 = fam == 4
         for plen, keys in self._v4_keys.items():
             shift = np.uint64(32 - plen)
-            net = (lo >> shift) << shift
-            at = np.minimum(np.searchsorted(keys, net), len(keys) - 1)
-            hit |= v4 & (keys[at] == net)
+            hit |= v4 & sorted_members((lo >> shift) << shift, keys)
         if self._nets.get(6):
             for k in np.flatnonzero(fam == 6).tolist():
                 hit[k] = self.match_ip(str(ipaddress.IPv6Address(

@@ -282,6 +282,8 @@ def test_headless_table_gives_the_same_records() -> None:
             assert a.tolist() == b.tolist(), (path, name)
     table = FlowTable(FlowConfig(), heads=False)
     assert table.T.head.nbytes == 0 and not table.export_heads
+    looked = FlowTable(FlowConfig(), heads=False, looked_at=True)  # detectors' looks keep theirs
+    assert looked.T.head.shape[2] == FlowConfig().head_bytes and not looked.export_heads
 
 
 def test_text_of_a_row_without_making_the_column() -> None:

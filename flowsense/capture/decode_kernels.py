@@ -600,4 +600,3 @@ def tally_batch(n, wirelen, status, pflags, orphan_flag, out):
         s = np.int64(status[i])
         if s < top:
             out[2 + s] += 1
-

@@ -29,10 +29,10 @@ from flowsense.detect.dns_tunnel import parse_message
 from flowsense.detect.kernels import may_name_suffix
 from flowsense.detect.stratum import pool_names
 from flowsense.encoding import wire_text
-from flowsense.flows.features import FeatureFrame
+from flowsense.flows.features import FeatureFrame, heads_joined
 from flowsense.flows.ids import addr_text
 from flowsense.flows.table import NameSuffixes, WatchRule
-from flowsense.signatures import HASH_WEIGHTS, PoolEntry, PoolSet
+from flowsense.signatures import HASH_WEIGHTS, PoolEntry, PoolSet, sorted_members
 
 VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidence, signature)
     "login": (3400001, 1, 0.95, "mining pool named in the miner's own protocol"),
@@ -50,15 +50,6 @@ HOST_VALUES = 4096  # Host header values remembered with their verdict (cleared 
 _HTTP_FIRST = np.zeros(256, dtype=bool)  # first letters of the HTTP methods, by byte
 _HTTP_FIRST[np.frombuffer(b"GPHDOCT", dtype=np.uint8)] = True
 _HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)")  # over lower-cased heads (faster than IGNORECASE)
-
-
-def _members(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``values`` (any shape) found in the sorted ``table`` (repeats do no harm): a binary
-    search each, no sort of the values (``np.isin`` sorts both)."""
-    if not len(table):
-        return np.zeros(values.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(table, values), len(table) - 1)
-    return table[at] == values
 
 
 def _request_line(start: np.ndarray) -> np.ndarray:
@@ -313,7 +304,7 @@ class PoolDetector(Detector):
         an address DNS gave it for a pool: a superset, ``_judge`` looks up exactly."""
         if not len(self.dns):
             return np.zeros(len(client_lo), dtype=bool)
-        return _members(_pair_keys(client_lo, server_lo), self._asked)
+        return sorted_members(_pair_keys(client_lo, server_lo), self._asked)
 
     def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
         """Rows of DNS lookups not read before: a lookup whose reply was shown at once (a
@@ -332,9 +323,9 @@ class PoolDetector(Detector):
         if self._seen_new:  # sorted (a flow's reply is shown once: no duplicates to remove)
             self._seen_open = np.sort(np.concatenate([self._seen_open, *self._seen_new]))
             self._seen_new = []
-        seen = _members(fids, self._seen_open)
+        seen = sorted_members(fids, self._seen_open)
         if seen.any():  # ended: not shown again
-            self._seen_open = self._seen_open[~_members(self._seen_open, np.sort(fids))]
+            self._seen_open = self._seen_open[~sorted_members(self._seen_open, np.sort(fids))]
         return rows[~seen]
 
     def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
@@ -345,13 +336,9 @@ class PoolDetector(Detector):
         ok = np.zeros(frame.n, dtype=bool)
         if not len(rows) or not len(self.names.hashes):
             return ok
-        assert frame.head is not None
         # each head ends in a CR of its own: a header value stops at its row's end
-        heads = np.empty((len(rows), frame.head.shape[2] + 1), dtype=np.uint8)
-        heads[:, :-1] = frame.head[rows, 0, :]
-        heads[:, -1] = ord("\r")
-        width = heads.shape[1]
-        blob = heads.tobytes().lower()  # names match without case
+        blob, width = heads_joined(frame, rows, 0, ord("\r"))
+        blob = blob.lower()  # names match without case
         hits = self._host_hits
         if len(hits) > HOST_VALUES or self._host_hits_of is not self.pools:  # or reloaded
             hits.clear()

@@ -41,7 +41,7 @@ from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_
 from flowsense.detect.ssh_framing import suite
 from flowsense.detect.ssh_timing import Session, handshake_rtt_ns
 from flowsense.encoding import wire_text
-from flowsense.flows.features import FeatureFrame
+from flowsense.flows.features import FeatureFrame, heads_joined
 from flowsense.flows.table import WatchRule
 
 MAX_PACKET = 35000  # RFC 4253 6.1: implementations must handle 35000-byte packets
@@ -408,15 +408,11 @@ def _containing(frame: FeatureFrame, rows: np.ndarray, dirs: tuple[int, ...], wo
     ``word`` holds none). A superset for the per-row test to settle."""
     if not len(rows):
         return rows
-    assert frame.head is not None
     keep = np.zeros(len(rows), dtype=bool)
     if frame.slabs:
         keep |= np.isin(rows, np.fromiter(frame.slabs, dtype=np.int64, count=len(frame.slabs)))
-    width = frame.head.shape[2] + 1
     for d in dirs:
-        heads = np.zeros((len(rows), width), dtype=np.uint8)
-        heads[:, :-1] = frame.head[rows, d, :]
-        blob = heads.tobytes()
+        blob, width = heads_joined(frame, rows, d, 0)
         if fold:
             blob = blob.lower()
         at = blob.find(word)

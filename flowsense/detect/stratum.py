@@ -349,8 +349,9 @@ class StratumDetector(Detector):
             ev = self._inspect(frame, i)
             if ev is not None:
                 alerts.append(self._alert(frame, i, ev))
-        port = c["dst_port"]
-        sv2_port = (port == SV2_PORTS[0]) | (port == SV2_PORTS[1])
+        sv2_port = np.zeros(frame.n, dtype=bool)
+        for port in SV2_PORTS:  # a few comparisons (``np.isin`` sorts)
+            sv2_port |= c["dst_port"] == port
         sv2 = np.flatnonzero((c["protocol"] == 6) & sv2_port & ~rows)
         for i in sv2[c["orientation"][sv2] == "syn"].tolist():
             hs = sv2_handshake(frame, i)

@@ -132,6 +132,15 @@ def flow_id_rows(k0, a_hi, a_lo, b_hi, b_lo, first_ts, out):
 
 
 @kernel
+def slot_flow_ids(key, fi, slots, out):
+    """``flow_id_of`` of the flows in ``slots`` (int64[n]), from their table rows."""
+    for r in range(slots.shape[0]):
+        s = slots[r]
+        out[r] = flow_id_of(key[s, 0] & KEY0_MASK, key[s, 1], key[s, 2], key[s, 3], key[s, 4],
+                            fi[s, FI_FIRST_TS])
+
+
+@kernel
 def export_numbers(fi, ff, key, t_ps, t_t, slots, ints, floats, splt_ps, splt_t, addr, ids):
     """The numeric columns of the flows in ``slots`` (see the module docstring), their first
     packets (rows of the table's ``t_ps``, ``t_t`` into ``splt_ps``, ``splt_t``), their

@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 
 from flowsense.flows import export_kernels as EK
-from flowsense.flows.ids import addr_rows, community_id_rows, flow_ids, rows_text
+from flowsense.flows.ids import addr_rows, community_id_rows, rows_text
 from flowsense.flows.table_kernels import TableArrays
 from flowsense.schema import (
     D_HEAD_LEN,
     END_NAMES,
     FI_DIR0,
     FI_DSTRIDE,
-    FI_FIRST_TS,
     FI_LAST_TS,
     FI_SEQ,
     FI_SPLT_N,
@@ -77,6 +76,18 @@ class FeatureFrame:
         if rows is not None and isinstance(cols, Columns) and not dict.__contains__(cols, name):
             return rows[i].tobytes().split(b"\0", 1)[0].decode("ascii")
         return str(cols[name][i])
+
+
+def heads_joined(frame: FeatureFrame, rows: np.ndarray, d: int, end: int) -> tuple[bytes, int]:
+    """The payload heads of ``rows`` in direction ``d`` laid end to end in one bytes object,
+    each followed by the byte ``end`` (so a search for text without it stops at its row's
+    end), and the stride: a match at offset ``at`` lies in row ``rows[at // width]``."""
+    assert frame.head is not None
+    width = frame.head.shape[2] + 1
+    heads = np.empty((len(rows), width), dtype=np.uint8)
+    heads[:, :-1] = frame.head[rows, d, :]
+    heads[:, -1] = end
+    return heads.tobytes(), width
 
 
 @dataclass(frozen=True)
@@ -169,18 +180,6 @@ def derive_columns(sources: list[dict[str, np.ndarray]],
     return out
 
 
-def _key_fields(T: TableArrays, slots: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The flow keys of ``slots`` unpacked: family, protocol, ports a and b, then the canonical
-    addresses (a hi, a lo, b hi, b lo)."""
-    key = T.key[slots]
-    k0 = key[:, 0]
-    fam = (k0 & np.uint64(0xFF)).astype(np.uint8)
-    proto = ((k0 >> np.uint64(8)) & np.uint64(0xFF)).astype(np.uint8)
-    pa = ((k0 >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16)
-    pb = ((k0 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.uint16)
-    return fam, proto, pa, pb, key[:, 1], key[:, 2], key[:, 3], key[:, 4]
-
-
 def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool,
            heads: bool = True, lazy: bool = False, end_ordered: bool = False) -> FeatureFrame:
     """Build the records of ``slots``; ``reasons`` are END_* codes (one per slot). Without
@@ -195,8 +194,8 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
     reasons = np.asarray(reasons, dtype=np.int64)
     n = len(slots)
     if end_ordered:
-        fam, proto, pa, pb, a_hi, a_lo, b_hi, b_lo = _key_fields(T, slots)
-        ids = flow_ids(fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb, T.fi[slots, FI_FIRST_TS])
+        ids = np.empty(n, dtype=np.int64)
+        EK.slot_flow_ids(T.key, T.fi, slots, ids)
         order = np.lexsort((ids, T.fi[slots, FI_LAST_TS] // 1_000_000))
         slots, reasons = slots[order], reasons[order]
     ints = np.empty((EK.N_INT_ROWS, n), dtype=np.int64)

@@ -175,18 +175,10 @@ def _canon(sh, sl, dh, dl, sp, dp):
 
 
 @inline_kernel
-def _packet_hash(k0, k1, fam, proto, sh, sl, dh, dl, sp, dp):
+def packet_hash(k0, k1, fam, proto, sh, sl, dh, dl, sp, dp):
     """flow_hash of a packet's canonical key."""
     _, a_hi, a_lo, b_hi, b_lo, pa, pb = _canon(sh, sl, dh, dl, sp, dp)
     return flow_hash(k0, k1, fam, proto, a_hi, a_lo, b_hi, b_lo, pa, pb)
-
-
-@inline_kernel
-def _hash_at(hkey, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport):
-    """flow_hash of packet ``i``'s canonical key (for callers outside the per-packet loop: the
-    arrays passed cost a reference count each, see ``jit.inline_kernel``)."""
-    return _packet_hash(hkey[0], hkey[1], fam[i], proto[i], src_hi[i], src_lo[i], dst_hi[i],
-                        dst_lo[i], sport[i], dport[i])
 
 
 @inline_kernel
@@ -372,13 +364,13 @@ def process(
     # i+AHEAD_ROW that cell is in cache and the key and flow row it points at are prefetched
     hr = T.ahead
     for j in range(start, min(start + AHEAD_CELL, n)):
-        hr[j & (AHEAD_RING - 1)] = _packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j],
+        hr[j & (AHEAD_RING - 1)] = packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j],
                                                 dst_hi[j], dst_lo[j], sport[j], dport[j])
     for i in range(start, n):
         # (other partitions' packets, ST_TICK, are not looked up: no prefetch for them)
         j = i + AHEAD_CELL
         if j < n and status[j] == ST_OK:
-            hj = _packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j], dst_hi[j],
+            hj = packet_hash(hk0, hk1, fam[j], proto[j], src_hi[j], src_lo[j], dst_hi[j],
                               dst_lo[j], sport[j], dport[j])
             hr[j & (AHEAD_RING - 1)] = hj
             prefetch(T.ix, np.int64(hj & np.uint64(mask)))

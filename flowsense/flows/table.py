@@ -140,12 +140,14 @@ def zeros(shape: int | tuple[int, ...], dtype: type) -> np.ndarray:
 
 class FlowTable:
     def __init__(self, cfg: FlowConfig, watch_rules: Sequence[WatchRule] = (),
-                 heads: bool = True) -> None:
-        """With ``heads`` False the table keeps no payload heads and its records carry none:
-        a table nobody shows to detectors (the flows command writes no heads; placing a
-        kilobyte a flow it would never read cost a tenth of its time)."""
+                 heads: bool = True, looked_at: bool = False) -> None:
+        """With ``heads`` False the records a sink gets carry no payload heads; unless
+        detectors look at the table (``looked_at``: prompt records and snapshots carry
+        theirs, or there are watch rules) it then keeps none either (the flows command
+        writes no heads: placing a kilobyte a flow it never read cost a tenth of its time)."""
         self.cfg = cfg
-        self.head_bytes = cfg.head_bytes if heads else 0
+        keep = heads or looked_at or bool(watch_rules)
+        self.head_bytes = cfg.head_bytes if keep else 0
         cap = max(16, cfg.initial_flows)
         if cfg.max_flows:
             cap = min(cap, cfg.max_flows)

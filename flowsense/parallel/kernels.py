@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from flowsense.capture.kernels import rd32
-from flowsense.flows.kernels import _hash_at
+from flowsense.flows.kernels import packet_hash
 from flowsense.jit import kernel
 from flowsense.schema import ST_OK, ST_TICK
 
@@ -19,11 +19,14 @@ def partition_ids(status, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dpo
     """out[i] (uint8): the partition of packet i's flow: the flow table's keyed hash (with a
     key of the run's own, uint64[2]) of the canonical key, so both directions agree. Non-IP
     packets get 0."""
+    k0 = key[0]
+    k1 = key[1]
     for i in range(n):
         if status[i] != ST_OK:
             out[i] = 0
             continue
-        h = _hash_at(key, i, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
+        h = packet_hash(k0, k1, fam[i], proto[i], src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
+                        sport[i], dport[i])
         out[i] = np.uint8((h >> np.uint64(40)) % np.uint64(n_parts))
 
 

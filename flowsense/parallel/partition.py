@@ -115,9 +115,8 @@ class Partition:
         self.config = config
         self.output = output
         self.files = files
-        keep = output.heads or output.kind == "analyze" or bool(rules)
-        self.table = FlowTable(partition_config(config, n_parts).flows, rules, heads=keep)
-        self.table.export_heads = output.heads
+        self.table = FlowTable(partition_config(config, n_parts).flows, rules,
+                               heads=output.heads, looked_at=output.kind == "analyze")
         self.fragments = Decoder(config.capture)  # sees every fragment, in order
         self.stats = ReaderStats()
         self.counters = Counters()  # partition 0 counts packets for the run
