@@ -205,13 +205,24 @@ def test_bundled_path_exists() -> None:
     assert (BUNDLED / "pools.yaml").is_file()
 
 
+def _client_heads(heads: list[bytes], kept: list[int]) -> tuple:
+    """A frame's heads and kept lengths for 512-byte client payloads, its rows in reverse (any
+    order, any subset) and an output array: what the detectors' head kernels take."""
+    import numpy as np
+
+    arr = np.zeros((len(heads), 2, 512), dtype=np.uint8)
+    arr[:, 0, :] = np.frombuffer(b"".join(heads), dtype=np.uint8).reshape(len(heads), 512)
+    head_len = np.zeros((len(heads), 2), dtype=np.int64)
+    head_len[:, 0] = kept
+    rows = np.arange(len(heads), dtype=np.int64)[::-1].copy()
+    return arr, head_len, rows, np.zeros(len(rows), dtype=bool)
+
+
 def test_dns_name_kernel_matches_its_naive_twin() -> None:
     """``detect.kernels.may_name_suffix`` against the plain-Python twin in tests/naive.py, on
     messages built around listed names (case mixed, as resolvers randomise it), their
     look-alikes, random bytes, names with no terminator in the window and heads cut short."""
     import random
-
-    import numpy as np
 
     from flowsense.detect.kernels import may_name_suffix
     from flowsense.signatures import HASH_WEIGHTS
@@ -238,16 +249,58 @@ def test_dns_name_kernel_matches_its_naive_twin() -> None:
         msg = bytes(rng.randrange(256) for _ in range(12)) + body
         heads.append(msg[:512].ljust(512, b"\0"))
         kept.append(min(len(msg), 512) - (rng.randrange(0, 8) if kind == 3 else 0))
-    arr = np.zeros((len(heads), 2, 512), dtype=np.uint8)
-    arr[:, 0, :] = np.frombuffer(b"".join(heads), dtype=np.uint8).reshape(len(heads), 512)
-    head_len = np.zeros((len(heads), 2), dtype=np.int64)
-    head_len[:, 0] = kept
-    rows = np.arange(len(heads), dtype=np.int64)[::-1].copy()  # any order, any subset
-    out = np.zeros(len(rows), dtype=bool)
-    may_name_suffix(arr, head_len, rows, lengths, listed, HASH_WEIGHTS, out)
+    arr, head_len, rows, out = _client_heads(heads, kept)
+    may_name_suffix(arr, head_len, rows, lengths, listed, HASH_WEIGHTS, det.names.bits, out)
     weights = [int(w) for w in HASH_WEIGHTS]
     table = {int(h) for h in listed}
     want = [naive.may_name_suffix(heads[r], kept[r], lengths.tolist(), table, weights)
             for r in rows.tolist()]
     assert out.tolist() == want
     assert 200 < sum(want) < len(want) - 200, "both answers well represented"
+
+
+def test_host_name_kernel_matches_the_exact_test() -> None:
+    """``detect.kernels.may_host_suffix`` (the pool detector's first test of HTTP requests)
+    gives what the exact test gives (``http_host`` then ``PoolSet.match_name``) on requests
+    built around listed names: case mixed, with ports, blanks and trailing dots, under
+    subdomains, look-alikes, a Host only in the body, none at all, random bytes, heads cut
+    short."""
+    import random
+
+    from flowsense.detect.kernels import may_host_suffix
+    from flowsense.detect.pools import http_host
+
+    det = PoolDetector(Resources(pools=load_pools()))
+    rng = random.Random(11)
+    domains = sorted(det.pools._domains)[:40]
+    heads, kept = [], []
+    for k in range(3000):
+        kind = k % 6
+        name = rng.choice(domains)
+        if kind == 1:
+            name = rng.choice(["eu1.", "x.", "."]) + name + rng.choice(["", ".", ".."])
+        elif kind == 2:
+            name = name[: rng.randrange(1, len(name))] + rng.choice(["q", "org", ".com"])
+        name = "".join(ch.upper() if rng.random() < 0.3 else ch for ch in name)
+        value = rng.choice(["", " ", "\t"]) + name + rng.choice(["", ":3333", " ", ":80 "])
+        header = rng.choice(["Host", "host", "HOST"]) + ":" + value
+        if kind == 3:
+            req = f"POST /x HTTP/1.1\r\nUser-Agent: a\r\n\r\n{header}\r\n"
+        elif kind == 4:
+            req = "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n"
+        else:
+            req = f"GET / HTTP/1.1\r\nAccept: */*\r\n{header}\r\nX: y\r\n\r\n"
+        msg = req.encode() if kind != 5 else bytes(rng.randrange(256) for _ in range(300))
+        cut = rng.randrange(len(msg) // 2, len(msg) + 1) if rng.random() < 0.2 else len(msg)
+        heads.append(msg[:512].ljust(512, b"\0"))
+        kept.append(min(cut, 512))
+    arr, head_len, rows, out = _client_heads(heads, kept)
+    names = det.names
+    may_host_suffix(arr, head_len, rows, names.lengths, names.hashes, names.weights, names.bits,
+                    out)
+    want = []
+    for r in rows.tolist():
+        host = http_host(heads[r][: kept[r]])
+        want.append(host is not None and det.pools.match_name(host) is not None)
+    assert out.tolist() == want
+    assert 300 < sum(want) < len(want) - 300, "both answers well represented"

@@ -85,6 +85,21 @@ def _session(tmp_path: Path, name: str, client: list[dict], server: list[dict],
     return write_pcap(tmp_path / name, tcp_session(C, S, 40000, port, 0.0, ex))
 
 
+def test_opening_brace_sent_alone(tmp_path: Path) -> None:
+    """A miner whose first segment is the opening brace alone is still watched and parsed past
+    the 512-byte head (the watch rules' prefix is the brace and what JSON allows after it; a
+    shorter first payload matches when its bytes agree)."""
+    sub = json.dumps({"id": 1, "method": "mining.subscribe", "params": ["cgminer/4.10"]})
+    auth = json.dumps({"id": 2, "method": "mining.authorize", "params": ["w.1", "x"]})
+    pad = json.dumps({"id": 9, "method": "client.note", "params": ["x" * 600]})
+    ex = [(0, b"{"), (0, sub[1:].encode() + b"\n" + pad.encode() + b"\n"),
+          (1, b"ok\n"), (0, auth.encode() + b"\n"), (1, b"ok\n")]
+    split = write_pcap(tmp_path / "split.pcap", tcp_session(C, S, 40001, 3333, 0.0, ex))
+    (a,) = detect([split])
+    assert a.variant == "stratum-v1"
+    assert {"mining.subscribe", "mining.authorize"} <= set(a.evidence["methods"])
+
+
 def test_key_order_and_nicehash_variants(tmp_path: Path) -> None:
     xmrig = _session(
         tmp_path, "xmrig.pcap",

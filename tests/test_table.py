@@ -297,3 +297,21 @@ def test_text_of_a_row_without_making_the_column() -> None:
     for name in names:
         assert got[name] == frame.cols[name].tolist() and all(got[name]), name
         assert frame.text(name, 0) == got[name][0]  # and from the made column
+
+
+def test_watch_rule_on_a_first_payload_shorter_than_its_prefix(tmp_path: Path) -> None:
+    """A first segment shorter than a rule's prefix leases the watch when its bytes agree (a
+    sender cannot slip past by sending its first byte alone); one whose bytes differ does not."""
+    rest = b'"id": 1, "method": "mining.subscribe", "params": []}\n'
+    table = FlowTable(FlowConfig(), [WatchRule(b'{"')])
+    pk = tcp_session(C, S, 46001, 3333, 0.0, [(0, b"{"), (0, rest), (1, b"ok\n")],
+                     close=False)
+    pk += tcp_session(C, S, 46002, 3333, 0.0, [(0, b"{x" + rest), (1, b"ok\n")], close=False)
+    for batch in iter_batches(str(write_pcap(tmp_path / "short.pcap", pk))):
+        table.feed(batch)
+    snap = table.snapshot()
+    watched = {int(snap.cols["src_port"][i]): int(snap.watch[i]) for i in range(snap.n)}
+    assert watched[46002] < 0, "a brace and then no JSON: not watched"
+    w = watched[46001]
+    assert w >= 0
+    assert bytes(table.T.slab[w, 0, : table.T.w_fill[w, 0]]) == b"{" + rest

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from flowsense.detect.stratum import json_opens
 from flowsense.flows.features import FeatureFrame, Trace
 
 MIN_DURATION_S = 120.0
@@ -69,8 +70,8 @@ def candidates(frame: FeatureFrame) -> np.ndarray:
     keep &= (c["src2dst_payload_bytes"][rows] > 0) & (c["dst2src_payload_bytes"][rows] > 0)
     rows = rows[keep]
     if frame.head is not None and len(rows):
-        head = frame.head[rows, :, :4]
-        json = (head[:, :, 0] == ord("{")).any(axis=1)
+        head = frame.first_bytes()[rows, :, :4]
+        json = json_opens(head).any(axis=1)
         ssh = (head == np.frombuffer(b"SSH-", np.uint8)).all(axis=2).any(axis=1)
         rows = rows[~(json | ssh)]
     ok[rows] = True

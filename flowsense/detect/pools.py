@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,10 +25,10 @@ import numpy as np
 from flowsense.detect import cadence
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
 from flowsense.detect.dns_tunnel import parse_message
-from flowsense.detect.kernels import may_name_suffix
-from flowsense.detect.stratum import pool_names
+from flowsense.detect.kernels import may_host_suffix, may_name_suffix
+from flowsense.detect.stratum import json_opens, pool_names
 from flowsense.encoding import wire_text
-from flowsense.flows.features import FeatureFrame, heads_joined
+from flowsense.flows.features import FeatureFrame
 from flowsense.flows.ids import addr_text
 from flowsense.flows.table import NameSuffixes, WatchRule
 from flowsense.signatures import HASH_WEIGHTS, PoolEntry, PoolSet, sorted_members
@@ -46,10 +45,8 @@ VARIANTS = {  # category mining-pool: 3400000-3499999; (sid, severity, confidenc
 DNS_CACHE_ENTRIES = 100_000
 MAX_SEEN_OPEN = 1_000_000  # DNS flows remembered as read while open (cleared past this)
 ANSWER_MEMO = 1024  # DNS lookups (without their ids) remembered with their answers (<= 1 MiB)
-HOST_VALUES = 4096  # Host header values remembered with their verdict (cleared past this)
 _HTTP_FIRST = np.zeros(256, dtype=bool)  # first letters of the HTTP methods, by byte
 _HTTP_FIRST[np.frombuffer(b"GPHDOCT", dtype=np.uint8)] = True
-_HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*)")  # over lower-cased heads (faster than IGNORECASE)
 
 
 def _request_line(start: np.ndarray) -> np.ndarray:
@@ -186,9 +183,6 @@ class PoolDetector(Detector):
         # (client, pool address) pairs DNS answered, as ``_pair_keys``: sorted, a superset
         # (what the bounded cache dropped stays until it is rebuilt)
         self._asked = np.zeros(0, dtype=np.uint64)
-        # Host header values seen, and whether they name a pool of the indicators held then
-        self._host_hits: dict[bytes, bool] = {}
-        self._host_hits_of: PoolSet | None = None
         self._answer_memo: dict[tuple[bytes, bytes], tuple[tuple[str, str, int], ...]] = {}
         self._answer_memo_of: PoolSet | None = None
 
@@ -233,10 +227,11 @@ class PoolDetector(Detector):
         if not len(rows):
             return alerts
         assert frame.head is not None and frame.addr is not None
-        first = frame.head[rows, 0, 0]
-        named = (first == ord("{")) | ((first == 0x16) & (frame.head[rows, 0, 5] == 1))
+        start = frame.first_bytes()[rows, 0]
+        first = start[:, 0]
+        named = json_opens(start) | ((first == 0x16) & (start[:, 5] == 1))
         http = _HTTP_FIRST[first]
-        http[http] = _request_line(frame.head[rows[http], 0, :8])
+        http[http] = _request_line(start[http])
         named |= self._listed_host(frame, rows[http])[rows]
         addr = frame.addr[rows]
         listed = self.pools.listed(c["ip_version"][rows], addr[:, 2], addr[:, 3])
@@ -278,7 +273,10 @@ class PoolDetector(Detector):
             learned += [(_low64(client), _low64(addr)) for client, addr in self.dns.pairs()]
             self._asked = np.zeros(0, dtype=np.uint64)
         pairs = np.array(learned, dtype=np.uint64).reshape(-1, 2)
-        self._asked = np.union1d(self._asked, _pair_keys(pairs[:, 0], pairs[:, 1]))
+        keys = _pair_keys(pairs[:, 0], pairs[:, 1])
+        new = keys[~sorted_members(keys, self._asked)]  # a miner asks for its pool again and again
+        if len(new):
+            self._asked = np.union1d(self._asked, new)
 
     def _pool_answers(self, query: bytes, response: bytes) -> tuple[tuple[str, str, int], ...]:
         """``dns_answers`` of a lookup that asked for a pool name (none for other names),
@@ -329,29 +327,18 @@ class PoolDetector(Detector):
         return rows[~seen]
 
     def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
-        """Which rows (of ``frame.n``) among HTTP-looking ``rows`` carry a Host header naming a
-        listed pool: one regular-expression pass over their heads laid end to end, the distinct
-        values matched (memoised), and the rows looked for only when one names a pool;
-        ``http_host`` checks the few hits exactly."""
+        """Which rows (of ``frame.n``) among HTTP-looking ``rows`` may carry a Host header
+        naming a listed pool: a kernel over their heads (``detect.kernels.may_host_suffix``,
+        the DNS name test on the header's value); ``http_host`` checks the few hits exactly."""
         ok = np.zeros(frame.n, dtype=bool)
-        if not len(rows) or not len(self.names.hashes):
+        names = self.names
+        if not len(rows) or not len(names.hashes):
             return ok
-        # each head ends in a CR of its own: a header value stops at its row's end
-        blob, width = heads_joined(frame, rows, 0, ord("\r"))
-        blob = blob.lower()  # names match without case
-        hits = self._host_hits
-        if len(hits) > HOST_VALUES or self._host_hits_of is not self.pools:  # or reloaded
-            hits.clear()
-            self._host_hits_of = self.pools
-        values = set(_HOST.findall(blob))  # most requests name the same few hosts
-        for value in values.difference(hits):
-            name = value.split(b":", 1)[0].strip().decode("ascii", "replace")
-            hits[value] = self.pools.match_name(name) is not None
-        if not any(hits[value] for value in values):
-            return ok  # no Host header names a pool: no row to find
-        for m in _HOST.finditer(blob):
-            if hits[m.group(1)]:
-                ok[rows[m.start() // width]] = True
+        assert frame.head is not None and frame.head_len is not None
+        hit = np.zeros(len(rows), dtype=bool)
+        may_host_suffix(frame.head, frame.head_len, np.ascontiguousarray(rows, dtype=np.int64),
+                        names.lengths, names.hashes, names.weights, names.bits, hit)
+        ok[rows[hit]] = True
         return ok
 
     def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
@@ -365,7 +352,7 @@ class PoolDetector(Detector):
             return ok
         assert frame.head is not None and frame.head_len is not None
         may_name_suffix(frame.head, frame.head_len, np.ascontiguousarray(rows, dtype=np.int64),
-                        names.lengths, names.hashes, names.weights, ok)
+                        names.lengths, names.hashes, names.weights, names.bits, ok)
         return ok
 
     def _judge(self, frame: FeatureFrame, i: int,

@@ -1,7 +1,8 @@
 """Mining protocols in the clear: Stratum v1, Monero-style (XMRig, xmr-stak), Ethereum proxies.
 
 Recognised by parsing the newline-delimited JSON of a flow's payload (the watched-flow slab,
-reassembled in TCP sequence order; a ``{`` watch rule leases it), in either direction and on any
+reassembled in TCP sequence order; watch rules lease it for a payload that opens a JSON
+object: a brace and what JSON allows after it), in either direction and on any
 port, never by substring: a message counts only if its line parses as a JSON object whose
 ``method`` (or a reply's ``result``) has the protocol's shape. A verdict needs at least two
 distinct mining messages, so one stray word (a database row, a Zabbix ``login``, an Ethereum node
@@ -64,6 +65,17 @@ SV2_SERVER = (234, 170)
 COUNT_METHOD = ("lines parsed in the slab, then runs of trace packets past it sized like the "
                 "parsed jobs/shares")
 COUNT_FLOWS = 8192  # flows whose counting state is kept between snapshots (LRU)
+# what JSON allows after an object's opening brace: blanks, a key, the closing brace (and the
+# zero of UTF-16 or UTF-32 text, which json.loads reads); payload that merely begins with a
+# brace (one random flow in 256) is not JSON and is neither watched nor parsed
+JSON_SECOND = b'" \t\n\r}\x00'
+_JSON_SECOND = np.zeros(256, dtype=bool)
+_JSON_SECOND[np.frombuffer(JSON_SECOND, dtype=np.uint8)] = True
+
+
+def json_opens(start: np.ndarray) -> np.ndarray:
+    """Vectorised over payload starts (uint8[..., 2+]): which open a JSON object."""
+    return (start[..., 0] == ord("{")) & _JSON_SECOND[start[..., 1]]
 
 
 @dataclass
@@ -329,7 +341,8 @@ class StratumDetector(Detector):
     def watch_rules(self) -> Sequence[WatchRule]:
         # JSON-RPC over raw TCP needs the slab; an HTTP getwork POST fits the 512-byte head.
         # Flows on the Stratum V2 ports are watched so they are judged while still open.
-        return (WatchRule(b"{"), *(WatchRule(b"", port) for port in SV2_PORTS))
+        return (*(WatchRule(b"{" + bytes([c])) for c in JSON_SECOND),
+                *(WatchRule(b"", port) for port in SV2_PORTS))
 
     def on_frame(self, frame: FeatureFrame) -> list[Alert]:
         alerts: list[Alert] = []
@@ -337,12 +350,12 @@ class StratumDetector(Detector):
         if heads is None:
             return alerts
         c = frame.cols
-        # vectorised pick, over TCP rows (a prompt frame of DNS lookups has none): a first
-        # payload byte that could open JSON or an HTTP POST
-        tcp = np.flatnonzero(c["protocol"] == 6)
-        first = heads[tcp, :, 0]
-        picked = tcp[(first[:, 0] == ord("{")) | (first[:, 0] == ord("P"))
-                     | (first[:, 1] == ord("{"))]
+        # vectorised pick, over TCP rows (a prompt frame of DNS lookups has none): payload
+        # that opens a JSON object in either direction, or an HTTP POST
+        start = frame.first_bytes()
+        assert start is not None
+        picked = np.flatnonzero((c["protocol"] == 6)
+                                & (json_opens(start).any(axis=1) | (start[:, 0, 0] == ord("P"))))
         rows = np.zeros(frame.n, dtype=bool)
         rows[picked] = True
         for i in picked.tolist():

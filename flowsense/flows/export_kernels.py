@@ -225,3 +225,25 @@ def export_numbers(fi, ff, key, t_ps, t_t, slots, ints, floats, splt_ps, splt_t,
         floats[4, r] = _stddev(ff[s, FF_BI_M2_PIAT], bi_k, 2)
         floats[5, r] = fi[s, FI_BI_MAX_PIAT] / _NS_PER_MS
         ints[_RETRANS + 2, r] = fi[s, FI_COUNTS] >> 32
+
+
+START_BYTES = 8  # payload bytes a direction in a frame's ``start`` (features.FeatureFrame)
+
+
+@kernel
+def gather_heads(head, slots, out, start):
+    """out[j] = head[slots[j]] (uint8[n, 2, W] payload heads) and start[j] = the first
+    ``start.shape[2]`` bytes of each of them (zero past W), written while each row is at hand:
+    the detectors' vectorised picks read every row's first bytes, and from the heads that was
+    a cache line a row and direction, a few thousand a frame, for each detector."""
+    w = head.shape[2]
+    k = min(start.shape[2], w)
+    for j in range(slots.shape[0]):
+        s = slots[j]
+        for d in range(2):
+            for b in range(w):  # element loops: slice assignment here copied 3x slower
+                out[j, d, b] = head[s, d, b]
+            for b in range(k):
+                start[j, d, b] = out[j, d, b]
+            for b in range(k, start.shape[2]):
+                start[j, d, b] = 0

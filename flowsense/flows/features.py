@@ -43,6 +43,9 @@ class FeatureFrame:
     # cold data, row-aligned with cols
     head: np.ndarray | None = None  # uint8[n, 2, H] payload heads (0: src2dst, 1: dst2src)
     head_len: np.ndarray | None = None  # int64[n, 2]
+    # uint8[n, 2, 8]: each head's first bytes, apart: a pick over every row reads these, not
+    # a cache line of each head (``export_kernels.gather_heads``)
+    start: np.ndarray | None = None
     splt_ps: np.ndarray | None = None  # int32[n, N] signed sizes, 0 padded
     splt_t_ms: np.ndarray | None = None  # float32[n, N] offsets from the first packet
     splt_n: np.ndarray | None = None  # int64[n]
@@ -58,6 +61,15 @@ class FeatureFrame:
 
     def __len__(self) -> int:
         return self.n
+
+    def first_bytes(self) -> np.ndarray | None:
+        """``start`` (uint8[n, 2, 8]), made from the heads for a frame built without it."""
+        if self.start is None and self.head is not None:
+            k = min(EK.START_BYTES, self.head.shape[2])
+            start = np.zeros((self.n, 2, EK.START_BYTES), dtype=np.uint8)
+            start[:, :, :k] = self.head[:, :, :k]
+            self.start = start
+        return self.start
 
     def payload(self, i: int, d: int) -> bytes:
         """The payload bytes kept for row ``i``, direction ``d`` (0: from the client): the slab
@@ -237,9 +249,11 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
 
     # heads and first packets, oriented to the client
     # the table already keeps heads by client direction (0: from the client)
-    head = head_len = None
+    head = head_len = start = None
     if heads:
-        head = T.head[slots]
+        head = np.empty((n, 2, T.head.shape[2]), dtype=np.uint8)
+        start = np.empty((n, 2, EK.START_BYTES), dtype=np.uint8)
+        EK.gather_heads(T.head, slots, head, start)
         head_len = T.fi[slots[:, None], [FI_DIR0 + D_HEAD_LEN, FI_DIR0 + FI_DSTRIDE + D_HEAD_LEN]]
     watch = T.fi[slots, FI_WATCH]
     slabs: dict[int, tuple[bytes, bytes]] = {}
@@ -249,7 +263,7 @@ def gather(T: TableArrays, slots: np.ndarray, reasons: np.ndarray, interim: bool
         slabs[i] = (bytes(T.slab[w, 0, : T.w_fill[w, 0]]), bytes(T.slab[w, 1, : T.w_fill[w, 1]]))
         traces[i] = _trace(T, w)
     return FeatureFrame(
-        cols=c, n=n, head=head, head_len=head_len, splt_ps=splt_ps,
+        cols=c, n=n, head=head, head_len=head_len, start=start, splt_ps=splt_ps,
         splt_t_ms=splt_t, splt_n=T.fi[slots, FI_SPLT_N], seq=T.fi[slots, FI_SEQ],
         watch=watch, slabs=slabs, traces=traces, addr=addr, text_rows=text_rows,
     )
@@ -312,6 +326,7 @@ def concat(frames: list[FeatureFrame]) -> FeatureFrame:
     text_rows = {k: np.concatenate([f.text_rows[k] for f in frames]) for k in shared}
     return FeatureFrame(
         cols=cols, n=sum(f.n for f in frames), head=cat("head"), head_len=cat("head_len"),
+        start=cat("start"),
         splt_ps=cat("splt_ps"), splt_t_ms=cat("splt_t_ms"), splt_n=cat("splt_n"), seq=cat("seq"),
         watch=cat("watch"), slabs=slabs, traces=traces, addr=cat("addr"), text_rows=text_rows,
     )
@@ -330,7 +345,8 @@ def take(frame: FeatureFrame, rows: np.ndarray) -> FeatureFrame:
     return FeatureFrame(
         cols=derive_columns([frame.cols], lambda parts: parts[0][rows]), n=len(rows),
         head=sub(frame.head),
-        head_len=sub(frame.head_len), splt_ps=sub(frame.splt_ps), splt_t_ms=sub(frame.splt_t_ms),
+        head_len=sub(frame.head_len), start=sub(frame.start), splt_ps=sub(frame.splt_ps),
+        splt_t_ms=sub(frame.splt_t_ms),
         splt_n=sub(frame.splt_n), seq=sub(frame.seq), watch=sub(frame.watch), addr=sub(frame.addr),
         slabs={where[i]: v for i, v in frame.slabs.items() if i in where},
         traces={where[i]: v for i, v in frame.traces.items() if i in where},

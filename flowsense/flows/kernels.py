@@ -264,16 +264,48 @@ DNS_NAME_START = 12  # the first question's name follows the 12-byte DNS header
 DNS_NAME_WINDOW = 256  # bytes after the header searched for the name's terminating zero
 
 
+NAME_FILTER_WORDS = 1024  # a 65,536-bit filter over the listed name hashes
+
+
+def name_filter(hashes: np.ndarray) -> np.ndarray:
+    """uint64[NAME_FILTER_WORDS]: bit (h >> 48) set for each listed hash h, which
+    ``listed_hash`` reads first (the top bits of the weighted sums are the well-mixed ones)."""
+    bits = np.zeros(NAME_FILTER_WORDS, dtype=np.uint64)
+    top = np.asarray(hashes, dtype=np.uint64) >> np.uint64(48)
+    np.bitwise_or.at(bits, (top >> np.uint64(6)).astype(np.int64),
+                     np.left_shift(np.uint64(1), top & np.uint64(63)))
+    return bits
+
+
 @inline_kernel
-def dns_name_listed(buf, start, avail, lengths, listed, weights):
+def listed_hash(h, listed, bits):
+    """Whether ``h`` is in ``listed`` (uint64[m], sorted): the filter ``bits`` first (one load
+    turns most names away: a binary search for each suffix length of every DNS query was the
+    pool rule's whole cost), then a binary search."""
+    top = h >> np.uint64(48)
+    if (bits[top >> np.uint64(6)] >> (top & np.uint64(63))) & np.uint64(1) == 0:
+        return False
+    m = listed.shape[0]
+    lo, hi = 0, m
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if listed[mid] < h:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < m and listed[lo] == h
+
+
+@inline_kernel
+def dns_name_listed(buf, start, avail, lengths, listed, weights, bits):
     """Whether the first question's name of the DNS message at ``buf[start:start + avail]``,
     in wire form up to and with its terminating zero, ends in a suffix of one of ``lengths``
-    (int64[k], ascending) bytes whose hash is in ``listed`` (uint64[m], sorted). The hash of
-    the last L bytes, read last byte first, is sum(fold(byte t from the end) * weights[t],
-    t < L) in uint64 with wrap-around, ASCII letters folded to lower case
-    (``signatures.suffix_hashes``). A superset test: a hit is then checked exactly."""
-    m = listed.shape[0]
-    if m == 0:
+    (int64[k], ascending) bytes whose hash is in ``listed`` (uint64[m], sorted; ``bits`` its
+    ``name_filter``). The hash of the last L bytes, read last byte first, is sum(fold(byte t
+    from the end) * weights[t], t < L) in uint64 with wrap-around, ASCII letters folded to
+    lower case (``signatures.suffix_hashes``). A superset test: a hit is then checked
+    exactly."""
+    if listed.shape[0] == 0:
         return False
     stop = start + min(avail, DNS_NAME_START + DNS_NAME_WINDOW)
     end = -1
@@ -295,21 +327,14 @@ def dns_name_listed(buf, start, avail, lengths, listed, weights):
                 b |= 32
             h += np.uint64(b) * weights[t]
             t += 1
-        lo, hi = 0, m  # binary search of h in listed
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if listed[mid] < h:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < m and listed[lo] == h:
+        if listed_hash(h, listed, bits):
             return True
     return False
 
 
 @inline_kernel
 def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, wr_names, pn_len, pn_hash,
-                  pn_weights, buf, po, cap, sport, dport, client):
+                  pn_weights, pn_bits, buf, po, cap, sport, dport, client):
     """Which watch rules a direction's first payload matches (prefix, and port unless 0; for
     a rule with ``wr_names``, a DNS question naming one of the table's listed suffixes):
     bit 1 a lease rule, bit 2 a prompt rule (which only the ``client``'s payload can match)."""
@@ -320,8 +345,8 @@ def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, wr_names, pn_len, pn_ha
         port = wr_port[r]
         if port != 0 and port != sport and port != dport:
             continue
-        ln = wr_len[r]
-        if ln > cap:
+        ln = min(wr_len[r], cap)  # a shorter first payload: its bytes decide (no split evades)
+        if ln == 0 and wr_len[r] > 0:
             continue
         ok = True
         for j in range(ln):
@@ -329,7 +354,7 @@ def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, wr_names, pn_len, pn_ha
                 ok = False
                 break
         if ok and wr_names[r] and not dns_name_listed(buf, po, cap, pn_len, pn_hash,
-                                                      pn_weights):
+                                                      pn_weights, pn_bits):
             ok = False
         if ok:
             found |= 2 if wr_prompt[r] else 1
@@ -568,8 +593,8 @@ def process(
             first_payload = fi[s, b + D_HEAD_LEN] == 0 and fi[s, b + D_NEXT] == 0
             if first_payload and w < 0 and T.wr_len.shape[0] > 0:
                 m = _rule_matches(T.wr_prefix, T.wr_len, T.wr_port, T.wr_prompt, T.wr_names,
-                                  T.pn_len, T.pn_hash, T.pn_weights, buf, po, cap, sp, dp,
-                                  d == 0)
+                                  T.pn_len, T.pn_hash, T.pn_weights, T.pn_bits, buf, po, cap,
+                                  sp, dp, d == 0)
                 if m & 1:
                     w = lease_watch(T, s)  # a call, but only for the flows that match
                 if m & 2:

@@ -71,12 +71,18 @@ class NameSuffixes:
     lengths: np.ndarray
     hashes: np.ndarray
     weights: np.ndarray
+    bits: np.ndarray = field(init=False, repr=False, compare=False)  # ``kernels.name_filter``
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", K.name_filter(self.hashes))
 
 
 @dataclass(frozen=True)
 class WatchRule:
-    """Lease a watch when a direction's first payload starts with ``prefix`` (at most 8 bytes)
-    and, unless ``port`` is 0, either port equals ``port``. Detectors supply these as data."""
+    """Lease a watch when a direction's first payload starts with ``prefix`` (at most 8 bytes;
+    a first payload shorter than the prefix matches when its bytes agree, so a sender cannot
+    slip past by sending its first bytes one at a time) and, unless ``port`` is 0, either port
+    equals ``port``. Detectors supply these as data."""
 
     prefix: bytes
     port: int = 0
@@ -104,7 +110,7 @@ def _rule_arrays(watch_rules: Sequence[WatchRule]) -> dict[str, np.ndarray]:
         "wr_prompt": np.zeros(len(rules), dtype=np.uint8),
         "wr_names": np.zeros(len(rules), dtype=np.uint8),
         "pn_len": np.zeros(0, np.int64), "pn_hash": np.zeros(0, np.uint64),
-        "pn_weights": np.zeros(0, np.uint64),
+        "pn_weights": np.zeros(0, np.uint64), "pn_bits": np.zeros(K.NAME_FILTER_WORDS, np.uint64),
     }
     for i, r in enumerate(rules):
         a["wr_prefix"][i, : len(r.prefix)] = np.frombuffer(r.prefix[:8], dtype=np.uint8)
@@ -120,6 +126,7 @@ def _rule_arrays(watch_rules: Sequence[WatchRule]) -> dict[str, np.ndarray]:
         a["pn_len"] = lengths
         a["pn_hash"] = np.ascontiguousarray(names.hashes, dtype=np.uint64)
         a["pn_weights"] = weights
+        a["pn_bits"] = names.bits
     return a
 
 
@@ -180,6 +187,7 @@ class FlowTable:
             **_rule_arrays(watch_rules), prm=prm, hkey=hkey,
         )
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
+        self._releasing = np.zeros(self.capacity, dtype=bool)  # by slot: freed by this drain
         self.export_heads = heads
         """Whether the records a sink gets carry payload heads."""
         self.prompt_sink: Sink | None = None
@@ -234,7 +242,8 @@ class FlowTable:
                 wr_prefix=np.zeros((0, 8), np.uint8), wr_len=np.zeros(0, np.uint8),
                 wr_port=np.zeros(0, np.uint16), wr_prompt=np.zeros(0, np.uint8),
                 wr_names=np.zeros(0, np.uint8), pn_len=np.zeros(0, np.int64),
-                pn_hash=np.zeros(0, np.uint64), pn_weights=np.zeros(0, np.uint64), st=st,
+                pn_hash=np.zeros(0, np.uint64), pn_weights=np.zeros(0, np.uint64),
+                pn_bits=np.zeros(K.NAME_FILTER_WORDS, np.uint64), st=st,
                 prm=np.zeros(P_NFIELDS, np.int64),
                 hkey=np.zeros(2, np.uint64), ahead=np.zeros(K.AHEAD_RING, np.uint64),
             )
@@ -262,6 +271,7 @@ class FlowTable:
         self.T = self._allocate(new_cap, self.T)
         self.capacity = new_cap
         self._dirty_out = np.empty(new_cap, dtype=np.int64)
+        self._releasing = np.zeros(new_cap, dtype=bool)
 
     # --- feeding ------------------------------------------------------------------------------
     def feed(self, batch: PacketBatch, sink: Sink = _null_sink, drain: bool = True) -> None:
@@ -341,7 +351,10 @@ class FlowTable:
         if ended.any():
             rel = slots[ended]
             if len(self._held):  # a held record goes before its slot is freed: as it ended
-                gone = np.isin(self._held, rel)
+                # by a mask over the slots (``np.isin`` sorted both, a drain's worth each time)
+                self._releasing[rel] = True
+                gone = self._releasing[self._held]
+                self._releasing[rel] = False
                 if gone.any():
                     self._show_prompts(self._held[gone])
                     self._held = self._held[~gone]

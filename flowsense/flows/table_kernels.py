@@ -35,8 +35,8 @@ Layout (all arrays preallocated by ``flows/table.py``; F flow slots, IC = 2F ind
   ``wr_prompt`` uint8[R] 1: instead of a lease, mark the flow (FS_PROMPT) when the client's
   first payload matches, and queue an EV_PROMPT event when the server's first payload comes;
   ``wr_names`` uint8[R] 1: the payload must also be a DNS message whose first question ends
-  in a listed name (``pn_len`` int64[k], ``pn_hash`` uint64[m], ``pn_weights`` uint64[256]:
-  ``kernels.dns_name_listed``; the table's one ``NameSuffixes``).
+  in a listed name (``pn_len`` int64[k], ``pn_hash`` uint64[m], ``pn_weights`` uint64[256],
+  ``pn_bits`` uint64[1024]: ``kernels.dns_name_listed``; the table's one ``NameSuffixes``).
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ class TableArrays(NamedTuple):
     pn_len: np.ndarray
     pn_hash: np.ndarray
     pn_weights: np.ndarray
+    pn_bits: np.ndarray
     st: np.ndarray
     prm: np.ndarray
     hkey: np.ndarray

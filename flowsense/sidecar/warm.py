@@ -22,9 +22,10 @@ from flowsense.capture.reader import ReaderStats, iter_records
 from flowsense.capture.source import StreamSource
 from flowsense.config import Config
 from flowsense.detect.base import Resources
-from flowsense.detect.kernels import may_name_suffix
+from flowsense.detect.kernels import may_host_suffix, may_name_suffix
 from flowsense.detect.registry import DETECTORS
 from flowsense.flows.features import FeatureFrame
+from flowsense.flows.table import NameSuffixes
 from flowsense.pipeline import Pipeline
 from flowsense.sidecar import ring_kernels as RK
 from flowsense.signatures import HASH_WEIGHTS
@@ -109,6 +110,7 @@ def warm(config: Config) -> None:
     RK.release_blocks(ring, 4096, 2, 0, 0)
     RK.restore_vlan(rec["vlan"], tci, 0)
     # the pool detector's DNS name kernel runs only with listed domains (none here)
-    may_name_suffix(np.zeros((1, 2, 16), np.uint8), np.zeros((1, 2), np.int64),
-                    np.zeros(1, np.int64), np.ones(1, np.int64), np.zeros(1, np.uint64),
-                    HASH_WEIGHTS, np.zeros(1, dtype=bool))
+    names = NameSuffixes(np.ones(1, np.int64), np.zeros(1, np.uint64), HASH_WEIGHTS)
+    for test in (may_name_suffix, may_host_suffix):
+        test(np.zeros((1, 2, 16), np.uint8), np.zeros((1, 2), np.int64), np.zeros(1, np.int64),
+             names.lengths, names.hashes, names.weights, names.bits, np.zeros(1, dtype=bool))
