@@ -274,9 +274,9 @@ class PoolDetector(Detector):
             self._asked = np.zeros(0, dtype=np.uint64)
         pairs = np.array(learned, dtype=np.uint64).reshape(-1, 2)
         keys = _pair_keys(pairs[:, 0], pairs[:, 1])
-        new = keys[~sorted_members(keys, self._asked)]  # a miner asks for its pool again and again
-        if len(new):
-            self._asked = np.union1d(self._asked, new)
+        new = np.unique(keys[~sorted_members(keys, self._asked)])  # most were asked before
+        if len(new):  # into their places (``np.union1d`` sorted the whole array again)
+            self._asked = np.insert(self._asked, np.searchsorted(self._asked, new), new)
 
     def _pool_answers(self, query: bytes, response: bytes) -> tuple[tuple[str, str, int], ...]:
         """``dns_answers`` of a lookup that asked for a pool name (none for other names),

@@ -333,13 +333,16 @@ def dns_name_listed(buf, start, avail, lengths, listed, weights, bits):
 
 
 @inline_kernel
-def _rule_matches(wr_prefix, wr_len, wr_port, wr_prompt, wr_names, pn_len, pn_hash,
+def _rule_matches(wr_prefix, wr_len, wr_first, wr_port, wr_prompt, wr_names, pn_len, pn_hash,
                   pn_weights, pn_bits, buf, po, cap, sport, dport, client):
     """Which watch rules a direction's first payload matches (prefix, and port unless 0; for
     a rule with ``wr_names``, a DNS question naming one of the table's listed suffixes):
     bit 1 a lease rule, bit 2 a prompt rule (which only the ``client``'s payload can match)."""
     found = 0
+    prefixed = cap > 0 and wr_first[buf[po]]  # some rule's prefix starts with this byte
     for r in range(wr_len.shape[0]):
+        if wr_len[r] > 0 and not prefixed:
+            continue
         if wr_prompt[r] and not client:
             continue
         port = wr_port[r]
@@ -592,9 +595,9 @@ def process(
         if pl > 0 and not (pflags[i] & PF_FRAGMENT):
             first_payload = fi[s, b + D_HEAD_LEN] == 0 and fi[s, b + D_NEXT] == 0
             if first_payload and w < 0 and T.wr_len.shape[0] > 0:
-                m = _rule_matches(T.wr_prefix, T.wr_len, T.wr_port, T.wr_prompt, T.wr_names,
-                                  T.pn_len, T.pn_hash, T.pn_weights, T.pn_bits, buf, po, cap,
-                                  sp, dp, d == 0)
+                m = _rule_matches(T.wr_prefix, T.wr_len, T.wr_first, T.wr_port, T.wr_prompt,
+                                  T.wr_names, T.pn_len, T.pn_hash, T.pn_weights, T.pn_bits,
+                                  buf, po, cap, sp, dp, d == 0)
                 if m & 1:
                     w = lease_watch(T, s)  # a call, but only for the flows that match
                 if m & 2:

@@ -106,6 +106,7 @@ def _rule_arrays(watch_rules: Sequence[WatchRule]) -> dict[str, np.ndarray]:
     a = {
         "wr_prefix": np.zeros((len(rules), 8), dtype=np.uint8),
         "wr_len": np.zeros(len(rules), dtype=np.uint8),
+        "wr_first": np.zeros(256, dtype=np.bool_),  # first bytes of the rules' prefixes
         "wr_port": np.zeros(len(rules), dtype=np.uint16),
         "wr_prompt": np.zeros(len(rules), dtype=np.uint8),
         "wr_names": np.zeros(len(rules), dtype=np.uint8),
@@ -115,6 +116,8 @@ def _rule_arrays(watch_rules: Sequence[WatchRule]) -> dict[str, np.ndarray]:
     for i, r in enumerate(rules):
         a["wr_prefix"][i, : len(r.prefix)] = np.frombuffer(r.prefix[:8], dtype=np.uint8)
         a["wr_len"][i] = len(r.prefix[:8])
+        if r.prefix:
+            a["wr_first"][r.prefix[0]] = True
         a["wr_port"][i] = r.port
         a["wr_prompt"][i] = r.prompt
         a["wr_names"][i] = r.names is not None
@@ -240,6 +243,7 @@ class FlowTable:
                 tr_len=np.zeros((0, 0), np.int32), tr_flags=np.zeros((0, 0), np.uint8),
                 tr_ts=np.zeros((0, 0), np.int64), tr_n=np.zeros(0, np.int64),
                 wr_prefix=np.zeros((0, 8), np.uint8), wr_len=np.zeros(0, np.uint8),
+                wr_first=np.zeros(256, np.bool_),
                 wr_port=np.zeros(0, np.uint16), wr_prompt=np.zeros(0, np.uint8),
                 wr_names=np.zeros(0, np.uint8), pn_len=np.zeros(0, np.int64),
                 pn_hash=np.zeros(0, np.uint64), pn_weights=np.zeros(0, np.uint64),

@@ -30,8 +30,10 @@ Layout (all arrays preallocated by ``flows/table.py``; F flow slots, IC = 2F ind
   ``wfree`` int32[W], ``w_fill`` int64[W, 2] bytes filled, ``slab`` uint8[W, 2, S] payload by
   sequence offset, and a trace ring
   ``tr_len`` int32[W, T], ``tr_flags`` uint8[W, T], ``tr_ts`` int64[W, T], ``tr_n`` int64[W].
-  Rules: ``wr_prefix`` uint8[R, 8], ``wr_len`` uint8[R], ``wr_port`` uint16[R]: lease when a
-  direction's first payload starts with the prefix and (port 0 or) either port matches;
+  Rules: ``wr_prefix`` uint8[R, 8], ``wr_len`` uint8[R] (``wr_first`` bool[256]: the first
+  bytes of the prefixes, so most payloads skip the prefixed rules), ``wr_port`` uint16[R]:
+  lease when a direction's first payload starts with the prefix and (port 0 or) either port
+  matches;
   ``wr_prompt`` uint8[R] 1: instead of a lease, mark the flow (FS_PROMPT) when the client's
   first payload matches, and queue an EV_PROMPT event when the server's first payload comes;
   ``wr_names`` uint8[R] 1: the payload must also be a DNS message whose first question ends
@@ -129,6 +131,7 @@ class TableArrays(NamedTuple):
     tr_n: np.ndarray
     wr_prefix: np.ndarray
     wr_len: np.ndarray
+    wr_first: np.ndarray
     wr_port: np.ndarray
     wr_prompt: np.ndarray
     wr_names: np.ndarray
