@@ -180,7 +180,7 @@ def detectors(res: dict[str, Any], plt: Any, path: Path) -> bool:
         c = det["configs"][n]
         ax.annotate(f"{c['extra_pct']:+.0f}%", (i, c["median_s"]), ha="center", va="bottom")
     ax.set_ylabel("seconds per pass")
-    ax.set_title(f"Pipeline on {det['capture']}: no detector, all, each alone")
+    ax.set_title(f"Pipeline on {det['capture']}: no detector, all, each alone, Stratum + pools")
     return _save(fig, res, path, 0.04)
 
 

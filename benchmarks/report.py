@@ -331,14 +331,19 @@ def _scaling(sc: dict[str, Any]) -> list[str]:
     if "configs" in det:
         lines += [
             f"Detectors on `{det['capture']}` (the pipeline as `analyze` runs it, warm, "
-            "same process; median of the passes):",
+            f"same process; {det.get('rounds', 3)} rounds, each running every configuration "
+            "once; extra time: of the medians, and the median of each round's time over the "
+            "same round's bare pipeline):",
             "",
-            "| detectors | median s | extra time | alerts raised |",
-            "|---|---:|---:|---|",
+            "| detectors | median s | extra time | extra time, by round | alerts raised |",
+            "|---|---:|---:|---:|---|",
         ]
         for name, c in det["configs"].items():
             alerts = ", ".join(f"{k} {v}" for k, v in c["alerts"].items()) or "none"
-            lines.append(f"| {name} | {c['median_s']:.3f} | {c['extra_pct']:+.1f}% | {alerts} |")
+            paired = c.get("paired_extra_pct")
+            by_round = "-" if paired is None else f"{paired:+.1f}%"
+            lines.append(f"| {name} | {c['median_s']:.3f} | {c['extra_pct']:+.1f}% | "
+                         f"{by_round} | {alerts} |")
         lines.append("")
     elif det:
         lines += [f"Detectors: not measured: {det.get('error')}", ""]

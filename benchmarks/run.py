@@ -179,7 +179,7 @@ def _scaling(
         "cores": lambda: scaling.cores(
             capture, min(runs, 3), IDLE_S, ACTIVE_S, main_rows["_packets"]
         ),
-        "detectors": lambda: scaling.detectors(capture, 1 if quick else 3, IDLE_S, ACTIVE_S),
+        "detectors": lambda: scaling.detectors(capture, 1 if quick else 7, IDLE_S, ACTIVE_S),
     }
     for name, fn in steps.items():
         try:

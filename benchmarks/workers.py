@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -168,21 +169,33 @@ def flowsense_steady(path: str, idle_s: float, active_s: float) -> dict[str, Any
 
 
 def flowsense_detectors(path: str, idle_s: float, active_s: float, repeats: int) -> dict[str, Any]:
-    """Each detector's cost: the pipeline alone, with every detector, and with each alone, all
-    warm in this process; medians of ``repeats`` passes, and the alerts each configuration
-    raised (proof that the detector had work to do)."""
+    """Each detector's cost: the pipeline alone, with every detector, with each alone, and with
+    Stratum and pools together (issue 4's figure), all warm in this process. ``repeats`` rounds,
+    each running every configuration once (the order reversed every other round), so a slow
+    spell of a shared machine falls on all of them: medians of the passes, each configuration's
+    time over the bare pipeline's of the same round (``paired_extra_pct``: the median over the
+    rounds), and the alerts each raised (proof that the detector had work to do)."""
     cfg = fs_api.make_config(idle_s, active_s)
     names = fs_api.detector_names()
     configs: dict[str, list[str] | None] = {"none": [], "all": None}
     configs.update({n: [n] for n in names})
+    if {"stratum", "pools"} <= set(names):
+        configs["stratum+pools"] = ["stratum", "pools"]
     fs_api.pipeline_run(path, cfg, None)  # warm: kernels, page cache, signatures
+    labels = list(configs)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for k in range(repeats):
+        for label in labels if k % 2 == 0 else labels[::-1]:
+            runs[label].append(fs_api.pipeline_run(path, cfg, configs[label]))
+    base = [r["seconds"] for r in runs["none"]]
     out: dict[str, Any] = {}
-    for label, dets in configs.items():
-        runs = [fs_api.pipeline_run(path, cfg, dets) for _ in range(repeats)]
-        secs = sorted(r["seconds"] for r in runs)
-        med = secs[len(secs) // 2]
-        out[label] = {"median_s": med, "seconds": secs, "alerts": runs[0]["alerts"]}
-    return {"detectors": names, "configs": out}
+    for label in labels:
+        secs = [r["seconds"] for r in runs[label]]
+        paired = sorted(s / b - 1 for s, b in zip(secs, base))
+        out[label] = {"median_s": statistics.median(secs), "seconds": sorted(secs),
+                      "paired_extra_pct": round(100 * statistics.median(paired), 1),
+                      "alerts": runs[label][0]["alerts"]}
+    return {"detectors": names, "configs": out, "rounds": repeats}
 
 
 def _read_through(path: str) -> None:
@@ -309,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--active-timeout", type=float, default=7200.0)
     ap.add_argument("--warm-capture", help="flowsense-memory/-scale: small capture to warm up on")
     ap.add_argument("--limit", type=int, default=0, help="dpkt, scapy: packets to read (0: all)")
-    ap.add_argument("--repeats", type=int, default=3, help="flowsense-detectors: passes each")
+    ap.add_argument("--repeats", type=int, default=3, help="flowsense-detectors: rounds")
     ap.add_argument(
         "--phase",
         choices=["table", "compute"],

@@ -89,7 +89,11 @@ class PoolSet:
     versions: list[str] = field(default_factory=list)
     _domains: dict[str, PoolEntry] = field(default_factory=dict)
     _nets: dict[int, dict[int, dict[int, PoolEntry]]] = field(default_factory=dict)
-    _v4_keys: dict[int, np.ndarray] = field(default_factory=dict)  # prefix length: sorted nets
+    # the IPv4 networks for ``detect.kernels.v4_listed``: for each prefix length, the bits to
+    # clear and the sorted network addresses keys[at[p]:at[p + 1]]
+    _v4_shift: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    _v4_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    _v4_at: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     _memo: dict[str, PoolEntry | None] = field(default_factory=dict)  # names seen lately
 
     def add(self, e: PoolEntry) -> None:
@@ -104,9 +108,21 @@ class PoolSet:
                 net = e.network
                 table = self._nets.setdefault(net.version, {}).setdefault(net.prefixlen, {})
                 table.setdefault(int(net.network_address), e)
-        self._v4_keys = {plen: np.sort(np.fromiter(table, dtype=np.uint64, count=len(table)))
-                         for plen, table in self._nets.get(4, {}).items()}
+        v4 = sorted(self._nets.get(4, {}).items())
+        keys = [np.sort(np.fromiter(table, dtype=np.uint64, count=len(table))) for _, table in v4]
+        self._v4_shift = np.array([32 - plen for plen, _ in v4], dtype=np.int64)
+        self._v4_keys = np.concatenate([np.zeros(0, np.uint64), *keys])
+        self._v4_at = np.cumsum([0, *(len(k) for k in keys)], dtype=np.int64)
         return self
+
+    @property
+    def v4_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shifts, keys, at) of the listed IPv4 networks (``detect.kernels.v4_listed``)."""
+        return self._v4_shift, self._v4_keys, self._v4_at
+
+    @property
+    def has_v6(self) -> bool:
+        return bool(self._nets.get(6))
 
     def match_name(self, name: str) -> PoolEntry | None:
         """The entry whose domain is ``name`` or a parent of it (on label boundaries)."""
@@ -135,18 +151,15 @@ class PoolSet:
         return {n: np.unique(np.array(h, dtype=np.uint64)) for n, h in by_len.items()}
 
 
-    def listed(self, fam: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """Vectorised: which addresses (family, high and low 64 bits) fall in a listed network."""
-        hit = np.zeros(len(fam), dtype=bool)
-        v4 = fam == 4
-        for plen, keys in self._v4_keys.items():
-            shift = np.uint64(32 - plen)
-            hit |= v4 & sorted_members((lo >> shift) << shift, keys)
-        if self._nets.get(6):
-            for k in np.flatnonzero(fam == 6).tolist():
-                hit[k] = self.match_ip(str(ipaddress.IPv6Address(
-                    (int(hi[k]) << 64) | int(lo[k])))) is not None
-        return hit
+    def listed_v6(self, fam: np.ndarray, hi: np.ndarray, lo: np.ndarray,
+                  hit: np.ndarray) -> None:
+        """Set ``hit`` where an IPv6 address (family, high and low 64 bits) is in a listed
+        network (few lists have any: a plain lookup each; IPv4 is ``v4_tables``' kernel)."""
+        if not self.has_v6:
+            return
+        for k in np.flatnonzero(fam == 6).tolist():
+            hit[k] = self.match_ip(str(ipaddress.IPv6Address(
+                (int(hi[k]) << 64) | int(lo[k])))) is not None
 
     def match_ip(self, addr: str) -> PoolEntry | None:
         """The most specific network holding ``addr``."""

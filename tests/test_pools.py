@@ -259,16 +259,19 @@ def test_dns_name_kernel_matches_its_naive_twin() -> None:
     assert 200 < sum(want) < len(want) - 200, "both answers well represented"
 
 
-def test_host_name_kernel_matches_the_exact_test() -> None:
-    """``detect.kernels.may_host_suffix`` (the pool detector's first test of HTTP requests)
-    gives what the exact test gives (``http_host`` then ``PoolSet.match_name``) on requests
-    built around listed names: case mixed, with ports, blanks and trailing dots, under
-    subdomains, look-alikes, a Host only in the body, none at all, random bytes, heads cut
-    short."""
+def test_pool_picks_name_what_the_exact_tests_name() -> None:
+    """``detect.kernels.pool_picks`` (the pool detector's first look at every record) names
+    what the exact tests name: on requests built around listed names (case mixed, with ports,
+    blanks and trailing dots, under subdomains, look-alikes, a Host only in the body, none at
+    all, heads cut short) ``http_host`` then ``PoolSet.match_name``; on random bytes, a JSON
+    object's opening or a ClientHello's first bytes."""
     import random
 
-    from flowsense.detect.kernels import may_host_suffix
-    from flowsense.detect.pools import http_host
+    import numpy as np
+
+    from flowsense.detect.kernels import pool_picks
+    from flowsense.detect.pools import _HTTP_FIRST, http_host
+    from flowsense.detect.stratum import JSON_AFTER_BRACE, json_opens
 
     det = PoolDetector(Resources(pools=load_pools()))
     rng = random.Random(11)
@@ -296,11 +299,19 @@ def test_host_name_kernel_matches_the_exact_test() -> None:
         kept.append(min(cut, 512))
     arr, head_len, rows, out = _client_heads(heads, kept)
     names = det.names
-    may_host_suffix(arr, head_len, rows, names.lengths, names.hashes, names.weights, names.bits,
-                    out)
+    n = len(heads)
+    start = np.ascontiguousarray(arr[:, :, :8])
+    six = np.full(n, 6, dtype=np.int64)  # TCP, and IPv6 (no IPv4 list to look up)
+    cand, named, listed, asked = (np.zeros(n, dtype=bool) for _ in range(4))
+    pool_picks(start, arr, head_len, six, np.full(n, 80, np.int64), six,
+               np.zeros((n, 4), np.uint64), JSON_AFTER_BRACE, _HTTP_FIRST,
+               *det.pools.v4_tables, np.zeros(0, np.uint64), names.lengths, names.hashes,
+               names.weights, names.bits, cand, named, listed, asked)
     want = []
-    for r in rows.tolist():
+    for r in range(n):
         host = http_host(heads[r][: kept[r]])
-        want.append(host is not None and det.pools.match_name(host) is not None)
-    assert out.tolist() == want
+        opening = bool(json_opens(start[r, 0])) or heads[r][0] == 0x16 and heads[r][5] == 1
+        want.append(host is not None and det.pools.match_name(host) is not None or opening)
+    assert cand.all() and not listed.any() and not asked.any()
+    assert named.tolist() == want
     assert 300 < sum(want) < len(want) - 300, "both answers well represented"

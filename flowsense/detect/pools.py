@@ -25,8 +25,8 @@ import numpy as np
 from flowsense.detect import cadence
 from flowsense.detect.base import Alert, Detector, Resources, flow_fields, time_at_offset
 from flowsense.detect.dns_tunnel import parse_message
-from flowsense.detect.kernels import may_host_suffix, may_name_suffix
-from flowsense.detect.stratum import json_opens, pool_names
+from flowsense.detect.kernels import may_name_suffix, pair_keys, pool_picks
+from flowsense.detect.stratum import JSON_AFTER_BRACE, pool_names
 from flowsense.encoding import wire_text
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.ids import addr_text
@@ -47,26 +47,7 @@ MAX_SEEN_OPEN = 1_000_000  # DNS flows remembered as read while open (cleared pa
 ANSWER_MEMO = 1024  # DNS lookups (without their ids) remembered with their answers (<= 1 MiB)
 _HTTP_FIRST = np.zeros(256, dtype=bool)  # first letters of the HTTP methods, by byte
 _HTTP_FIRST[np.frombuffer(b"GPHDOCT", dtype=np.uint8)] = True
-
-
-def _request_line(start: np.ndarray) -> np.ndarray:
-    """Vectorised ``http_host``'s first test over uint8[n, 8] payload starts: letters up to
-    a space (or all eight), as an HTTP request's method."""
-    folded = start | np.uint8(0x20)
-    letter = (folded >= ord("a")) & (folded <= ord("z"))
-    lead = np.where(letter.all(axis=1), 8, np.argmin(letter, axis=1))  # leading letters
-    after = start[np.arange(len(start)), np.minimum(lead, 7)]
-    return (lead >= 1) & ((lead == 8) | (after == ord(" ")))
-
-
-_PAIR_MUL = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd
-
-
-def _pair_keys(client_lo: np.ndarray, server_lo: np.ndarray) -> np.ndarray:
-    """One uint64 for each (client, server) pair of address low halves (equal pairs, equal
-    keys; a collision only adds a row for the exact lookup to turn down)."""
-    return (np.asarray(client_lo, dtype=np.uint64) * _PAIR_MUL) ^ np.asarray(server_lo,
-                                                                            dtype=np.uint64)
+_NONE_ASKED = np.zeros(0, dtype=np.uint64)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -180,7 +161,7 @@ class PoolDetector(Detector):
         # frames' arrays not merged in yet
         self._seen_open = np.zeros(0, dtype=np.int64)
         self._seen_new: list[np.ndarray] = []
-        # (client, pool address) pairs DNS answered, as ``_pair_keys``: sorted, a superset
+        # (client, pool address) pairs DNS answered, as ``kernels.pair_key``: sorted, a superset
         # (what the bounded cache dropped stays until it is rebuilt)
         self._asked = np.zeros(0, dtype=np.uint64)
         self._answer_memo: dict[tuple[bytes, bytes], tuple[tuple[str, str, int], ...]] = {}
@@ -222,24 +203,22 @@ class PoolDetector(Detector):
         # alone, as a prompt rule shows them, has none): a client payload that can name a pool
         # (JSON, a TLS ClientHello, an HTTP request), a listed server address, or a client that
         # DNS answered for
-        proto = c["protocol"]
-        rows = np.flatnonzero((proto == 6) | ((proto == 17) & (c["dst_port"] != 53)))
-        if not len(rows):
-            return alerts
-        assert frame.head is not None and frame.addr is not None
-        start = frame.first_bytes()[rows, 0]
-        first = start[:, 0]
-        named = json_opens(start) | ((first == 0x16) & (start[:, 5] == 1))
-        http = _HTTP_FIRST[first]
-        http[http] = _request_line(start[http])
-        named |= self._listed_host(frame, rows[http])[rows]
-        addr = frame.addr[rows]
-        listed = self.pools.listed(c["ip_version"][rows], addr[:, 2], addr[:, 3])
-        asked = self._was_answered(addr[:, 1], addr[:, 3])
-        rhythm = cadence.candidates(frame)[rows]
-        pick = named | listed | asked | rhythm
-        for i, is_listed, is_rhythm in zip(rows[pick].tolist(), listed[pick].tolist(),
-                                           rhythm[pick].tolist()):
+        assert frame.head is not None and frame.head_len is not None and frame.addr is not None
+        n = frame.n
+        cand, named, listed, asked = (np.empty(n, dtype=bool) for _ in range(4))
+        names = self.names
+        c_int = {k: np.ascontiguousarray(c[k], dtype=np.int64)
+                 for k in ("protocol", "dst_port", "ip_version")}
+        pool_picks(frame.first_bytes(), frame.head, frame.head_len, c_int["protocol"],
+                   c_int["dst_port"], c_int["ip_version"], frame.addr, JSON_AFTER_BRACE,
+                   _HTTP_FIRST, *self.pools.v4_tables,
+                   self._asked if len(self.dns) else _NONE_ASKED, names.lengths, names.hashes,
+                   names.weights, names.bits, cand, named, listed, asked)
+        self.pools.listed_v6(c_int["ip_version"], frame.addr[:, 2], frame.addr[:, 3], listed)
+        rhythm = cadence.candidates(frame)
+        pick = cand & (named | listed | asked | rhythm)
+        for i in np.flatnonzero(pick).tolist():
+            is_listed, is_rhythm = bool(listed[i]), bool(rhythm[i])
             found = self._judge(frame, i, is_listed)
             figures = cadence.figures(frame, i) if is_rhythm else None
             if figures is not None and cadence.matches(figures):
@@ -273,7 +252,8 @@ class PoolDetector(Detector):
             learned += [(_low64(client), _low64(addr)) for client, addr in self.dns.pairs()]
             self._asked = np.zeros(0, dtype=np.uint64)
         pairs = np.array(learned, dtype=np.uint64).reshape(-1, 2)
-        keys = _pair_keys(pairs[:, 0], pairs[:, 1])
+        keys = np.empty(len(pairs), dtype=np.uint64)
+        pair_keys(pairs[:, 0].copy(), pairs[:, 1].copy(), keys)
         new = np.unique(keys[~sorted_members(keys, self._asked)])  # most were asked before
         if len(new):  # into their places (``np.union1d`` sorted the whole array again)
             self._asked = np.insert(self._asked, np.searchsorted(self._asked, new), new)
@@ -297,13 +277,6 @@ class PoolDetector(Detector):
             memo[key] = found
         return found
 
-    def _was_answered(self, client_lo: np.ndarray, server_lo: np.ndarray) -> np.ndarray:
-        """Which (client, server) pairs (the low 64 bits of their addresses) are a client and
-        an address DNS gave it for a pool: a superset, ``_judge`` looks up exactly."""
-        if not len(self.dns):
-            return np.zeros(len(client_lo), dtype=bool)
-        return sorted_members(_pair_keys(client_lo, server_lo), self._asked)
-
     def _new_lookups(self, frame: FeatureFrame) -> np.ndarray:
         """Rows of DNS lookups not read before: a lookup whose reply was shown at once (a
         prompt rule) is not read again when its flow ends (only the first message of each
@@ -325,21 +298,6 @@ class PoolDetector(Detector):
         if seen.any():  # ended: not shown again
             self._seen_open = self._seen_open[~sorted_members(self._seen_open, np.sort(fids))]
         return rows[~seen]
-
-    def _listed_host(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
-        """Which rows (of ``frame.n``) among HTTP-looking ``rows`` may carry a Host header
-        naming a listed pool: a kernel over their heads (``detect.kernels.may_host_suffix``,
-        the DNS name test on the header's value); ``http_host`` checks the few hits exactly."""
-        ok = np.zeros(frame.n, dtype=bool)
-        names = self.names
-        if not len(rows) or not len(names.hashes):
-            return ok
-        assert frame.head is not None and frame.head_len is not None
-        hit = np.zeros(len(rows), dtype=bool)
-        may_host_suffix(frame.head, frame.head_len, np.ascontiguousarray(rows, dtype=np.int64),
-                        names.lengths, names.hashes, names.weights, names.bits, hit)
-        ok[rows[hit]] = True
-        return ok
 
     def _may_ask_pool(self, frame: FeatureFrame, rows: np.ndarray) -> np.ndarray:
         """Which DNS queries' first question can end in a listed domain (a kernel over the

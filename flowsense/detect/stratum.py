@@ -69,13 +69,13 @@ COUNT_FLOWS = 8192  # flows whose counting state is kept between snapshots (LRU)
 # zero of UTF-16 or UTF-32 text, which json.loads reads); payload that merely begins with a
 # brace (one random flow in 256) is not JSON and is neither watched nor parsed
 JSON_SECOND = b'" \t\n\r}\x00'
-_JSON_SECOND = np.zeros(256, dtype=bool)
-_JSON_SECOND[np.frombuffer(JSON_SECOND, dtype=np.uint8)] = True
+JSON_AFTER_BRACE = np.zeros(256, dtype=bool)
+JSON_AFTER_BRACE[np.frombuffer(JSON_SECOND, dtype=np.uint8)] = True
 
 
 def json_opens(start: np.ndarray) -> np.ndarray:
     """Vectorised over payload starts (uint8[..., 2+]): which open a JSON object."""
-    return (start[..., 0] == ord("{")) & _JSON_SECOND[start[..., 1]]
+    return (start[..., 0] == ord("{")) & JSON_AFTER_BRACE[start[..., 1]]
 
 
 @dataclass
