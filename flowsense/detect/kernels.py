@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowsense.flows.kernels import dns_name_listed, listed_hash
+from flowsense.flows.kernels import dns_name_listed, suffix_listed
 from flowsense.jit import inline_kernel, kernel
 
 
@@ -73,35 +73,21 @@ def host_listed(buf, n, lengths, listed, weights, bits, wire):
         e -= 1
     if e - b > wire.shape[0] - 2:
         return False  # longer than any DNS name
-    wire[0] = 0
+    top = wire.shape[0] - 1  # the wire form is built backwards from here, its zero first
+    wire[top] = 0
     t = 1
     label = 0
     for q in range(e - 1, b - 1, -1):
         ch = buf[q]
         if ch == 46:
-            wire[t] = label
+            wire[top - t] = label
             label = 0
         else:
-            wire[t] = ch
+            wire[top - t] = ch
             label += 1
         t += 1
-    wire[t] = label
-    t += 1
-    h = np.uint64(0)
-    k = 0
-    for s in range(lengths.shape[0]):
-        size = lengths[s]
-        if size > t:
-            break
-        while k < size:
-            v = wire[k]
-            if 65 <= v <= 90:
-                v |= 32
-            h += np.uint64(v) * weights[k]
-            k += 1
-        if listed_hash(h, listed, bits):
-            return True
-    return False
+    wire[top - t] = label
+    return suffix_listed(wire, top, top - t, lengths, listed, weights, bits)
 
 
 @inline_kernel

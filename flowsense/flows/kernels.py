@@ -315,11 +315,19 @@ def dns_name_listed(buf, start, avail, lengths, listed, weights, bits):
             break
     if end < 0:
         return False
+    return suffix_listed(buf, end, start + DNS_NAME_START, lengths, listed, weights, bits)
+
+
+@inline_kernel
+def suffix_listed(buf, end, floor, lengths, listed, weights, bits):
+    """Whether the bytes ``buf[floor:end + 1]`` (a name in wire form, ``end`` its terminating
+    zero) end in a suffix of one of ``lengths`` bytes whose hash is listed (``dns_name_listed``
+    for the hash; the pool detector's Host test builds the wire form to call it)."""
     h = np.uint64(0)
     t = 0
     for k in range(lengths.shape[0]):
         size = lengths[k]
-        if end - size + 1 < start + DNS_NAME_START:
+        if end - size + 1 < floor:
             return False
         while t < size:
             b = buf[end - t]
