@@ -214,7 +214,8 @@ class PoolDetector(Detector):
                    _HTTP_FIRST, *self.pools.v4_tables,
                    self._asked if len(self.dns) else _NONE_ASKED, names.lengths, names.hashes,
                    names.weights, names.bits, cand, named, listed, asked)
-        self.pools.listed_v6(c_int["ip_version"], frame.addr[:, 2], frame.addr[:, 3], listed)
+        self.pools.listed_v6(np.where(cand, c_int["ip_version"], 0), frame.addr[:, 2],
+                             frame.addr[:, 3], listed)  # the candidates' IPv6 addresses
         rhythm = cadence.candidates(frame)
         pick = cand & (named | listed | asked | rhythm)
         for i in np.flatnonzero(pick).tolist():
