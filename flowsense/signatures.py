@@ -150,7 +150,6 @@ class PoolSet:
             by_len.setdefault(len(wire), []).append(int(suffix_hashes(rev)[0, -1]))
         return {n: np.unique(np.array(h, dtype=np.uint64)) for n, h in by_len.items()}
 
-
     def listed_v6(self, fam: np.ndarray, hi: np.ndarray, lo: np.ndarray,
                   hit: np.ndarray) -> None:
         """Set ``hit`` where an IPv6 address (family, high and low 64 bits) is in a listed

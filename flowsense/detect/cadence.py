@@ -69,8 +69,8 @@ def candidates(frame: FeatureFrame) -> np.ndarray:
     keep &= payload <= MAX_RATE_BPS * np.maximum(dur_s, 1.0)
     keep &= (c["src2dst_payload_bytes"][rows] > 0) & (c["dst2src_payload_bytes"][rows] > 0)
     rows = rows[keep]
-    if frame.head is not None and len(rows):
-        head = frame.first_bytes()[rows, :, :4]
+    if frame.start is not None and len(rows):
+        head = frame.start[rows, :, :4]
         json = json_opens(head).any(axis=1)
         ssh = (head == np.frombuffer(b"SSH-", np.uint8)).all(axis=2).any(axis=1)
         rows = rows[~(json | ssh)]

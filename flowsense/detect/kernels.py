@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowsense.flows.kernels import dns_name_listed, suffix_listed
+from flowsense.flows.kernels import dns_name_listed, sorted_has, suffix_listed
 from flowsense.jit import inline_kernel, kernel
 
 
@@ -88,19 +88,6 @@ def host_listed(buf, n, lengths, listed, weights, bits, wire):
         t += 1
     wire[top - t] = label
     return suffix_listed(wire, top, top - t, lengths, listed, weights, bits)
-
-
-@inline_kernel
-def sorted_has(table, lo, hi, v):
-    """Whether ``v`` is in the sorted ``table[lo:hi]`` (a binary search)."""
-    stop = hi
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if table[mid] < v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < stop and table[lo] == v
 
 
 @inline_kernel

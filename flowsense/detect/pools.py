@@ -204,12 +204,13 @@ class PoolDetector(Detector):
         # (JSON, a TLS ClientHello, an HTTP request), a listed server address, or a client that
         # DNS answered for
         assert frame.head is not None and frame.head_len is not None and frame.addr is not None
+        assert frame.start is not None
         n = frame.n
         cand, named, listed, asked = (np.empty(n, dtype=bool) for _ in range(4))
         names = self.names
         c_int = {k: np.ascontiguousarray(c[k], dtype=np.int64)
                  for k in ("protocol", "dst_port", "ip_version")}
-        pool_picks(frame.first_bytes(), frame.head, frame.head_len, c_int["protocol"],
+        pool_picks(frame.start, frame.head, frame.head_len, c_int["protocol"],
                    c_int["dst_port"], c_int["ip_version"], frame.addr, JSON_AFTER_BRACE,
                    _HTTP_FIRST, *self.pools.v4_tables,
                    self._asked if len(self.dns) else _NONE_ASKED, names.lengths, names.hashes,

@@ -266,7 +266,8 @@ class SshDetector(Detector):
         # vectorised pick, over TCP rows: a banner at the start of either direction, a TLS
         # ClientHello (for multiplexers), or an HTTP request that may upgrade to a WebSocket
         tcp = np.flatnonzero(c["protocol"] == 6)
-        start = frame.first_bytes()[tcp, :, :3]
+        assert frame.start is not None  # with the heads
+        start = frame.start[tcp, :, :3]
         ssh = _starts(start[:, 0], b"SSH") | _starts(start[:, 1], b"SSH")
         tls = start[:, 0, 0] == 0x16
         http = start[:, 0, 0] == ord("G")

@@ -352,8 +352,8 @@ class StratumDetector(Detector):
         c = frame.cols
         # vectorised pick, over TCP rows (a prompt frame of DNS lookups has none): payload
         # that opens a JSON object in either direction, or an HTTP POST
-        start = frame.first_bytes()
-        assert start is not None
+        start = frame.start
+        assert start is not None  # with the heads
         picked = np.flatnonzero((c["protocol"] == 6)
                                 & (json_opens(start).any(axis=1) | (start[:, 0, 0] == ord("P"))))
         rows = np.zeros(frame.n, dtype=bool)

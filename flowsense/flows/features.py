@@ -43,8 +43,8 @@ class FeatureFrame:
     # cold data, row-aligned with cols
     head: np.ndarray | None = None  # uint8[n, 2, H] payload heads (0: src2dst, 1: dst2src)
     head_len: np.ndarray | None = None  # int64[n, 2]
-    # uint8[n, 2, 8]: each head's first bytes, apart: a pick over every row reads these, not
-    # a cache line of each head (``export_kernels.gather_heads``)
+    # uint8[n, 2, 8], with ``head``: each head's first bytes, apart: a pick over every row reads
+    # these, not a cache line of each head (``export_kernels.gather_heads``)
     start: np.ndarray | None = None
     splt_ps: np.ndarray | None = None  # int32[n, N] signed sizes, 0 padded
     splt_t_ms: np.ndarray | None = None  # float32[n, N] offsets from the first packet
@@ -61,15 +61,6 @@ class FeatureFrame:
 
     def __len__(self) -> int:
         return self.n
-
-    def first_bytes(self) -> np.ndarray | None:
-        """``start`` (uint8[n, 2, 8]), made from the heads for a frame built without it."""
-        if self.start is None and self.head is not None:
-            k = min(EK.START_BYTES, self.head.shape[2])
-            start = np.zeros((self.n, 2, EK.START_BYTES), dtype=np.uint8)
-            start[:, :, :k] = self.head[:, :, :k]
-            self.start = start
-        return self.start
 
     def payload(self, i: int, d: int) -> bytes:
         """The payload bytes kept for row ``i``, direction ``d`` (0: from the client): the slab

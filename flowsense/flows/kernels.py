@@ -278,22 +278,27 @@ def name_filter(hashes: np.ndarray) -> np.ndarray:
 
 
 @inline_kernel
-def listed_hash(h, listed, bits):
-    """Whether ``h`` is in ``listed`` (uint64[m], sorted): the filter ``bits`` first (one load
-    turns most names away: a binary search for each suffix length of every DNS query was the
-    pool rule's whole cost), then a binary search."""
-    top = h >> np.uint64(48)
-    if (bits[top >> np.uint64(6)] >> (top & np.uint64(63))) & np.uint64(1) == 0:
-        return False
-    m = listed.shape[0]
-    lo, hi = 0, m
+def sorted_has(table, lo, hi, v):
+    """Whether ``v`` is in the sorted ``table[lo:hi]`` (a binary search)."""
+    stop = hi
     while lo < hi:
         mid = (lo + hi) // 2
-        if listed[mid] < h:
+        if table[mid] < v:
             lo = mid + 1
         else:
             hi = mid
-    return lo < m and listed[lo] == h
+    return lo < stop and table[lo] == v
+
+
+@inline_kernel
+def listed_hash(h, listed, bits):
+    """Whether ``h`` is in ``listed`` (uint64[m], sorted): the filter ``bits`` first (one load
+    turns most names away: a binary search for each suffix length of every DNS query was the
+    pool rule's whole cost), then ``sorted_has``."""
+    top = h >> np.uint64(48)
+    if (bits[top >> np.uint64(6)] >> (top & np.uint64(63))) & np.uint64(1) == 0:
+        return False
+    return sorted_has(listed, 0, listed.shape[0], h)
 
 
 @inline_kernel
@@ -357,8 +362,6 @@ def _rule_matches(wr_prefix, wr_len, wr_first, wr_port, wr_prompt, wr_names, pn_
         if port != 0 and port != sport and port != dport:
             continue
         ln = min(wr_len[r], cap)  # a shorter first payload: its bytes decide (no split evades)
-        if ln == 0 and wr_len[r] > 0:
-            continue
         ok = True
         for j in range(ln):
             if buf[po + j] != wr_prefix[r, j]:

@@ -242,12 +242,7 @@ class FlowTable:
                 w_fill=np.zeros((0, 2), np.int64), slab=np.zeros((0, 2, 0), np.uint8),
                 tr_len=np.zeros((0, 0), np.int32), tr_flags=np.zeros((0, 0), np.uint8),
                 tr_ts=np.zeros((0, 0), np.int64), tr_n=np.zeros(0, np.int64),
-                wr_prefix=np.zeros((0, 8), np.uint8), wr_len=np.zeros(0, np.uint8),
-                wr_first=np.zeros(256, np.bool_),
-                wr_port=np.zeros(0, np.uint16), wr_prompt=np.zeros(0, np.uint8),
-                wr_names=np.zeros(0, np.uint8), pn_len=np.zeros(0, np.int64),
-                pn_hash=np.zeros(0, np.uint64), pn_weights=np.zeros(0, np.uint64),
-                pn_bits=np.zeros(K.NAME_FILTER_WORDS, np.uint64), st=st,
+                **_rule_arrays(()), st=st,
                 prm=np.zeros(P_NFIELDS, np.int64),
                 hkey=np.zeros(2, np.uint64), ahead=np.zeros(K.AHEAD_RING, np.uint64),
             )

@@ -22,7 +22,7 @@ from flowsense.capture.reader import ReaderStats, iter_records
 from flowsense.capture.source import StreamSource
 from flowsense.config import Config
 from flowsense.detect.base import Resources
-from flowsense.detect.kernels import may_name_suffix, pool_picks
+from flowsense.detect.kernels import may_name_suffix
 from flowsense.detect.registry import DETECTORS
 from flowsense.flows.features import FeatureFrame
 from flowsense.flows.table import NameSuffixes
@@ -110,12 +110,8 @@ def warm(config: Config) -> None:
     RK.release_blocks(ring, 4096, 2, 0, 0)
     RK.restore_vlan(rec["vlan"], tci, 0)
     # the pool detector's DNS name kernel runs only with listed domains (none here)
+    # (its first look at a frame, ``pool_picks``, ran with the detectors above)
     names = NameSuffixes(np.ones(1, np.int64), np.zeros(1, np.uint64), HASH_WEIGHTS)
-    head, head_len, one = np.zeros((1, 2, 16), np.uint8), np.zeros((1, 2), np.int64), np.ones(1)
-    may_name_suffix(head, head_len, np.zeros(1, np.int64), names.lengths, names.hashes,
-                    names.weights, names.bits, np.zeros(1, dtype=bool))
-    pool_picks(np.zeros((1, 2, 8), np.uint8), head, head_len, *(np.ones(1, np.int64),) * 3,
-               np.zeros((1, 4), np.uint64), np.zeros(256, bool), np.zeros(256, bool),
-               np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(1, np.int64),
-               np.zeros(0, np.uint64), names.lengths, names.hashes, names.weights, names.bits,
-               *(one.astype(bool) for _ in range(4)))
+    may_name_suffix(np.zeros((1, 2, 16), np.uint8), np.zeros((1, 2), np.int64),
+                    np.zeros(1, np.int64), names.lengths, names.hashes, names.weights,
+                    names.bits, np.zeros(1, dtype=bool))
