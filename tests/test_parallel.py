@@ -439,3 +439,66 @@ def test_stdin_and_pipes_run_whole(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "file.jsonl"
     assert main(["flows", str(capture), "--jobs", "1", "-o", str(out)]) == 0
     assert sorted(piped.stdout.decode().splitlines()) == sorted(out.read_text().splitlines())
+
+
+# --- the worker threads' failures --------------------------------------------------------------
+
+def _partition_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("flowsense-partition")]
+
+
+def test_a_failing_sink_stops_the_workers(bench_capture: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's sink raising mid-run ends the run with its error: the workers stop within
+    a few rounds (not at the capture's end), and none is left waiting at the barrier or to
+    hand a round over."""
+    from flowsense.parallel.partition import Partition
+
+    take = Partition.take
+    rounds = {"n": 0}
+
+    def counted(self: Partition) -> list:
+        rounds["n"] += 1
+        return take(self)
+
+    monkeypatch.setattr(Partition, "take", counted)
+    seen: list[int] = []
+
+    def sink(frame: FeatureFrame) -> None:
+        seen.append(frame.n)
+        if len(seen) == 3:
+            raise OSError("disk full")
+
+    pipe = ParallelPipeline(small_chunks(1 << 18), sink, jobs=2)
+    with pytest.raises(OSError, match="disk full"):
+        pipe.run([str(bench_capture)])
+    assert len(seen) == 3
+    assert _partition_threads() == []
+    size = bench_capture.stat().st_size
+    assert size // (1 << 18) > 30  # rounds of two ranges: more than 15 a worker
+    assert rounds["n"] <= 2 * 8  # the sink failed in the third round
+
+
+def test_a_failing_worker_ends_the_run_with_its_cause(bench_capture: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One partition failing in its first piece (while the other already waits at the barrier)
+    stops the other and the run raises the failure, not the other's broken barrier."""
+    import threading
+
+    from flowsense.parallel.plan import Producer
+
+    produce = Producer.produce
+
+    def failing(self: Producer, piece: object, region: object) -> None:
+        if threading.current_thread().name == "flowsense-partition-1":
+            raise ValueError("partition 1 gave up")
+        produce(self, piece, region)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Producer, "produce", failing)
+    pipe = ParallelPipeline(small_chunks(1 << 18), lambda frame: None, jobs=2)
+    with pytest.raises(RuntimeError, match="partition 1 gave up") as info:
+        pipe.run([str(bench_capture)])
+    assert isinstance(info.value.__cause__, ValueError)
+    assert _partition_threads() == []

@@ -1,32 +1,44 @@
-"""``--jobs N`` on one machine: N forked workers, each a partition, in lockstep rounds.
+"""``--jobs N`` on one machine: N worker threads, each a partition, in lockstep rounds.
 
-In round j every worker decodes its piece of round j+1 into its shared-memory region (the
-walk and decode run in parallel), then feeds its table every piece of round j in order, sends
-the parent what it made, and waits at a barrier for the others. Two sets of regions alternate,
-so memory is N x 2 regions whatever the capture's size. Workers are forked after the kernels
-are loaded: they reuse the parent's compiled code (and the numba cache), nothing recompiles.
+In round j every worker decodes its piece of round j+1 into its region (the walk and decode
+run in parallel), then feeds its table every piece of round j in order, hands the caller what
+it made and waits at a barrier for the others. Two sets of regions alternate, so memory is
+N x 2 regions whatever the capture's size.
+
+Threads, not processes: every kernel releases the GIL (``nogil``), and the Python between
+kernel calls is a few per cent of a worker's time. Threads share the inputs' memory maps (the
+pages one worker's walk faulted in serve every partition's payload reads) and hand their
+records over as they are (no pickling, no pipe, no copy), and the caller's detectors and
+writers run beside them. Forked workers cost more than they parallelised: on two cores
+``--jobs 2`` ran slower than ``--jobs 1`` (benchmarks/README.md, "Scaling over cores").
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
-import multiprocessing as mp
-import os
-import pickle
-import signal
-import traceback
+import queue
+import threading
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
-
-import numpy as np
 
 from flowsense.capture.reader import MAX_PCAPNG_BLOCK
 from flowsense.config import Config
 from flowsense.flows.table import WatchRule
 from flowsense.parallel.partition import Item, Output, Partition
-from flowsense.parallel.plan import H_ENDED, InputFile, Producer, Region, Rounds, warm_kernels
+from flowsense.parallel.plan import (
+    H_ENDED,
+    FileMaps,
+    InputFile,
+    Producer,
+    Region,
+    Rounds,
+    warm_kernels,
+)
+
+AHEAD = 2  # rounds a worker may hand over before the caller has taken them (bounds memory)
+
+
+class _Stopped(Exception):
+    """The caller gave up on the run (its sink failed): a worker ends quietly."""
 
 
 def _regions(config: Config, n: int) -> list[list[Region]]:
@@ -36,42 +48,50 @@ def _regions(config: Config, n: int) -> list[list[Region]]:
     return [[Region(packets, inline) for _ in range(n)] for _ in range(2)]
 
 
-def _die_with_parent(parent: int) -> None:
-    """A worker whose parent is killed would wait at the barrier for ever: ask Linux to end it
-    with its parent (PR_SET_PDEATHSIG), and end now if the parent is already gone."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os._exit(1)
+class _Worker:
+    """Partition ``p``'s thread: its table, its decoder for the pieces it produces, and the
+    queue it hands each round's items to the caller through."""
 
+    def __init__(self, p: int, n: int, key: int, config: Config, rules: list[WatchRule],
+                 output: Output, files: list[InputFile], maps: FileMaps,
+                 regions: list[list[Region]], barrier: threading.Barrier,
+                 stop: threading.Event) -> None:
+        self.p = p
+        self.args = (n, key, config, rules, output, files, maps)
+        self.regions = regions
+        self.barrier = barrier
+        self.stop = stop
+        self.out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=AHEAD)
+        self.thread = threading.Thread(target=self._run, name=f"flowsense-partition-{p}",
+                                       daemon=True)
 
-def _fixed_mmap_threshold() -> None:
-    """Large buffers (a round's records, JSON text) straight from and back to the system.
-    glibc raises its mmap threshold each time such a buffer is freed, after which they come from
-    the heap and fragment it: a worker's memory then creeps up over a long capture."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: fixed at 1 MiB (no longer dynamic)
-        libc.mallopt(-1, 4 << 20)  # M_TRIM_THRESHOLD: give back free heap tops past 4 MiB
-    except (OSError, AttributeError):
-        pass  # not glibc: its own policy
+    def _run(self) -> None:
+        try:
+            self._rounds()
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+            self.barrier.abort()
+            try:
+                self._put(("error", exc))
+            except _Stopped:
+                pass
 
+    def _put(self, msg: tuple[str, Any]) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+        self.out.put(msg)  # the caller drains the queue when it stops, so this never hangs
 
-def _worker(p: int, n: int, key: int, config: Config, rules: list[WatchRule], output: Output,
-            files: list[InputFile], regions: list[list[Region]], barrier: Any,
-            conn: Connection, parent: int) -> None:
-    _die_with_parent(parent)
-    _fixed_mmap_threshold()
-    try:
-        part = Partition(p, n, key, config, rules, output, files)
-        producer = Producer(files, config, n, key, part.fragments)
+    def _rounds(self) -> None:
+        n, key, config, rules, output, files, maps = self.args
+        p, regions = self.p, self.regions
+        part = Partition(p, n, key, config, rules, output, files, maps)
+        producer = Producer(files, config, n, key, part.fragments, maps)
         rounds = Rounds(files, n, config.capture.chunk_bytes)
         cur = rounds.next()
         if p < len(cur):
             producer.produce(cur[p], regions[0][p])
-        barrier.wait()
+        self.barrier.wait()
         j = 0
         while cur:
             here = regions[j % 2]
@@ -85,125 +105,36 @@ def _worker(p: int, n: int, key: int, config: Config, rules: list[WatchRule], ou
             if stream_next and p == 0:
                 # after this round: the stream shares this worker's fragment decoder, in order
                 producer.produce(nxt[0], regions[(j + 1) % 2][0])
-            _send(conn, ("round", part.take()))
-            barrier.wait()
+            self._put(("round", part.take()))
+            self.barrier.wait()
             cur = nxt
             j += 1
-        _send(conn, ("final", part.finish()))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which stops the others
-        barrier.abort()
-        try:
-            conn.send(("error", traceback.format_exc()))
-        except OSError:
-            pass
-    finally:
-        conn.close()
-
-
-def _send(conn: Connection, obj: object) -> None:
-    """Pickle protocol 5 with the arrays' memory out of band: each array goes into the pipe
-    straight from where it lies, and comes out into a writable buffer of its own (no copy into
-    or out of a pickle)."""
-    bufs: list[pickle.PickleBuffer] = []
-    head = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
-    raws = [b.raw() for b in bufs]
-    conn.send_bytes(pickle.dumps([r.nbytes for r in raws]))
-    conn.send_bytes(head)
-    for r in raws:
-        conn.send_bytes(r)
-
-
-def _recv(conn: Connection) -> Any:
-    """What ``_send`` sent (or a plain ``conn.send``: a worker's error). Every message is read
-    straight into a buffer of its own, not zeroed first (``Connection.recv_bytes`` would read
-    it into a BytesIO and copy it out again: most of the parent's time in a parallel run)."""
-    fd = conn.fileno()
-    sizes = pickle.loads(_read_message(fd))
-    if not isinstance(sizes, list):
-        return sizes
-    head = _read_message(fd)
-    bufs = [_read_message(fd) for _ in sizes]
-    return pickle.loads(head, buffers=bufs)
-
-
-def _read_message(fd: int) -> np.ndarray:
-    """One message in ``Connection.send_bytes``'s framing (a 4-byte big-endian length, or -1
-    and an 8-byte one), read from the pipe into a fresh array."""
-    word = _read_exact(fd, 4)
-    size = int(word.view(">i4")[0])
-    if size == -1:
-        size = int(_read_exact(fd, 8).view(">u8")[0])
-    return _read_exact(fd, size)
-
-
-def _read_exact(fd: int, size: int) -> np.ndarray:
-    buf = np.empty(size, dtype=np.uint8)
-    view = memoryview(buf)
-    while len(view):
-        n = os.readv(fd, [view])
-        if n == 0:
-            raise EOFError
-        view = view[n:]
-    return buf
-
-
-PIPE_BYTES = 64 << 20
-
-
-def _widen(fd: int) -> None:
-    """A large pipe buffer (Linux F_SETPIPE_SZ): a worker hands over a round's records in a few
-    writes instead of one 64 KiB handoff after another, each waiting for the parent to be
-    scheduled (on a busy machine, most of the run). Past what the system allows, its most."""
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-    for size in (PIPE_BYTES, _pipe_max()):
-        try:
-            fcntl.fcntl(fd, setpipe, size)
-            return
-        except OSError:
-            continue
-
-
-def _pipe_max() -> int:
-    try:
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 1 << 20
+        self._put(("final", part.finish()))
 
 
 def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], output: Output,
               jobs: int, key: int,
               on_round: Callable[[list[list[Item]]], None]) -> list[dict[str, Any]]:
-    """Run the workers; ``on_round`` gets each round's items (worker order); returns the
-    workers' closing reports (their last items already passed to ``on_round``)."""
-    ctx = mp.get_context("fork")
+    """Run the workers; ``on_round`` gets each round's items (worker order), in this thread;
+    returns the workers' closing reports (their last items already passed to ``on_round``)."""
     warm_kernels(config)
+    maps = FileMaps(files)
     regions = _regions(config, jobs)
-    barrier = ctx.Barrier(jobs)
-    pipes = [ctx.Pipe(duplex=False) for _ in range(jobs)]
-    for r, _ in pipes:
-        _widen(r.fileno())
-    procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(p, jobs, key, config, rules, output, files, regions, barrier,
-                               pipes[p][1], os.getpid()))
-             for p in range(jobs)]
-    for proc in procs:
-        proc.start()
-    for _, w in pipes:
-        w.close()
-    conns = [r for r, _ in pipes]
+    barrier = threading.Barrier(jobs)
+    stop = threading.Event()
+    workers = [_Worker(p, jobs, key, config, rules, output, files, maps, regions, barrier, stop)
+               for p in range(jobs)]
+    for w in workers:
+        w.thread.start()
     finals: list[dict[str, Any]] = []
     try:
         while not finals:
-            msgs = []
-            for c in conns:
-                try:
-                    kind, body = _recv(c)
-                except EOFError:
-                    raise RuntimeError("a parallel worker died") from None
-                if kind == "error":
-                    raise RuntimeError(f"a parallel worker failed:\n{body}")
-                msgs.append((kind, body))
+            msgs = [w.out.get() for w in workers]
+            errors = [body for kind, body in msgs if kind == "error"]
+            if errors:  # the first cause, not a worker that found the barrier broken
+                first = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
+                             errors[0])
+                raise RuntimeError(f"a parallel worker failed: {first!r}") from first
             if len({kind for kind, _ in msgs}) != 1:
                 raise RuntimeError("parallel workers disagree on the rounds")
             if msgs[0][0] == "final":
@@ -212,10 +143,14 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
             else:
                 on_round([body for _, body in msgs])
     finally:
-        for proc in procs:
-            if proc.is_alive() and not finals:
-                proc.terminate()
-            proc.join()
-        for c in conns:
-            c.close()
+        if not finals:  # stop the workers: free the barrier and any worker waiting to hand over
+            stop.set()
+            barrier.abort()
+        for w in workers:
+            while w.thread.is_alive():
+                try:
+                    w.out.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            w.thread.join()
     return finals

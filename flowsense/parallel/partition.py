@@ -31,11 +31,11 @@ from flowsense.parallel.plan import (
     H_INLINE,
     H_NEXT,
     H_START,
+    FileMaps,
     InputFile,
     Piece,
     Region,
     assign_partitions,
-    file_buffer,
 )
 from flowsense.pipeline import FILE_DONE, Counters, Steps, slice_batch
 from flowsense.report import flows as flows_out
@@ -108,13 +108,15 @@ class Partition:
     """Aggregates partition ``p`` of ``n_parts``; collects what it hands back in ``items``."""
 
     def __init__(self, p: int, n_parts: int, key: int, config: Config,
-                 rules: list[WatchRule], output: Output, files: list[InputFile]) -> None:
+                 rules: list[WatchRule], output: Output, files: list[InputFile],
+                 maps: FileMaps | None = None) -> None:
         self.p = p
         self.n_parts = n_parts
         self.key = key
         self.config = config
         self.output = output
         self.files = files
+        self.maps = maps or FileMaps(files)  # the run's maps (shared by a local run's workers)
         self.table = FlowTable(partition_config(config, n_parts).flows, rules,
                                heads=output.heads, looked_at=output.kind == "analyze")
         self.fragments = Decoder(config.capture)  # sees every fragment, in order
@@ -130,7 +132,6 @@ class Partition:
             self.table.end_ordered = True
         self._damaged: set[int] = set()
         self._next: dict[int, int] = {}  # file -> where its next range starts
-        self._buf: tuple[int, np.ndarray] | None = None
         self._part = np.empty(0, dtype=np.uint8)
         self._status = np.empty(0, dtype=np.uint8)
 
@@ -172,17 +173,8 @@ class Partition:
         if h[H_DROPS] >= 0:
             self.stats.interface_drops = int(h[H_DROPS])
         batch = region.batch(np.zeros(0, dtype=np.uint8), inp.path)
-        if h[H_INLINE] < 0:  # payload offsets are file offsets
-            if piece.kind == "range":
-                # this range's bytes (a record starting in it may run past its end)
-                stop = piece.stop + self.config.capture.max_record_bytes + 16
-                buf, base = file_buffer(inp.path, int(h[H_START]), stop, populate=True)
-            else:
-                buf, base = self._file_buf(f), 0
-            cols = dict(batch.cols)
-            if base:
-                cols["pay_off"] = cols["pay_off"] - base
-            batch = PacketBatch(buf, batch.n, cols, batch.source)
+        if h[H_INLINE] < 0:  # payload offsets are file offsets: read them in the input's map
+            batch = PacketBatch(self.maps.get(f), batch.n, batch.cols, batch.source)
         self._batch(batch, region.part)
         err = region.error(inp.path)
         if err is not None:
@@ -209,12 +201,6 @@ class Partition:
         self._damaged.add(f)
         self.counters.files_damaged += 1
         self.errors.append(exc)
-
-    def _file_buf(self, f: int) -> np.ndarray:
-        """A whole input mapped (a piece read whole, or a pcapng read as a stream)."""
-        if self._buf is None or self._buf[0] != f:
-            self._buf = (f, file_buffer(self.files[f].path)[0])
-        return self._buf[1]
 
     # --- aggregation ------------------------------------------------------------------------
     def _batch(self, batch: PacketBatch, part: np.ndarray | None) -> None:

@@ -15,8 +15,10 @@ only state across pieces), so decoding in pieces changes nothing.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -128,15 +130,10 @@ H_WORDS = 16
 ERR_BYTES = 1024
 
 
-def _shared(nbytes: int) -> mmap.mmap:
-    """Anonymous shared memory: inherited by forked workers, gone with the last of them."""
-    return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-
-
 class Region:
-    """One decoded piece in shared memory: a header, the packet columns, each packet's
-    partition, and (for a stream's batch) the payload bytes it points into. Pages are touched
-    only as far as a piece fills them."""
+    """One decoded piece, read by every worker thread: a header, the packet columns, each
+    packet's partition, and (for a stream's batch) the payload bytes it points into. Pages are
+    touched only as far as a piece fills them."""
 
     def __init__(self, packets: int, inline_bytes: int) -> None:
         layout = [("hdr", np.dtype(np.int64), H_WORDS), ("err", np.dtype(np.uint8), ERR_BYTES),
@@ -148,7 +145,7 @@ class Region:
         for _, dt, count in layout:
             offsets.append(total)
             total += (dt.itemsize * count + 63) // 64 * 64
-        self._mm = _shared(total)
+        self._mm = mmap.mmap(-1, max(total, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         arrays = {name: np.frombuffer(self._mm, dtype=dt, count=count, offset=off)
                   for (name, dt, count), off in zip(layout, offsets)}
         self.hdr = arrays.pop("hdr")
@@ -171,21 +168,35 @@ class Region:
         return PacketBatch(buf, n, {k: v[:n] for k, v in self.cols.items()}, source)
 
 
-def file_buffer(path: str, start: int = 0, stop: int = -1,
-                populate: bool = False) -> tuple[np.ndarray, int]:
-    """A read-only view of ``path`` from about ``start`` to ``stop`` (-1: the end), memory-mapped;
-    returns (view, the file offset of its first byte: ``start`` rounded down to a page). With
-    ``populate``, the page tables are filled at once (one pass, not a fault each time a worker's
-    packets reach a page); only ever for a bounded range, never a whole large file."""
+def file_buffer(path: str) -> np.ndarray:
+    """A read-only view of the whole of ``path``, memory-mapped (pages come in as they are read)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        stop = size if stop < 0 else min(stop, size)
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        if stop <= base:
-            return np.zeros(0, dtype=np.uint8), base
-        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
-        mm = mmap.mmap(f.fileno(), stop - base, flags=flags, prot=mmap.PROT_READ, offset=base)
-    return np.frombuffer(mm, dtype=np.uint8), base
+        if size == 0:
+            return np.zeros(0, dtype=np.uint8)
+        mm = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    return np.frombuffer(mm, dtype=np.uint8)
+
+
+class FileMaps:
+    """Each input mapped once for a run, shared by every worker thread: the pages one worker's
+    walk faulted in serve the others' payload reads (a map a worker, or one a range populated
+    at once, cost each worker a page-table pass over the whole capture). Maps of inputs the run
+    has left behind (two files back) are dropped; a view still in use keeps its map alive."""
+
+    def __init__(self, files: list[InputFile]) -> None:
+        self.files = files
+        self._maps: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def get(self, f: int) -> np.ndarray:
+        with self._lock:
+            buf = self._maps.get(f)
+            if buf is None:
+                buf = self._maps[f] = file_buffer(self.files[f].path)
+                for old in [k for k in self._maps if k < f - 1]:
+                    del self._maps[old]
+            return buf
 
 
 def assign_partitions(batch: PacketBatch, out: np.ndarray, n_parts: int, key: int) -> np.ndarray:
@@ -195,9 +206,13 @@ def assign_partitions(batch: PacketBatch, out: np.ndarray, n_parts: int, key: in
     return out[: batch.n]
 
 
+@functools.lru_cache(maxsize=8)
 def _hash_key(key: int) -> np.ndarray:
-    rng = np.random.default_rng(key)
-    return rng.integers(0, 2**63, size=2, dtype=np.int64).astype(np.uint64)
+    """The partitioning hash's two words for ``key`` (made once: a generator costs 80 µs)."""
+    words = np.random.default_rng(key).integers(0, 2**63, size=2, dtype=np.int64)
+    words = words.astype(np.uint64)
+    words.flags.writeable = False
+    return words
 
 
 def has_fragments(batch: PacketBatch) -> bool:
@@ -209,21 +224,16 @@ class Producer:
     own; a stream with the worker's fragment-faithful decoder, in order)."""
 
     def __init__(self, files: list[InputFile], config: Config, n_parts: int, key: int,
-                 stream_decoder: Decoder) -> None:
+                 stream_decoder: Decoder, maps: FileMaps) -> None:
         self.files = files
+        self.maps = maps
         self.config = config
         self.n_parts = n_parts
         self.key = key
         self.decoder = Decoder(config.capture)
         self.stream_decoder = stream_decoder
-        self._bufs: dict[int, np.ndarray] = {}
         self._stream: Iterator[PacketBatch] | None = None
         self._stream_stats = ReaderStats(interface_drops=-1)
-
-    def buffer(self, f: int) -> np.ndarray:
-        if f not in self._bufs:
-            self._bufs = {f: file_buffer(self.files[f].path)[0]}  # one file mapped at a time
-        return self._bufs[f]
 
     def produce(self, piece: Piece, region: Region) -> None:
         h = region.hdr
@@ -242,7 +252,7 @@ class Producer:
                 if piece.kind == "range":
                     start = piece.start
                     if not piece.first:
-                        buf = self.buffer(piece.file)
+                        buf = self.maps.get(piece.file)
                         start = int(pcap_resync(buf, piece.start, len(buf), inp.swapped,
                                                 inp.frac_limit,
                                                 self.config.capture.max_record_bytes,
