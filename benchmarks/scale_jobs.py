@@ -6,11 +6,12 @@
 
 Steady state: one child process, kernels loaded and the page cache warm, times
 ``compute_flows(path, jobs=1)`` and ``jobs=N`` in turn (``--runs`` times each), with the CPU
-time of the process and of its workers. Whole process: ``python -m flowsense flows PATH
---format jsonl -o /dev/null --jobs J`` in turn, its process tree sampled for CPU time and
-memory. Memory: the peak of anonymous memory (Pss_Anon + Pss_Shmem summed over the process and
-its workers) for the capture (the highest of three runs) and for the same flows repeated ten
-times, shifted in time (each copy after the previous one's flows idled out).
+time of the process, of its calling thread and of its busiest worker thread. Whole process:
+``python -m flowsense flows PATH --format jsonl -o /dev/null --jobs J`` in turn, sampled
+every 10 ms for CPU time and memory. Memory: the peak of anonymous memory (Pss_Anon +
+Pss_Shmem, summed over the process tree) for the capture (the highest of three runs) and for
+the same flows repeated ten times, shifted in time (each copy after the previous one's flows
+idled out).
 Results go to ``results/scale_jobs.json`` (``quick``: ``results/scale_jobs_quick.json``).
 """
 
@@ -29,29 +30,35 @@ import numpy as np
 from benchmarks.measure import REPO, ensure_capture, log
 
 STEADY = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 from flowsense.cli import main
 from flowsense.config import Config
+from flowsense.parallel import local
 from flowsense.pipeline import compute_flows
 path, jobs, runs, what = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 cfg = Config().with_timeouts(3600, 7200)
+worker_cpu = []
+run = local._Worker._run
+def timed_run(self):  # each worker thread's own CPU time
+    run(self)
+    worker_cpu.append(time.thread_time())
+local._Worker._run = timed_run
 def job(j):
     if what == "compute_flows":
         return compute_flows([path], cfg, jobs=j, heads=False).n_flows  # the flows job
     return main(["flows", path, "--format", "jsonl", "-o", os.devnull, "--jobs", str(j),
                  "--idle-timeout", "3600", "--active-timeout", "7200"])
 counts = {j: job(j) for j in (1, jobs)}  # warm-up
-out = {j: {"wall": [], "cpu_self": [], "cpu_workers": []} for j in (1, jobs)}
-def cpu(who):
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
+out = {j: {"wall": [], "cpu": [], "cpu_caller": [], "cpu_worker_max": []} for j in (1, jobs)}
 for r in range(runs):
     for j in ((1, jobs) if r % 2 == 0 else (jobs, 1)):
-        t, s, c = time.perf_counter(), cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+        worker_cpu.clear()
+        t, c, m = time.perf_counter(), time.process_time(), time.thread_time()
         job(j)
         out[j]["wall"].append(time.perf_counter() - t)
-        out[j]["cpu_self"].append(cpu(resource.RUSAGE_SELF) - s)
-        out[j]["cpu_workers"].append(cpu(resource.RUSAGE_CHILDREN) - c)
+        out[j]["cpu"].append(time.process_time() - c)
+        out[j]["cpu_caller"].append(time.thread_time() - m)
+        out[j]["cpu_worker_max"].append(max(worker_cpu, default=0.0))
 print(json.dumps({"flows": counts, "runs": out}))
 """
 
@@ -85,10 +92,10 @@ def _anon_kib(pid: int) -> int:
     return total
 
 
-def monitored(cmd: list[str]) -> dict:
-    """Run ``cmd``, sampling its process tree every 50 ms: wall seconds, the peak of its
-    anonymous memory (``_anon_kib`` summed over the tree), and CPU seconds per process (the
-    last sample before each exits)."""
+def monitored(cmd: list[str], every_s: float = 0.01) -> dict:
+    """Run ``cmd``, sampling its process tree every ``every_s``: wall seconds, the peak of its
+    anonymous memory (``_anon_kib`` summed over the tree), and its CPU seconds (the last
+    sample before each process exits)."""
     import psutil
 
     t0 = time.perf_counter()
@@ -108,13 +115,11 @@ def monitored(cmd: list[str]) -> dict:
                 cpu[p.pid] = ct.user + ct.system
             except psutil.Error:
                 pass
-        time.sleep(0.05)
+        time.sleep(every_s)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-    workers = [v for pid, v in cpu.items() if pid != proc.pid]
-    return {"wall": wall, "peak_anon_bytes": peak * 1024, "cpu_main": cpu.get(proc.pid, 0.0),
-            "cpu_workers_max": max(workers, default=0.0), "cpu_workers_sum": sum(workers)}
+    return {"wall": wall, "peak_anon_bytes": peak * 1024, "cpu": sum(cpu.values())}
 
 
 def whole(path: str, jobs: int, runs: int) -> dict[int, list[dict]]:
@@ -163,6 +168,13 @@ def summary(runs: dict[int, list[dict]], jobs: int, keys: tuple[str, ...]) -> di
             "runs": len(runs[1])}
 
 
+def cpu_bound(med: dict, jobs: int) -> float:
+    """The most the wall-time ratio could be on an otherwise idle machine, given the CPU the
+    parallel run spent: serial CPU over the parallel run's CPU spread evenly over ``jobs`` cores
+    (its threads share one process: what is not spread, the caller's joining, only lowers it)."""
+    return round(med[1]["cpu"] / (med[jobs]["cpu"] / jobs), 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scale_jobs",
                                  description=__doc__.split("\n")[0])
@@ -184,22 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"steady state: {what}")
         st = steady(args.capture, args.jobs, args.runs, what)
         runs = {j: [dict(zip(v, x)) for x in zip(*v.values())] for j, v in st["runs"].items()}
-        res[name] = summary(runs, args.jobs, ("wall", "cpu_self", "cpu_workers"))
+        res[name] = summary(runs, args.jobs, ("wall", "cpu", "cpu_caller", "cpu_worker_max"))
         res[name]["flows_or_rc"] = st["flows"]
-        med = res[name]["median"]
-        # on an idle machine a parallel run takes at least its busiest process's CPU time:
-        # the parent (its joining overlaps the workers) or a worker (partitions even by hash)
-        busiest = max(med[args.jobs]["cpu_self"], med[args.jobs]["cpu_workers"] / args.jobs)
-        res[name]["speedup_cpu_critical_path"] = round(med[1]["cpu_self"] / busiest, 2)
-    keys = ("wall", "cpu_main", "cpu_workers_max", "cpu_workers_sum", "peak_anon_bytes")
+        res[name]["speedup_cpu_bound"] = cpu_bound(res[name]["median"], args.jobs)
     if not args.no_whole:
         log("whole process")
-        res["whole_process"] = summary(whole(args.capture, args.jobs, args.runs), args.jobs, keys)
-        med = res["whole_process"]["median"]
-        # the workers start after the parent's interpreter start and imports: an upper bound
-        busiest = med[args.jobs]["cpu_main"] + med[args.jobs]["cpu_workers_max"]
-        res["whole_process"]["speedup_cpu_critical_path"] = round(
-            med[1]["cpu_main"] / busiest, 2)
+        res["whole_process"] = summary(whole(args.capture, args.jobs, args.runs), args.jobs,
+                                       ("wall", "cpu", "peak_anon_bytes"))
+        res["whole_process"]["speedup_cpu_bound"] = cpu_bound(res["whole_process"]["median"],
+                                                              args.jobs)
     if args.memory:
         longer = args.capture.replace(".pcap", f"-x{args.repeat}.pcap")
         if not os.path.exists(longer):
