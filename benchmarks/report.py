@@ -345,9 +345,27 @@ def _scaling(sc: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {c['median_s']:.3f} | {c['extra_pct']:+.1f}% | "
                          f"{by_round} | {alerts} |")
         lines.append("")
+        lines += _fresh_lines(det.get("fresh_process") or {})
     elif det:
         lines += [f"Detectors: not measured: {det.get('error')}", ""]
     return lines
+
+
+def _fresh_lines(fresh: dict[str, Any]) -> list[str]:
+    """Issue 4's figure measured one timed pass a fresh process (``scaling.fresh_passes``)."""
+    if "seconds" not in fresh:
+        return [f"Stratum and pools, one pass a process: not measured: {fresh['error']}", ""] \
+            if "error" in fresh else []
+    w = fresh["seconds"]
+    med = w["median"]
+    return [
+        f"Stratum and pools over the bare pipeline, one timed pass a fresh process after an "
+        f"untimed pass over the same capture (issue 4's figure; {fresh['rounds']} rounds, "
+        f"each running both): {med['none']:.3f} s against {med['stratum+pools']:.3f} s, "
+        f"{w['extra_pct']:+.1f}% by medians, {w['paired_extra_pct']:+.1f}% by round, "
+        f"{w['fastest_extra_pct']:+.1f}% by fastest pass.",
+        "",
+    ]
 
 
 def drift(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

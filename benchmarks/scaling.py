@@ -12,6 +12,7 @@ it takes seconds rather than minutes.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,4 +180,41 @@ def detectors(capture: str, repeats: int, idle_s: int, active_s: int) -> dict[st
     for cfg in r["configs"].values():
         cfg["extra_pct"] = round((cfg["median_s"] / base - 1) * 100, 1)
     r["capture"] = os.path.basename(capture)
+    if "stratum+pools" in r["configs"]:
+        r["fresh_process"] = fresh_passes(capture, repeats, idle_s, active_s)
     return r
+
+
+FRESH_LABELS = ("none", "stratum+pools")
+
+
+def fresh_passes(capture: str, rounds: int, idle_s: int, active_s: int) -> dict[str, Any]:
+    """Issue 4's figure, Stratum and pools over the bare pipeline, one timed pass a fresh
+    process after one untimed pass over the same capture, as the steady row times compute_flows
+    (``workers flowsense-detector-pass``; a warm-up on a small capture left kernels and code
+    paths to load in the timed pass: +16% where this gives +7.5%). ``rounds`` rounds, each
+    running both in turn (the order reversed every other round). Wall and CPU time: medians,
+    the extra by medians, by the median of the rounds' own ratios and by the fastest passes."""
+    runs: dict[str, dict[str, list[float]]] = {
+        label: {"seconds": [], "cpu_seconds": []} for label in FRESH_LABELS}
+    try:
+        for k in range(rounds):
+            for label in FRESH_LABELS if k % 2 == 0 else FRESH_LABELS[::-1]:
+                r = measure.worker("flowsense-detector-pass", capture, idle_s, active_s,
+                                   warm_capture=capture, extra=["--detectors", label])
+                for key in ("seconds", "cpu_seconds"):
+                    runs[label][key].append(r[key])
+    except measure.MeasureError as e:
+        return {"error": str(e).splitlines()[0]}
+    out: dict[str, Any] = {"rounds": rounds}
+    for key in ("seconds", "cpu_seconds"):  # wall time, and CPU time (host steal excluded)
+        base, both = runs["none"][key], runs["stratum+pools"][key]
+        paired = sorted(b / a - 1 for a, b in zip(base, both))
+        out[key] = {
+            "runs": {label: sorted(runs[label][key]) for label in FRESH_LABELS},
+            "median": {label: statistics.median(runs[label][key]) for label in FRESH_LABELS},
+            "extra_pct": round(100 * (statistics.median(both) / statistics.median(base) - 1), 1),
+            "paired_extra_pct": round(100 * statistics.median(paired), 1),
+            "fastest_extra_pct": round(100 * (min(both) / min(base) - 1), 1),
+        }
+    return out

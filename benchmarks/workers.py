@@ -198,6 +198,26 @@ def flowsense_detectors(path: str, idle_s: float, active_s: float, repeats: int)
     return {"detectors": names, "configs": out, "rounds": repeats}
 
 
+def flowsense_detector_pass(path: str, warm_path: str, idle_s: float, active_s: float,
+                            label: str) -> dict[str, Any]:
+    """One timed pass of the pipeline with the detectors of ``label`` (``none``, a detector's
+    name, or names joined by ``+``), in this fresh process, after an untimed pass over
+    ``warm_path`` with the same detectors (kernels loaded, page cache warm). One timed pass a
+    process: in one process, the passes after the second are slower about every third time on
+    this machine's huge pages (benchmarks/README.md, "What helped"), which falls on whichever
+    configuration runs then."""
+    cfg = fs_api.make_config(idle_s, active_s)
+    names = [] if label == "none" else label.split("+")
+    unknown = set(names) - set(fs_api.detector_names())
+    if unknown:
+        raise SystemExit(f"no such detector: {', '.join(sorted(unknown))}")
+    fs_api.pipeline_run(warm_path, cfg, names)
+    gc.collect()
+    r = fs_api.pipeline_run(path, cfg, names)
+    return {"label": label, "seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"],
+            "alerts": r["alerts"]}
+
+
 def _read_through(path: str) -> None:
     """Bring the file into the page cache (a sequential read, far cheaper than a pass)."""
     with open(path, "rb", buffering=0) as fh:
@@ -305,6 +325,9 @@ TOOLS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "flowsense-detectors": lambda a: flowsense_detectors(
         a.capture, a.idle_timeout, a.active_timeout, a.repeats
     ),
+    "flowsense-detector-pass": lambda a: flowsense_detector_pass(
+        a.capture, a.warm_capture or a.capture, a.idle_timeout, a.active_timeout, a.detectors
+    ),
     "flowsense-scale": lambda a: flowsense_scale(
         a.capture, a.warm_capture or a.capture, a.idle_timeout, a.active_timeout
     ),
@@ -323,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-capture", help="flowsense-memory/-scale: small capture to warm up on")
     ap.add_argument("--limit", type=int, default=0, help="dpkt, scapy: packets to read (0: all)")
     ap.add_argument("--repeats", type=int, default=3, help="flowsense-detectors: rounds")
+    ap.add_argument("--detectors", default="none",
+                    help="flowsense-detector-pass: none, a detector, or names joined by +")
     ap.add_argument(
         "--phase",
         choices=["table", "compute"],

@@ -87,6 +87,13 @@ def test_scaling_and_detectors_measured(quick_run: tuple[Path, int, str]) -> Non
     # the stratum detector had work to do on the generated capture: its miners
     assert det["stratum"]["alerts"].get("stratum-mining", 0) > 0
     assert det["none"]["alerts"] == {}
+    # issue 4's figure, one timed pass a fresh process: both configurations, every round
+    fresh = sc["detectors"]["fresh_process"]
+    rounds = fresh["rounds"]
+    assert rounds >= 1
+    for label in ("none", "stratum+pools"):
+        assert len(fresh["seconds"]["runs"][label]) == rounds
+        assert min(fresh["seconds"]["runs"][label]) > 0
 
 
 def test_accuracy_scores_bundled_captures(quick_run: tuple[Path, int, str]) -> None:
