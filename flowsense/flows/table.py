@@ -8,7 +8,6 @@ bounded mode, and turns the kernels' event lists into FeatureFrames for a sink.
 from __future__ import annotations
 
 import logging
-import mmap
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from flowsense.config import FlowConfig
 from flowsense.flows import kernels as K
 from flowsense.flows import table_kernels as TK
 from flowsense.flows.features import FeatureFrame, gather
+from flowsense.flows.memory import zeros
 from flowsense.schema import (
     END_ACTIVE,
     EV_PROMPT,
@@ -135,22 +135,6 @@ def _rule_arrays(watch_rules: Sequence[WatchRule]) -> dict[str, np.ndarray]:
 
 def _null_sink(frame: FeatureFrame) -> None:
     pass
-
-
-def zeros(shape: int | tuple[int, ...], dtype: type) -> np.ndarray:
-    """Zeroed memory that goes back to the system when freed: large arrays in their own
-    anonymous map. (From malloc, a grown table's old arrays could stay resident: glibc raises
-    its mmap threshold after the first large free.) Untouched pages cost nothing. Maps of 2 MiB
-    and more ask for transparent huge pages (``MADV_HUGEPAGE``; most distributions enable them
-    only where asked): a packet's flow row is a random place in tens or hundreds of MiB, and
-    with 4 KiB pages nearly every one missed the TLB (the steady pass 8% faster)."""
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if n < 1 << 20:
-        return np.zeros(shape, dtype=dtype)
-    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if n >= 2 << 20 and hasattr(mmap, "MADV_HUGEPAGE"):
-        m.madvise(mmap.MADV_HUGEPAGE)
-    return np.frombuffer(m, dtype=dtype).reshape(shape)
 
 
 class FlowTable:

@@ -146,11 +146,10 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
         if not finals:  # stop the workers: free the barrier and any worker waiting to hand over
             stop.set()
             barrier.abort()
-        for w in workers:
+        for w in workers:  # ended, or ending: what a stopped worker still hands over is dropped
             while w.thread.is_alive():
                 try:
-                    w.out.get(timeout=0.05)
+                    w.out.get_nowait()
                 except queue.Empty:
-                    pass
-            w.thread.join()
+                    w.thread.join(0.01)  # returns as soon as the thread ends
     return finals
