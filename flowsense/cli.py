@@ -51,7 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="partitions in parallel (default: the machine's cores; inputs smaller "
                         "than one chunk run in one process)")
     g.add_argument("--engine", choices=ENGINES, default="local",
-                   help="local: forked workers on this machine; dask: Dask distributed")
+                   help="local: worker threads on this machine; dask: Dask distributed")
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler (tcp://host:8786); default: a local cluster on loopback")
     g.add_argument("--independent", action="store_true",

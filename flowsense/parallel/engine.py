@@ -1,6 +1,6 @@
 """The parallel run seen from the caller: the same interface as ``pipeline.Pipeline``.
 
-``ParallelPipeline`` picks the engine (``local``: forked workers on this machine; ``dask``:
+``ParallelPipeline`` picks the engine (``local``: worker threads on this machine; ``dask``:
 Dask distributed), joins what the partitions hand back and calls the same sinks a Pipeline
 would: for the detectors, at each step's end (``pipeline.Steps``) one frame of DNS replies, one
 of ended flows and, when due, one snapshot, each in ``in_end_order``; records as frames, or

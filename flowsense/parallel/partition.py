@@ -6,7 +6,7 @@ flow's packets meet one table in capture order and its record is what one table 
 ticks keep every table's clock, time jumps and expiry (idle ends, interim records, the moment of
 an active timeout) exactly those of a single table. For the detectors every partition cuts the
 stream into the same steps as one process (``pipeline.Steps``: record counts of each file) and
-hands back, at each step's end, its share of what the detectors are shown there; the parent
+hands back, at each step's end, its share of what the detectors are shown there; the caller
 joins the shares (``engine.ParallelPipeline``).
 """
 
@@ -55,11 +55,12 @@ class Output:
 
 
 class _Text:
-    """What the flow writers write to, kept as uint8 arrays (they cross to the parent out of
-    band): text rows joined once, the JSON kernel's bytes as they are (a view of its buffer,
-    sized for the worst case, about twice what it holds: held only until the round is sent;
-    copying it cost more). No reference cycle (``buffer`` is a property): what it holds goes as
-    soon as the round is sent, not at the next garbage collection."""
+    """What the flow writers write to, kept as uint8 arrays (handed to the caller as they
+    are; Dask pickles them out of band): text rows joined once, the JSON kernel's bytes as they
+    are (a view of its buffer, sized for the worst case, about twice what it holds: held only
+    until the round is handed over; copying it cost more). No reference cycle (``buffer`` is a
+    property): what it holds goes as soon as the round is handed over, not at the next garbage
+    collection."""
 
     def __init__(self) -> None:
         self._parts: list[np.ndarray] = []

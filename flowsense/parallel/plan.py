@@ -323,8 +323,8 @@ class Producer:
 
 
 def warm_kernels(config: Config) -> None:
-    """Load this module's kernels (and their callees) before workers fork, so each does not
-    compile or load them on its own."""
+    """Load this module's kernels (and their callees) before the worker threads start, so they
+    do not wait on each other compiling or loading them."""
     from flowsense.parallel.kernels import tick_statuses
 
     z8 = np.zeros(1, dtype=np.uint8)
