@@ -49,7 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out (README: Many captures, many cores)")
     g.add_argument("--jobs", type=_jobs, metavar="N",
                    help="partitions in parallel (default: the machine's cores; inputs smaller "
-                        "than one chunk run in one process)")
+                        "than one chunk run on one core)")
     g.add_argument("--engine", choices=ENGINES, default="local",
                    help="local: worker threads on this machine; dask: Dask distributed")
     g.add_argument("--scheduler", metavar="ADDRESS",
