@@ -203,9 +203,8 @@ def flowsense_detector_pass(path: str, warm_path: str, idle_s: float, active_s: 
     """One timed pass of the pipeline with the detectors of ``label`` (``none``, a detector's
     name, or names joined by ``+``), in this fresh process, after an untimed pass over
     ``warm_path`` with the same detectors (kernels loaded, page cache warm). One timed pass a
-    process: in one process, the passes after the second are slower about every third time on
-    this machine's huge pages (benchmarks/README.md, "What helped"), which falls on whichever
-    configuration runs then."""
+    process: in a process that runs many, about every third pass is slower on this machine's
+    huge pages (benchmarks/README.md, "What helped"), whichever configuration it falls on."""
     cfg = fs_api.make_config(idle_s, active_s)
     names = [] if label == "none" else label.split("+")
     unknown = set(names) - set(fs_api.detector_names())
@@ -343,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("capture")
     ap.add_argument("--idle-timeout", type=float, default=3600.0)
     ap.add_argument("--active-timeout", type=float, default=7200.0)
-    ap.add_argument("--warm-capture", help="flowsense-memory/-scale: small capture to warm up on")
+    ap.add_argument("--warm-capture",
+                    help="flowsense-memory/-scale/-detector-pass: the capture to warm up on")
     ap.add_argument("--limit", type=int, default=0, help="dpkt, scapy: packets to read (0: all)")
     ap.add_argument("--repeats", type=int, default=3, help="flowsense-detectors: rounds")
     ap.add_argument("--detectors", default="none",
