@@ -353,9 +353,10 @@ def _scaling(sc: dict[str, Any]) -> list[str]:
 
 def _fresh_lines(fresh: dict[str, Any]) -> list[str]:
     """Issue 4's figure measured one timed pass a fresh process (``scaling.fresh_passes``)."""
+    if "error" in fresh:
+        return [f"Stratum and pools, one pass a process: not measured: {fresh['error']}", ""]
     if "seconds" not in fresh:
-        return [f"Stratum and pools, one pass a process: not measured: {fresh['error']}", ""] \
-            if "error" in fresh else []
+        return []
     w = fresh["seconds"]
     med = w["median"]
     return [

@@ -173,10 +173,10 @@ class Partition:
         assert region is not None and h is not None
         if h[H_DROPS] >= 0:
             self.stats.interface_drops = int(h[H_DROPS])
-        batch = region.batch(np.zeros(0, dtype=np.uint8), inp.path)
-        if h[H_INLINE] < 0:  # payload offsets are file offsets: read them in the input's map
-            batch = PacketBatch(self.maps.get(f), batch.n, batch.cols, batch.source)
-        self._batch(batch, region.part)
+        # payload offsets are file offsets, read in the input's map (a stream's batch points
+        # into the region's own copy, which ``Region.batch`` takes)
+        buf = self.maps.get(f) if h[H_INLINE] < 0 else region.inline
+        self._batch(region.batch(buf, inp.path), region.part)
         err = region.error(inp.path)
         if err is not None:
             self._damage(f, err)

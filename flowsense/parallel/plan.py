@@ -145,6 +145,8 @@ class Region:
         for _, dt, count in layout:
             offsets.append(total)
             total += (dt.itemsize * count + 63) // 64 * 64
+        # a plain map, not ``flows.memory.zeros``: on huge pages each column's filled prefix
+        # would hold a whole 2 MiB page
         self._mm = mmap.mmap(-1, max(total, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         arrays = {name: np.frombuffer(self._mm, dtype=dt, count=count, offset=off)
                   for (name, dt, count), off in zip(layout, offsets)}
