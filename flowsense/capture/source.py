@@ -41,6 +41,16 @@ class ByteSource:
         pass
 
 
+class BufferSource(ByteSource):
+    """Bytes already in memory that another owner keeps (a parallel run's map of an input):
+    closing the source leaves them alone."""
+
+    def __init__(self, name: str, buf: np.ndarray) -> None:
+        super().__init__(name)
+        self.window = buf
+        self.eof = True
+
+
 class MappedSource(ByteSource):
     def __init__(self, name: str, fd: int, size: int) -> None:
         super().__init__(name)

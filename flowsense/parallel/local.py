@@ -107,6 +107,8 @@ class _Worker:
                 producer.produce(nxt[0], regions[(j + 1) % 2][0])
             self._put(("round", part.take()))
             self.barrier.wait()
+            if p < len(cur) and cur[p].kind == "range":
+                maps.release(cur[p])  # every worker has aggregated it
             cur = nxt
             j += 1
         self._put(("final", part.finish()))
