@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flowsense.capture.kernels import W_FULL, walk_pcap
 from flowsense.jit import kernel
 from flowsense.schema import (
     PF_FIRST_FRAGMENT,
@@ -600,3 +601,38 @@ def tally_batch(n, wirelen, status, pflags, orphan_flag, out):
         s = np.int64(status[i])
         if s < top:
             out[2 + s] += 1
+
+
+@kernel
+def walk_decode_pcap(
+    buf, pos, end, stop, swapped, frac_ns, max_caplen, linktype,
+    data_off, caplen, wirelen, ts_in, lt, rec_in, step,
+    ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
+    tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, rec_off, wlen,
+    fr_src_hi, fr_src_lo, fr_dst_hi, fr_dst_lo, fr_id, fr_proto, fr_sport, fr_dport, fr_ts,
+    frag_timeout_ns, max_depth, counters, at, room,
+):
+    """``walk_pcap`` and ``decode_batch`` in turn, ``step`` records at a time (decoding finds
+    the frames the walk brought into cache), until ``room`` packets are decoded into the packet
+    columns from ``at`` on or the walk stops. One call where Python called each kernel every
+    ``step`` records: each call took the GIL back, and in a parallel run the worker threads
+    waited on each other for it. Returns ``walk_pcap``'s ``(n, pos, status)``, ``n`` the
+    packets decoded (W_FULL: ``room`` is full)."""
+    total = 0
+    st = W_FULL
+    while total < room:
+        k = min(step, room - total)
+        n, pos, st = walk_pcap(buf, pos, end, stop, swapped, frac_ns, max_caplen, linktype,
+                               data_off, caplen, wirelen, ts_in, lt, rec_in, k)
+        if n:
+            decode_batch(
+                buf, n, data_off, caplen, wirelen, ts_in, lt, rec_in,
+                ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport,
+                dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel,
+                rec_off, wlen, fr_src_hi, fr_src_lo, fr_dst_hi, fr_dst_lo, fr_id, fr_proto,
+                fr_sport, fr_dport, fr_ts, frag_timeout_ns, max_depth, counters, at + total,
+            )
+            total += n
+        if st != W_FULL:
+            break
+    return total, pos, st

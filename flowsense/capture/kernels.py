@@ -20,6 +20,8 @@ W_SHORT = 2  # fewer bytes left than the next header or record needs (truncation
 W_BAD_LEN = 3  # a length field is impossible (beyond the hard cap, not a multiple of 4, ...)
 W_BLOCK = 4  # pcapng: a block Python must parse (SHB, IDB, ISB) starts at pos
 W_BAD_IFACE = 5  # pcapng: a packet names an interface that was not described
+W_STOP = 6  # pcap: the record at pos starts at or past ``stop`` (the end of a span)
+NO_STOP = 1 << 62  # ``stop`` for a walk to the end
 
 # Records are a chain: each header's position comes from the one before, so a walk that waits
 # for every header to arrive from memory runs at memory latency (about 70 ns a record here).
@@ -76,12 +78,13 @@ def rd32(buf, p, swapped):
 
 @kernel
 def walk_pcap(
-    buf, pos, end, swapped, frac_ns, max_caplen, linktype,
+    buf, pos, end, stop, swapped, frac_ns, max_caplen, linktype,
     data_off, caplen, wirelen, ts_ns, lt, rec_off, max_n,
 ):
     """Walk classic pcap records.
 
     buf: uint8[:] (a memory map or a read buffer); pos, end: int64 byte offsets.
+    stop: the walk ends (W_STOP) at a record starting at or past it (``NO_STOP``: none does).
     frac_ns: ns per unit of the fractional timestamp field (1000 for µs magic, 1 for ns).
     max_caplen: records capturing more are damage (W_BAD_LEN).
     Outputs: record columns, length >= max_n. Returns (n, pos, status).
@@ -90,6 +93,8 @@ def walk_pcap(
     pf = pos
     while n < max_n:
         pf = prefetch_ahead(buf, pf, pos, end)
+        if pos >= stop:
+            return n, pos, W_STOP
         if pos == end:
             return n, pos, W_END
         if end - pos < 16:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from flowsense.capture import kernels as K
-from flowsense.capture.decode_kernels import decode_batch
+from flowsense.capture.decode_kernels import decode_batch, walk_decode_pcap
 from flowsense.capture.source import ByteSource, open_source
 from flowsense.config import CaptureConfig
 from flowsense.errors import CaptureError
@@ -104,7 +104,14 @@ class _Walker:
         return RecordBatch(self.src.window, n, cols)
 
 
-def _records_pcap(w: _Walker, span: Span | None = None) -> Iterator[RecordBatch]:
+# ``step(window, pos, stop, swapped, frac_ns, linktype)``: walk (and maybe decode) from ``pos``
+PcapStep = Callable[[np.ndarray, int, int, bool, int, int], tuple[int, int, int]]
+
+
+def _walk_pcap(w: _Walker, span: Span | None, step: PcapStep) -> Iterator[int]:
+    """The classic pcap walk: checks the file header, calls ``step`` until the records end
+    (refilling a stream's window), yields each step's count once the step is done, and raises
+    on damage after what was readable. With ``span``, the records that start in it."""
     pos = w.need(0, 24)
     win = w.src.window
     if len(win) < 24:
@@ -117,26 +124,17 @@ def _records_pcap(w: _Walker, span: Span | None = None) -> Iterator[RecordBatch]
     if linktype not in SUPPORTED_LINKTYPES:
         raise w.error(20, f"unsupported link type {linktype}")
     pos = 24 if span is None else max(24, span.start)
-    cap = w.cfg.max_record_bytes
-    r = w.rec
+    stop = K.NO_STOP if span is None else span.stop
     while True:
         win = w.src.window
-        n, pos, st = K.walk_pcap(
-            win, pos, len(win), swapped, frac_ns, cap, linktype,
-            r["data_off"], r["caplen"], r["wirelen"], r["ts_ns"], r["linktype"], r["rec_off"],
-            w.chunk,
-        )
-        if span is not None and n and r["rec_off"][n - 1] >= span.stop:
-            keep = int(np.searchsorted(r["rec_off"][:n], span.stop))
-            span.next_pos = int(r["rec_off"][keep])
-            if keep:
-                yield w.batch(keep)
-            return
+        n, pos, st = step(win, pos, stop, swapped, frac_ns, linktype)
         if span is not None:
             span.next_pos = pos
         if n:
-            yield w.batch(n)
-        if st == K.W_FULL:
+            yield n
+        if st in (K.W_FULL, K.W_STOP):
+            if st == K.W_STOP:
+                return
             continue
         if st in (K.W_END, K.W_SHORT):
             if w.src.refill(pos):
@@ -147,7 +145,22 @@ def _records_pcap(w: _Walker, span: Span | None = None) -> Iterator[RecordBatch]
             left = len(w.src.window) - pos
             raise w.error(pos, f"truncated record ({left} bytes left of a record)")
         caplen = struct.unpack(e + "I", bytes(win[pos + 8:pos + 12]))[0]
-        raise w.error(pos, f"record length {caplen} beyond the cap of {cap} bytes")
+        raise w.error(pos, f"record length {caplen} beyond the cap of {w.cfg.max_record_bytes} "
+                      "bytes")
+
+
+def _records_pcap(w: _Walker, span: Span | None = None) -> Iterator[RecordBatch]:
+    r = w.rec
+    cap = w.cfg.max_record_bytes
+
+    def step(win: np.ndarray, pos: int, stop: int, swapped: bool, frac_ns: int,
+             linktype: int) -> tuple[int, int, int]:
+        return K.walk_pcap(win, pos, len(win), stop, swapped, frac_ns, cap, linktype,
+                           r["data_off"], r["caplen"], r["wirelen"], r["ts_ns"], r["linktype"],
+                           r["rec_off"], w.chunk)
+
+    for n in _walk_pcap(w, span, step):
+        yield w.batch(n)
 
 
 @dataclass
@@ -349,27 +362,67 @@ class Decoder:
             self.cfg.max_encap_depth, self.counters, at,
         )
 
+    def walk_decode(self, w: _Walker, win: np.ndarray, pos: int, stop: int, swapped: bool,
+                    frac_ns: int, linktype: int) -> tuple[int, int, int]:
+        """Walk classic pcap records from ``pos`` and decode them into the packet arrays from
+        index 0, up to ``batch_packets`` of them, in one kernel call (``walk_decode_pcap``)."""
+        r = w.rec
+        return walk_decode_pcap(
+            win, pos, len(win), stop, swapped, frac_ns, self.cfg.max_record_bytes, linktype,
+            r["data_off"], r["caplen"], r["wirelen"], r["ts_ns"], r["linktype"], r["rec_off"],
+            w.chunk, *self._outs, *self.fr, self._frag_timeout_ns, self.cfg.max_encap_depth,
+            self.counters, 0, self.cfg.batch_packets,
+        )
+
     def batch(self, n: int, buf: np.ndarray, source: str) -> PacketBatch:
         return PacketBatch(buf, n, {k: v[:n] for k, v in self.out.items()}, source)
 
 
 def iter_batches(
     path: str, cfg: CaptureConfig | None = None, stats: ReaderStats | None = None,
-    decoder: Decoder | None = None, span: Span | None = None,
+    decoder: Decoder | None = None, span: Span | None = None, src: ByteSource | None = None,
 ) -> Iterator[PacketBatch]:
     """Decoded packet batches of one capture; raises CaptureError after the readable part.
-    With ``span`` (a classic pcap only), the records that start in that byte range.
+    With ``span`` (a classic pcap only), the records that start in that byte range; with
+    ``src``, read from that source rather than opening ``path``.
 
     Records are walked and decoded a few thousand at a time (the frames are still in cache) and
     handed on in batches of up to ``batch_packets``; a batch never spans two stream windows.
+    A classic pcap is walked and decoded in one kernel call a batch (``Decoder.walk_decode``).
     """
     cfg = cfg or CaptureConfig()
     stats = stats if stats is not None else ReaderStats()
     decoder = decoder or Decoder(cfg)
+    src = src or open_source(path, cfg)
+    try:
+        w = _Walker(src, cfg, stats)
+        w.need(0, 4)
+        pcap = bytes(src.window[:4]) in PCAP_MAGICS
+    except BaseException:
+        src.close()
+        raise
+    if not pcap:  # pcapng, or what iter_records reports as not a capture
+        yield from _decoded(iter_records(path, cfg, stats, src=src, span=span), decoder, cfg,
+                            path)
+        return
+    try:
+        def step(win: np.ndarray, pos: int, stop: int, swapped: bool, frac_ns: int,
+                 linktype: int) -> tuple[int, int, int]:
+            return decoder.walk_decode(w, win, pos, stop, swapped, frac_ns, linktype)
+
+        for n in _walk_pcap(w, span, step):
+            yield decoder.batch(n, w.src.window, path)
+    finally:
+        src.close()
+
+
+def _decoded(records: Iterator[RecordBatch], decoder: Decoder, cfg: CaptureConfig,
+             path: str) -> Iterator[PacketBatch]:
+    """Record batches decoded and gathered into packet batches (pcapng)."""
     acc = 0
     buf = np.empty(0, dtype=np.uint8)
     try:
-        for rb in iter_records(path, cfg, stats, span=span):
+        for rb in records:
             if acc and (rb.buf is not buf or acc + rb.n > cfg.batch_packets):
                 yield decoder.batch(acc, buf, path)
                 acc = 0
