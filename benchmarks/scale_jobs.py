@@ -163,9 +163,14 @@ def _median(runs: list[dict], key: str) -> float:
 
 
 def summary(runs: dict[int, list[dict]], jobs: int, keys: tuple[str, ...]) -> dict:
+    """Medians, and the wall-time ratio two ways: of the medians, and the median of each
+    round's ratio (a round's two runs are next to each other in time, so a drift of the shared
+    host's speed over the session moves both)."""
     med = {j: {k: _median(runs[j], k) for k in keys} for j in (1, jobs)}
+    rounds = [a["wall"] / b["wall"] for a, b in zip(runs[1], runs[jobs])]
     return {"median": med, "speedup_wall": round(med[1]["wall"] / med[jobs]["wall"], 2),
-            "runs": len(runs[1])}
+            "speedup_wall_by_round": round(statistics.median(rounds), 2),
+            "speedup_wall_rounds": [round(r, 2) for r in rounds], "runs": len(runs[1])}
 
 
 def cpu_bound(med: dict, jobs: int) -> float:
