@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 Sink = Callable[[FeatureFrame], None]
 EVENT_CAPACITY = 65536
+GATHER_SLICE = 8192  # flows a record frame holds at most (drain)
 
 _PER_SLOT = {  # one value per slot: name -> dtype
     "lprev": np.int32, "lnext": np.int32, "aprev": np.int32, "anext": np.int32,
@@ -328,8 +329,7 @@ class FlowTable:
             slots, kinds = slots[~prompt], kinds[~prompt]
         interim = kinds == END_ACTIVE
         if interim.any():
-            sink(gather(T, slots[interim], kinds[interim], interim=True,
-                        heads=self.export_heads, end_ordered=self.end_ordered))
+            self._gather(sink, slots[interim], kinds[interim], interim=True)
         ended = ~interim
         if ended.any():
             rel = slots[ended]
@@ -341,9 +341,18 @@ class FlowTable:
                 if gone.any():
                     self._show_prompts(self._held[gone])
                     self._held = self._held[~gone]
-            sink(gather(T, rel, kinds[ended], interim=False, heads=self.export_heads,
-                        end_ordered=self.end_ordered))
+            self._gather(sink, rel, kinds[ended], interim=False)
             TK.release_slots(T, rel, len(rel))
+
+    def _gather(self, sink: Sink, slots: np.ndarray, reasons: np.ndarray, interim: bool) -> None:
+        """The records of ``slots`` to ``sink``, ``GATHER_SLICE`` flows a frame (one frame when
+        they go in end order, ``end_ordered``): a drain of every live flow (the end of the
+        input, a capture resuming after a gap) made its records, and the writers their copies
+        and text, for tens of thousands of flows at once, beside everything else held."""
+        step = len(slots) if self.end_ordered else GATHER_SLICE
+        for k in range(0, len(slots), step):
+            sink(gather(self.T, slots[k:k + step], reasons[k:k + step], interim=interim,
+                        heads=self.export_heads, end_ordered=self.end_ordered))
 
     def release_prompts(self) -> None:
         """The held prompt records (``hold_prompts``) of the flows still live, as they are now."""
