@@ -441,6 +441,39 @@ def test_stdin_and_pipes_run_whole(corpus: Path, tmp_path: Path) -> None:
     assert sorted(piped.stdout.decode().splitlines()) == sorted(out.read_text().splitlines())
 
 
+def test_records_handed_over_within_a_round(bench_capture: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition hands its records over as they pass ``PART_BYTES`` (a round that ends every
+    live flow no longer holds them all to its end); the caller writes them worker by worker,
+    so the output is the same bytes in the same order as with whole rounds."""
+    from types import SimpleNamespace
+
+    from flowsense.parallel import engine, partition
+
+    # one partitioning key for both runs (it is drawn per run), so their orders can compare
+    monkeypatch.setattr(engine, "secrets", SimpleNamespace(randbits=lambda bits: 12345))
+    cfg = config_file(tmp_path, 1 << 20)
+    args = [str(bench_capture), "--jobs", "2", "--config", cfg, "--format", "jsonl"]
+    whole = tmp_path / "whole.jsonl"
+    assert main(["flows", *args, "-o", str(whole)]) == 0
+    parts = {"n": 0}
+    take_held = partition.Partition.take_held
+
+    def counted(self: partition.Partition) -> list:
+        parts["n"] += self._held_bytes >= partition.PART_BYTES
+        return take_held(self)
+
+    monkeypatch.setattr(partition, "PART_BYTES", 4096)
+    monkeypatch.setattr(partition.Partition, "take_held", counted)
+    in_parts = tmp_path / "parts.jsonl"
+    assert main(["flows", *args, "-o", str(in_parts)]) == 0
+    assert parts["n"] >= 10
+    assert in_parts.read_bytes() == whole.read_bytes()
+    one = tmp_path / "one.jsonl"
+    assert main(["flows", str(bench_capture), "--jobs", "1", "-o", str(one)]) == 0
+    assert sorted(in_parts.read_text().splitlines()) == sorted(one.read_text().splitlines())
+
+
 # --- the worker threads' failures --------------------------------------------------------------
 
 def _partition_threads() -> list[str]:

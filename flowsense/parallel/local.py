@@ -86,6 +86,8 @@ class _Worker:
         n, key, config, rules, output, files, maps = self.args
         p, regions = self.p, self.regions
         part = Partition(p, n, key, config, rules, output, files, maps)
+        if output.kind != "analyze":  # the detectors' looks go by round; records need not
+            part.hand_over = lambda items: self._put(("part", items))
         producer = Producer(files, config, n, key, part.fragments, maps)
         rounds = Rounds(files, n, config.capture.chunk_bytes)
         cur = rounds.next()
@@ -114,11 +116,23 @@ class _Worker:
         self._put(("final", part.finish()))
 
 
+def _message(w: _Worker, on_round: Callable[[list[list[Item]]], None]) -> tuple[str, Any]:
+    """Worker ``w``'s next round (or error, or closing report), its parts before it passed on
+    as they come: worker by worker, so the records go out in the order of one round's."""
+    while True:
+        kind, body = w.out.get()
+        if kind != "part":
+            return kind, body
+        on_round([body])
+
+
 def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], output: Output,
               jobs: int, key: int,
               on_round: Callable[[list[list[Item]]], None]) -> list[dict[str, Any]]:
-    """Run the workers; ``on_round`` gets each round's items (worker order), in this thread;
-    returns the workers' closing reports (their last items already passed to ``on_round``)."""
+    """Run the workers; ``on_round`` gets each round's items (worker order), in this thread,
+    and before them what a worker hands over within a round (``Partition.hand_over``: records,
+    for ``flows`` and ``compute_flows``) as a list of one; returns the workers' closing
+    reports (their last items passed to ``on_round`` and taken out)."""
     warm_kernels(config)
     maps = FileMaps(files)
     regions = _regions(config, jobs)
@@ -131,7 +145,7 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
     finals: list[dict[str, Any]] = []
     try:
         while not finals:
-            msgs = [w.out.get() for w in workers]
+            msgs = [_message(w, on_round) for w in workers]
             errors = [body for kind, body in msgs if kind == "error"]
             if errors:  # the first cause, not a worker that found the barrier broken
                 first = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
@@ -141,9 +155,13 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
                 raise RuntimeError("parallel workers disagree on the rounds")
             if msgs[0][0] == "final":
                 finals = [body for _, body in msgs]
-                on_round([body["items"] for body in finals])
+                on_round([body.pop("items") for body in finals])
             else:
                 on_round([body for _, body in msgs])
+            # the round's records go once they are passed on: held here, they stayed alive
+            # while the workers made the next round (a flows run's ten-times capture held each
+            # copy's last records, every live flow's, beside the next round's)
+            del msgs
     finally:
         if not finals:  # stop the workers: free the barrier and any worker waiting to hand over
             stop.set()

@@ -12,7 +12,7 @@ joins the shares (``engine.ParallelPipeline``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +41,7 @@ from flowsense.pipeline import FILE_DONE, Counters, Steps, slice_batch
 from flowsense.report import flows as flows_out
 
 Item = tuple[Any, ...]
+PART_BYTES = 16 << 20  # records a partition holds before it hands them over (``hand_over``)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,12 @@ class _Text:
         return self._parts
 
 
+def _frame_bytes(frame: FeatureFrame) -> int:
+    """About what a frame of records holds (its ready columns and first-packet arrays)."""
+    arrays = [*dict.values(frame.cols), frame.splt_ps, frame.splt_t_ms, frame.head, frame.addr]
+    return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+
+
 def partition_config(config: Config, n_parts: int) -> Config:
     """A partition's table: the flow bound shared out (each table evicts on its own); the watch
     quota kept whole in each, so no watch a single table grants is refused."""
@@ -125,6 +132,11 @@ class Partition:
         self.counters = Counters()  # partition 0 counts packets for the run
         self.errors: list[CaptureError] = []
         self.items: list[Item] = []
+        # records handed over before the round ends, ``PART_BYTES`` at a time (a local run's
+        # worker sets it; the caller writes them at once): a round that ends every live flow
+        # (a capture resuming after a gap) held all their records and text until its end
+        self.hand_over: Callable[[list[Item]], None] | None = None
+        self._held_bytes = 0
         self._offsets = True
         self.steps = Steps(config)
         if output.kind == "analyze":  # DNS replies go with the step they came in
@@ -249,13 +261,24 @@ class Partition:
         kind = self.output.kind
         if kind == "frames":
             self.items.append(("frame", frame))
-            return
-        text = _Text()
-        if kind == "csv":
-            flows_out.write_csv(frame, text, header=False)
+            self._held_bytes += _frame_bytes(frame)
         else:
-            flows_out.write_jsonl(frame, text, splt=self.output.splt)
-        self.items.extend(("bytes", part) for part in text.parts)
+            text = _Text()
+            if kind == "csv":
+                flows_out.write_csv(frame, text, header=False)
+            else:
+                flows_out.write_jsonl(frame, text, splt=self.output.splt)
+            parts = text.parts
+            self.items.extend(("bytes", part) for part in parts)
+            self._held_bytes += sum(part.nbytes for part in parts)
+        if self.hand_over is not None and self._held_bytes >= PART_BYTES:
+            self.hand_over(self.take_held())
+
+    def take_held(self) -> list[Item]:
+        """What this partition made and holds, now (records in the order they were made)."""
+        out, self.items = self.items, []
+        self._held_bytes = 0
+        return out
 
     def _drain(self) -> None:
         """Ended flows out (``flows``; for the detectors they wait for their step's end)."""
@@ -265,8 +288,7 @@ class Partition:
     def take(self) -> list[Item]:
         """What this partition made since the last call (ended flows drained first)."""
         self._drain()
-        out, self.items = self.items, []
-        return out
+        return self.take_held()
 
     def finish(self) -> dict[str, Any]:
         """End every flow; returns the partition's closing report (its items included)."""
