@@ -118,6 +118,32 @@ def test_growth_keeps_every_flow(tmp_path: Path) -> None:
     assert sorted(res.frame.cols["src_port"]) == list(range(1024, 4024))
 
 
+def test_record_slices_hold_the_same_records(tmp_path: Path) -> None:
+    """With ``record_slice`` (the flows writers' tables), a drain of many flows at once (here
+    every flow, at the end of the input) comes in frames of at most that many, and the records
+    are those of one frame."""
+    from flowsense.flows.features import concat
+
+    pk = [(i * 0.001, udp(C, S, 1024 + i, 53, b"x")) for i in range(3000)]
+    path = str(write_pcap(tmp_path / "s.pcap", pk))
+
+    def frames(record_slice: int) -> list[FeatureFrame]:
+        table = FlowTable(FlowConfig())
+        table.record_slice = record_slice
+        out: list[FeatureFrame] = []
+        for batch in iter_batches(path):
+            table.feed(batch, out.append)
+        table.flush(out.append)
+        return out
+
+    whole, sliced = frames(0), frames(1000)
+    assert [f.n for f in whole] == [3000]
+    assert [f.n for f in sliced] == [1000, 1000, 1000]
+    joined = concat(sliced)
+    for name in ("flow_id", "src_port", "bidirectional_packets", "bidirectional_last_seen_ms"):
+        assert joined.cols[name].tolist() == whole[0].cols[name].tolist(), name
+
+
 def test_bounded_table_evicts_but_keeps_watched_flow(tmp_path: Path) -> None:
     ssh = tcp_session(C, S, 45000, 22, 0.0, [(1, b"SSH-2.0-OpenSSH_9.2\r\n")], close=False)
     scans = [(1.0 + i * 0.0001, tcp(C, S, 2000 + i, 80, SYN)) for i in range(5000)]

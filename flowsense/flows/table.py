@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 Sink = Callable[[FeatureFrame], None]
 EVENT_CAPACITY = 65536
-GATHER_SLICE = 8192  # flows a record frame holds at most (drain)
+RECORD_SLICE = 8192  # flows a record frame holds at most, for a sink that writes and lets go
 
 _PER_SLOT = {  # one value per slot: name -> dtype
     "lprev": np.int32, "lnext": np.int32, "aprev": np.int32, "anext": np.int32,
@@ -189,6 +189,8 @@ class FlowTable:
         """Export records in the order detectors are shown them (``gather(end_ordered=True)``):
         where records are shown in steps, a step that drained once then needs no reordering
         copy in ``in_end_order``."""
+        self.record_slice = 0
+        """Flows a drain's record frame holds at most (0: all of them; ``_gather``)."""
         self._held = np.zeros(0, dtype=np.int64)  # slots whose prompt record is held
 
     def set_watch_rules(self, watch_rules: Sequence[WatchRule]) -> None:
@@ -345,11 +347,12 @@ class FlowTable:
             TK.release_slots(T, rel, len(rel))
 
     def _gather(self, sink: Sink, slots: np.ndarray, reasons: np.ndarray, interim: bool) -> None:
-        """The records of ``slots`` to ``sink``, ``GATHER_SLICE`` flows a frame (one frame when
-        they go in end order, ``end_ordered``): a drain of every live flow (the end of the
-        input, a capture resuming after a gap) made its records, and the writers their copies
-        and text, for tens of thousands of flows at once, beside everything else held."""
-        step = len(slots) if self.end_ordered else GATHER_SLICE
+        """The records of ``slots`` to ``sink``: in frames of ``record_slice`` flows when it is
+        set (a sink that writes records and lets them go: a drain of every live flow, at the
+        end of the input or when a capture resumes after a gap, made records, the writers'
+        copies and text for tens of thousands of flows at once), else in one frame (a sink
+        that keeps them would only join the frames again; the detectors' end order)."""
+        step = self.record_slice if self.record_slice and not self.end_ordered else len(slots)
         for k in range(0, len(slots), step):
             sink(gather(self.T, slots[k:k + step], reasons[k:k + step], interim=interim,
                         heads=self.export_heads, end_ordered=self.end_ordered))

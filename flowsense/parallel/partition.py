@@ -22,7 +22,7 @@ from flowsense.capture.reader import Decoder, PacketBatch, ReaderStats, Span, it
 from flowsense.config import Config
 from flowsense.errors import CaptureError
 from flowsense.flows.features import FeatureFrame, in_end_order
-from flowsense.flows.table import FlowTable, WatchRule
+from flowsense.flows.table import RECORD_SLICE, FlowTable, WatchRule
 from flowsense.parallel.kernels import tick_statuses
 from flowsense.parallel.plan import (
     H_DROPS,
@@ -42,6 +42,9 @@ from flowsense.report import flows as flows_out
 
 Item = tuple[Any, ...]
 PART_BYTES = 16 << 20  # records a partition holds before it hands them over (``hand_over``)
+
+
+TEXT_KINDS = ("jsonl", "csv")  # Output kinds whose records are written as text where made
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class Partition:
         self.maps = maps or FileMaps(files)  # the run's maps (shared by a local run's workers)
         self.table = FlowTable(partition_config(config, n_parts).flows, rules,
                                heads=output.heads, looked_at=output.kind == "analyze")
+        if output.kind in TEXT_KINDS:  # records written and let go: in slices
+            self.table.record_slice = RECORD_SLICE
         self.fragments = Decoder(config.capture)  # sees every fragment, in order
         self.stats = ReaderStats()
         self.counters = Counters()  # partition 0 counts packets for the run
