@@ -132,9 +132,9 @@ def _walk_pcap(w: _Walker, span: Span | None, step: PcapStep) -> Iterator[int]:
             span.next_pos = pos
         if n:
             yield n
-        if st in (K.W_FULL, K.W_STOP):
-            if st == K.W_STOP:
-                return
+        if st == K.W_STOP:
+            return
+        if st == K.W_FULL:
             continue
         if st in (K.W_END, K.W_SHORT):
             if w.src.refill(pos):

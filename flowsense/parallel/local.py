@@ -117,8 +117,9 @@ class _Worker:
 
 
 def _message(w: _Worker, on_round: Callable[[list[list[Item]]], None]) -> tuple[str, Any]:
-    """Worker ``w``'s next round (or error, or closing report), its parts before it passed on
-    as they come: worker by worker, so the records go out in the order of one round's."""
+    """Worker ``w``'s next message that is not a part: its round, its error or its closing
+    report. The parts it sent before that go to ``on_round`` as they come; the caller takes
+    the workers one after the other, so the records go out in the order of whole rounds."""
     while True:
         kind, body = w.out.get()
         if kind != "part":
