@@ -170,14 +170,13 @@ class Region:
         return PacketBatch(buf, n, {k: v[:n] for k, v in self.cols.items()}, source)
 
 
-def file_buffer(path: str) -> np.ndarray:
-    """A read-only view of the whole of ``path``, memory-mapped (pages come in as they are read)."""
+def file_map(path: str) -> mmap.mmap | None:
+    """``path`` mapped whole, read-only (pages come in as they are read); None when empty."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            return np.zeros(0, dtype=np.uint8)
-        mm = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    return np.frombuffer(mm, dtype=np.uint8)
+            return None
+        return mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
 
 
 class FileMaps:
@@ -189,16 +188,19 @@ class FileMaps:
 
     def __init__(self, files: list[InputFile]) -> None:
         self.files = files
-        self._maps: dict[int, np.ndarray] = {}
+        self._views: dict[int, np.ndarray] = {}
+        self._maps: dict[int, mmap.mmap | None] = {}
         self._lock = threading.Lock()
 
     def get(self, f: int) -> np.ndarray:
         with self._lock:
-            buf = self._maps.get(f)
+            buf = self._views.get(f)
             if buf is None:
-                buf = self._maps[f] = file_buffer(self.files[f].path)
-                for old in [k for k in self._maps if k < f - 1]:
-                    del self._maps[old]
+                mm = self._maps[f] = file_map(self.files[f].path)
+                buf = np.zeros(0, dtype=np.uint8) if mm is None else np.frombuffer(mm, np.uint8)
+                self._views[f] = buf
+                for old in [k for k in self._views if k < f - 1]:
+                    del self._views[old], self._maps[old]
             return buf
 
     def release(self, piece: Piece) -> None:
@@ -207,12 +209,11 @@ class FileMaps:
         worker has aggregated it, so unmapping the capture is spread over the run and the
         cores: at the end, one thread unmapping a 1 GB capture's map took 25-30 ms."""
         with self._lock:
-            buf = self._maps.get(piece.file)
-        mm = getattr(getattr(buf, "base", None), "obj", None)  # the view's memoryview's map
-        if not isinstance(mm, mmap.mmap):
+            mm = self._maps.get(piece.file)
+        if mm is None:
             return
         lo = -(-piece.start // mmap.PAGESIZE) * mmap.PAGESIZE
-        hi = min(piece.stop, len(buf)) // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = min(piece.stop, len(mm)) // mmap.PAGESIZE * mmap.PAGESIZE
         if hi > lo:
             mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
