@@ -610,11 +610,11 @@ def walk_decode_pcap(
     ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
     tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel, rec_off, wlen,
     fr_src_hi, fr_src_lo, fr_dst_hi, fr_dst_lo, fr_id, fr_proto, fr_sport, fr_dport, fr_ts,
-    frag_timeout_ns, max_depth, counters, at, room,
+    frag_timeout_ns, max_depth, counters, room,
 ):
     """``walk_pcap`` and ``decode_batch`` in turn, ``step`` records at a time (decoding finds
     the frames the walk brought into cache), until ``room`` packets are decoded into the packet
-    columns from ``at`` on or the walk stops. One call where Python called each kernel every
+    columns (from index 0) or the walk stops. One call where Python called each kernel every
     ``step`` records: each call took the GIL back, and in a parallel run the worker threads
     waited on each other for it. Returns ``walk_pcap``'s ``(n, pos, status)``, ``n`` the
     packets decoded (W_FULL: ``room`` is full)."""
@@ -630,7 +630,7 @@ def walk_decode_pcap(
                 ts_ns, status, pflags, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport,
                 dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq, vlan, tunnel,
                 rec_off, wlen, fr_src_hi, fr_src_lo, fr_dst_hi, fr_dst_lo, fr_id, fr_proto,
-                fr_sport, fr_dport, fr_ts, frag_timeout_ns, max_depth, counters, at + total,
+                fr_sport, fr_dport, fr_ts, frag_timeout_ns, max_depth, counters, total,
             )
             total += n
         if st != W_FULL:

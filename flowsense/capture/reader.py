@@ -371,7 +371,7 @@ class Decoder:
             win, pos, len(win), stop, swapped, frac_ns, self.cfg.max_record_bytes, linktype,
             r["data_off"], r["caplen"], r["wirelen"], r["ts_ns"], r["linktype"], r["rec_off"],
             w.chunk, *self._outs, *self.fr, self._frag_timeout_ns, self.cfg.max_encap_depth,
-            self.counters, 0, self.cfg.batch_packets,
+            self.counters, self.cfg.batch_packets,
         )
 
     def batch(self, n: int, buf: np.ndarray, source: str) -> PacketBatch:
