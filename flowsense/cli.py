@@ -18,9 +18,9 @@ from flowsense import __version__
 from flowsense.config import Config, load_config, parse_home_net
 from flowsense.errors import ConfigError, FlowsenseError
 from flowsense.flows.features import FeatureFrame, concat
-from flowsense.flows.table import RECORD_SLICE, WatchRule
+from flowsense.flows.table import WatchRule
 from flowsense.parallel.engine import ENGINES, ParallelPipeline, can_split, default_jobs
-from flowsense.parallel.partition import TEXT_KINDS, Output
+from flowsense.parallel.partition import Output
 from flowsense.pipeline import FrameSink, Pipeline, expand_inputs, order_by_time
 from flowsense.report import flows as flows_out
 from flowsense.report.progress import progress_bar
@@ -218,11 +218,9 @@ def _pipeline(args: argparse.Namespace, cfg: Config, paths: list[str], sink: Fra
                                 text_sink=text_sink), True  # type: ignore[arg-type]
     if args.engine == "dask" or (args.jobs or 1) > 1:
         log.info("stdin and pipes cannot be split: one process reads them")
-    heads = output is None or output.heads
-    pipe = Pipeline(cfg, sink or (lambda frame: None), rules, snapshot, heads=heads)
-    if output is not None and output.kind in TEXT_KINDS:  # written and let go: in slices
-        pipe.table.record_slice = RECORD_SLICE
-    return pipe, False
+    output = output or Output()  # records with heads, in whole drains
+    return Pipeline(cfg, sink or (lambda frame: None), rules, snapshot, heads=output.heads,
+                    record_slice=output.record_slice), False
 
 
 def _report_errors(pipes: list[AnyPipeline]) -> int:

@@ -179,7 +179,8 @@ class Pipeline:
 
     def __init__(self, config: Config, sink: FrameSink,
                  watch_rules: Iterable[WatchRule] = (),
-                 snapshot_sink: FrameSink | None = None, heads: bool = True) -> None:
+                 snapshot_sink: FrameSink | None = None, heads: bool = True,
+                 record_slice: int = 0) -> None:
         self.config = config
         self.sink = sink
         self.snapshot_sink = snapshot_sink
@@ -187,6 +188,7 @@ class Pipeline:
         # heads False: the records for ``sink`` carry none (detectors' looks keep theirs)
         self.table = FlowTable(config.flows, list(watch_rules), heads=heads,
                                looked_at=snapshot_sink is not None)
+        self.table.record_slice = record_slice  # records in slices (a sink that lets them go)
         # prompt-ruled flows (a DNS answer) reach the detectors as live records when their
         # reply arrives, before any flow that ends later is judged (files: at the step's end)
         self.table.prompt_sink = snapshot_sink

@@ -6,12 +6,12 @@ it made and waits at a barrier for the others. Two sets of regions alternate, so
 N x 2 regions whatever the capture's size.
 
 Threads, not processes: every kernel releases the GIL (``nogil``), and the Python between
-kernel calls is a few per cent of a worker's time. Threads read payloads through one map of
-each input (``plan.FileMaps``: a forked worker mapped and populated every range it aggregated)
-and hand their records over as they are (no pickling, no pipe, no copy), and the caller's
-detectors and writers run beside them. Forked workers cost more than they parallelised: on two cores
-``--jobs 2`` ran slower than ``--jobs 1`` (benchmarks/README.md, "Scaling over cores").
-"""
+kernel calls is a few per cent of a worker's time. Threads walk, decode and read payloads
+through one map of each input (``plan.FileMaps``: a forked worker mapped and populated every
+range it aggregated) and hand their records over as they are (no pickling, no pipe, no copy),
+and the caller's detectors and writers run beside them. Forked workers cost more than they
+parallelised: on two cores ``--jobs 2`` ran slower than ``--jobs 1`` (benchmarks/README.md,
+"Scaling over cores")."""
 
 from __future__ import annotations
 

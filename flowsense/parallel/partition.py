@@ -44,9 +44,6 @@ Item = tuple[Any, ...]
 PART_BYTES = 16 << 20  # records a partition holds before it hands them over (``hand_over``)
 
 
-TEXT_KINDS = ("jsonl", "csv")  # Output kinds whose records are written as text where made
-
-
 @dataclass(frozen=True)
 class Output:
     """What partitions hand back: ``analyze`` (looks for the detectors), ``frames`` (records as
@@ -56,6 +53,12 @@ class Output:
     kind: str = "frames"
     splt: bool = False
     heads: bool = True  # records with payload heads (flows output writes none: not made)
+
+    @property
+    def record_slice(self) -> int:
+        """Flows a record frame holds at most (``FlowTable.record_slice``): text is written
+        and let go, so a drain of many flows comes in slices; frames a sink keeps come whole."""
+        return RECORD_SLICE if self.kind in ("jsonl", "csv") else 0
 
 
 class _Text:
@@ -130,8 +133,7 @@ class Partition:
         self.maps = maps or FileMaps(files)  # the run's maps (shared by a local run's workers)
         self.table = FlowTable(partition_config(config, n_parts).flows, rules,
                                heads=output.heads, looked_at=output.kind == "analyze")
-        if output.kind in TEXT_KINDS:  # records written and let go: in slices
-            self.table.record_slice = RECORD_SLICE
+        self.table.record_slice = output.record_slice
         self.fragments = Decoder(config.capture)  # sees every fragment, in order
         self.stats = ReaderStats()
         self.counters = Counters()  # partition 0 counts packets for the run
