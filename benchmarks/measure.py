@@ -147,3 +147,9 @@ def summarise(seconds: list[float], packets: int) -> dict[str, Any]:
         "pps_min": round(packets / max(seconds)),
         "pps_max": round(packets / min(seconds)),
     }
+
+
+def paired_extra_pct(base: list[float], other: list[float]) -> float:
+    """``other`` over ``base``, in per cent, as the median of each round's own ratio (a round's
+    runs are next to each other in time, so a drift of a shared host's speed moves both)."""
+    return round(100 * statistics.median(b / a - 1 for a, b in zip(base, other)), 1)

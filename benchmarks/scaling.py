@@ -209,12 +209,11 @@ def fresh_passes(capture: str, rounds: int, idle_s: int, active_s: int) -> dict[
     out: dict[str, Any] = {"rounds": rounds}
     for key in ("seconds", "cpu_seconds"):  # wall time, and CPU time (host steal excluded)
         base, both = runs["none"][key], runs["stratum+pools"][key]
-        paired = sorted(b / a - 1 for a, b in zip(base, both))
         out[key] = {
             "runs": {label: sorted(runs[label][key]) for label in FRESH_LABELS},
             "median": {label: statistics.median(runs[label][key]) for label in FRESH_LABELS},
             "extra_pct": round(100 * (statistics.median(both) / statistics.median(base) - 1), 1),
-            "paired_extra_pct": round(100 * statistics.median(paired), 1),
+            "paired_extra_pct": measure.paired_extra_pct(base, both),
             "fastest_extra_pct": round(100 * (min(both) / min(base) - 1), 1),
         }
     return out

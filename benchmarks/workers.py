@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import fs_api
+from benchmarks import fs_api, measure
 
 # nfstream doing what ``flowsense flows`` does: one meter process, no nDPI dissection,
 # statistical features on, no SPLT. Tunnel decoding is off: the capture holds no tunnels, and
@@ -191,9 +191,8 @@ def flowsense_detectors(path: str, idle_s: float, active_s: float, repeats: int)
     out: dict[str, Any] = {}
     for label in labels:
         secs = [r["seconds"] for r in runs[label]]
-        paired = sorted(s / b - 1 for s, b in zip(secs, base))
         out[label] = {"median_s": statistics.median(secs), "seconds": sorted(secs),
-                      "paired_extra_pct": round(100 * statistics.median(paired), 1),
+                      "paired_extra_pct": measure.paired_extra_pct(base, secs),
                       "alerts": runs[label][0]["alerts"]}
     return {"detectors": names, "configs": out, "rounds": repeats}
 
