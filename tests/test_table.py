@@ -144,6 +144,78 @@ def test_record_slices_hold_the_same_records(tmp_path: Path) -> None:
         assert joined.cols[name].tolist() == whole[0].cols[name].tolist(), name
 
 
+def test_other_partitions_packets_move_the_clock_as_in_one_table(tmp_path: Path) -> None:
+    """A partition's table is fed every packet: its own (ST_OK) and the other partitions'
+    (ST_TICK), whose timestamps move its clock and expiry as they would in one table. The
+    kernel steps over a run of those at once when nothing can happen in it
+    (``kernels.own_packets``), else packet by packet: an idle end, an interim record (taken at
+    the very packet its timeout passes, then Python drains it and the kernel resumes within the
+    run) or a jump back in time (the table flushes at that packet). The partitions' records
+    together are one table's; interim records come out at the same clock, and fed one packet
+    at a time, interim records and a jump's flush come out at the same packet."""
+    from flowsense.parallel.kernels import tick_statuses
+    from flowsense.parallel.plan import assign_partitions
+    from flowsense.pipeline import slice_batch
+    from flowsense.schema import FLOW_COLUMNS
+
+    rng = np.random.default_rng(7)
+    pk: list[tuple[float, bytes]] = []
+    t = 1_700_000_000.0
+    for k in range(3000):
+        t += float(rng.exponential(0.02))
+        port = 1024 + int(rng.integers(0, 80))  # 80 flows, each quiet now and then
+        pk.append((t, udp(C, S, port, 53, b"q")))
+        if k in (1000, 2000):  # a capture spliced from an hour before
+            t -= 3600.0
+    path = str(write_pcap(tmp_path / "ticks.pcap", pk))
+    cfg = FlowConfig(idle_timeout_s=0.5, active_timeout_s=2.0)
+    expiration = list(FLOW_COLUMNS).index("expiration")
+
+    def records(p: int | None, one_at_a_time: bool) -> list[tuple]:
+        """Sorted (record..., where it came out): the packet fed (one at a time) or the
+        table's clock (whole batches; interim records only)."""
+        table = FlowTable(cfg)
+        out: list[tuple] = []
+        at = [0]
+
+        def sink(f: FeatureFrame) -> None:
+            for row in zip(*(f.cols[name].tolist() for name in FLOW_COLUMNS)):
+                if one_at_a_time:
+                    where = at[0] if row[expiration] in ("active", "end") else None
+                else:
+                    where = table.clock_ns if row[expiration] == "active" else None
+                out.append((*row, where))
+
+        for batch in iter_batches(path):
+            if p is not None:
+                part = assign_partitions(batch, np.empty(batch.n, np.uint8), 2, 99)
+                status = np.empty(batch.n, np.uint8)
+                tick_statuses(batch.cols["status"], part, batch.n, p, status)
+                batch = slice_batch(batch, 0, batch.n)
+                batch.cols["status"] = status
+            if not one_at_a_time:
+                table.feed(batch, sink)
+                continue
+            for i in range(batch.n):
+                at[0] += 1
+                table.feed(slice_batch(batch, i, i + 1), sink)
+        at[0] += 1
+        table.flush(sink)
+        return sorted(out, key=repr)
+
+    for one_at_a_time in (False, True):
+        one = records(None, one_at_a_time)
+        assert {"idle", "active", "end"} <= {r[expiration] for r in one}  # "end": the jumps'
+        if one_at_a_time:  # the two jumps flushed the flows live at them
+            assert sum(r[expiration] == "end" and r[-1] <= 3000 for r in one) >= 20
+        parts = []
+        for p in (0, 1):
+            part = records(p, one_at_a_time)
+            assert 0 < len(part) < len(one)
+            parts += part
+        assert sorted(parts, key=repr) == one, one_at_a_time
+
+
 def test_bounded_table_evicts_but_keeps_watched_flow(tmp_path: Path) -> None:
     ssh = tcp_session(C, S, 45000, 22, 0.0, [(1, b"SSH-2.0-OpenSSH_9.2\r\n")], close=False)
     scans = [(1.0 + i * 0.0001, tcp(C, S, 2000 + i, 80, SYN)) for i in range(5000)]

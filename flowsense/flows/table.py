@@ -176,6 +176,10 @@ class FlowTable:
         )
         self._dirty_out = np.empty(self.capacity, dtype=np.int64)
         self._releasing = np.zeros(self.capacity, dtype=bool)  # by slot: freed by this drain
+        # a batch's own packets and the gaps between them (``kernels.own_packets``), by batch
+        self._own = np.empty(0, dtype=np.int64)
+        self._gap_hi = np.empty(1, dtype=np.int64)
+        self._gap_lo = np.empty(1, dtype=np.int64)
         self.export_heads = heads
         """Whether the records a sink gets carry payload heads."""
         self.prompt_sink: Sink | None = None
@@ -265,11 +269,17 @@ class FlowTable:
         (an interim record at once; ended flows, whose rows no longer change, at the latest
         when the batch is done, or with ``drain=False`` at the next ``drain``)."""
         c = batch.cols
+        n = batch.n
+        if len(self._own) < n:
+            self._own = np.empty(n, dtype=np.int64)
+            self._gap_hi = np.empty(n + 1, dtype=np.int64)
+            self._gap_lo = np.empty(n + 1, dtype=np.int64)
+        n_own = K.own_packets(c["status"], c["ts_ns"], n, self._own, self._gap_hi, self._gap_lo)
         i = 0
         while True:
             status, i = K.process(
-                self.T, i, batch.n, c["ts_ns"], c["status"], c["pflags"], c["fam"],
-                c["proto"],
+                self.T, i, n, self._own, n_own, self._gap_hi, self._gap_lo, c["ts_ns"],
+                c["status"], c["pflags"], c["fam"], c["proto"],
                 c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["sport"], c["dport"],
                 c["tcp_flags"], c["ip_len"], c["payload_len"], c["pay_off"], c["pay_cap"],
                 c["seq"], c["vlan"], c["tunnel"], batch.buf,
