@@ -482,11 +482,51 @@ def _partition_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("flowsense-partition")]
 
 
+def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers wait for each other only for a round's pieces to be decoded and for a set of
+    regions to be free (``local._Sync``): with partition 1 slowed down, partition 0 starts
+    consuming round j+1 while partition 1 is still in round j, decodes into the third set,
+    and the records are still one table's."""
+    import threading
+    import time
+
+    from flowsense.parallel.partition import Partition
+
+    consume = Partition.consume
+    log: list[tuple[int, str, float]] = []
+
+    def slowed(self: Partition, piece: object, region: object) -> None:
+        log.append((self.p, "start", time.perf_counter()))
+        if self.p == 1:
+            time.sleep(0.004)
+        consume(self, piece, region)  # type: ignore[arg-type]
+
+    take = Partition.take
+
+    def took(self: Partition) -> list:
+        log.append((self.p, "round", time.perf_counter()))
+        return take(self)
+
+    monkeypatch.setattr(Partition, "consume", slowed)
+    monkeypatch.setattr(Partition, "take", took)
+    assert_same_flows([str(bench_capture)], small_chunks(1 << 18), jobs=2)
+    ends = {p: [t for q, kind, t in log if q == p and kind == "round"] for p in (0, 1)}
+    starts = {p: [t for q, kind, t in log if q == p and kind == "start"] for p in (0, 1)}
+    rounds = len(ends[1]) - 1  # the last "round" is the final flush's
+    assert rounds > 15
+    # partition 0 began a round's pieces before partition 1 had ended the round before
+    ahead = sum(any(ends[1][j] > t for t in starts[0][2 * (j + 1):2 * (j + 2)])
+                for j in range(rounds - 1))
+    assert ahead > rounds // 2
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("flowsense-part")]
+
+
 def test_a_failing_sink_stops_the_workers(bench_capture: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller's sink raising mid-run ends the run with its error: the workers stop within
-    a few rounds (not at the capture's end), and none is left waiting at the barrier or to
-    hand a round over."""
+    a few rounds (not at the capture's end), and none is left waiting for another or to hand
+    a round over."""
     from flowsense.parallel.partition import Partition
 
     take = Partition.take
@@ -516,8 +556,8 @@ def test_a_failing_sink_stops_the_workers(bench_capture: Path,
 
 def test_a_failing_worker_ends_the_run_with_its_cause(bench_capture: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """One partition failing in its first piece (while the other already waits at the barrier)
-    stops the other and the run raises the failure, not the other's broken barrier."""
+    """One partition failing in its first piece (while the other already waits for it) stops
+    the other and the run raises the failure, not the other's broken wait."""
     import threading
 
     from flowsense.parallel.plan import Producer

@@ -1,9 +1,10 @@
 """``--jobs N`` on one machine: N worker threads, each a partition, in lockstep rounds.
 
 In round j every worker decodes its piece of round j+1 into its region (the walk and decode
-run in parallel), then feeds its table every piece of round j in order, hands the caller what
-it made and waits at a barrier for the others. Two sets of regions alternate, so memory is
-N x 2 regions whatever the capture's size.
+run in parallel), then feeds its table every piece of round j in order and hands the caller
+what it made. Three sets of regions take turns, so memory is N x 3 regions whatever the
+capture's size, and a worker runs up to a round ahead of the slowest (``_Sync``): it waits
+only to consume a round not all decoded yet, or to decode into a set a worker still reads.
 
 Threads, not processes: every kernel releases the GIL (``nogil``), and the Python between
 kernel calls is a few per cent of a worker's time. Threads walk, decode and read payloads
@@ -28,6 +29,7 @@ from flowsense.parallel.plan import (
     H_ENDED,
     FileMaps,
     InputFile,
+    Piece,
     Producer,
     Region,
     Rounds,
@@ -35,6 +37,58 @@ from flowsense.parallel.plan import (
 )
 
 AHEAD = 2  # rounds a worker may hand over before the caller has taken them (bounds memory)
+SETS = 3  # sets of regions: round j's pieces are decoded into set j % SETS
+
+
+class _Sync:
+    """What the workers wait for, round by round: to consume round j, every piece of it
+    decoded; to decode round j+1 into its set, every worker done with round j+1-SETS, the
+    round that used the set last. In place of a barrier a round, at which the worker with the
+    lighter round waited for the other (the rounds' work is uneven: 8-31 ms a worker a pass
+    over the 2M capture). ``abort`` breaks every wait (``threading.BrokenBarrierError``)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._cv = threading.Condition()
+        self._decoded: dict[int, int] = {}  # round -> its pieces decoded so far
+        self._consumed: dict[int, int] = {}  # round -> the workers done with it
+        self._done_through = -1  # every round up to this one is consumed by every worker
+        self._broken = False
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._cv:
+            while not ready():
+                if self._broken:
+                    raise threading.BrokenBarrierError
+                self._cv.wait()
+
+    def decoded(self, j: int) -> None:
+        with self._cv:
+            self._decoded[j] = self._decoded.get(j, 0) + 1
+            self._cv.notify_all()
+
+    def wait_decoded(self, j: int, pieces: int) -> None:
+        self._wait(lambda: self._decoded.get(j, 0) >= pieces)
+
+    def consumed(self, j: int) -> None:
+        with self._cv:
+            k = self._consumed.get(j, 0) + 1
+            if k < self.n:
+                self._consumed[j] = k
+                return
+            # each worker consumes the rounds in order: round j is the next one done by all
+            self._consumed.pop(j, None)
+            self._decoded.pop(j, None)
+            self._done_through = j
+            self._cv.notify_all()
+
+    def wait_consumed(self, j: int) -> None:
+        self._wait(lambda: self._done_through >= j)
+
+    def abort(self) -> None:
+        with self._cv:
+            self._broken = True
+            self._cv.notify_all()
 
 
 class _Stopped(Exception):
@@ -45,7 +99,7 @@ def _regions(config: Config, n: int) -> list[list[Region]]:
     cap = config.capture
     packets = max(cap.chunk_bytes // 16 + 2, cap.batch_packets)
     inline = cap.read_chunk_bytes + MAX_PCAPNG_BLOCK + (64 << 10)
-    return [[Region(packets, inline) for _ in range(n)] for _ in range(2)]
+    return [[Region(packets, inline) for _ in range(n)] for _ in range(SETS)]
 
 
 class _Worker:
@@ -54,12 +108,11 @@ class _Worker:
 
     def __init__(self, p: int, n: int, key: int, config: Config, rules: list[WatchRule],
                  output: Output, files: list[InputFile], maps: FileMaps,
-                 regions: list[list[Region]], barrier: threading.Barrier,
-                 stop: threading.Event) -> None:
+                 regions: list[list[Region]], sync: _Sync, stop: threading.Event) -> None:
         self.p = p
         self.args = (n, key, config, rules, output, files, maps)
         self.regions = regions
-        self.barrier = barrier
+        self.sync = sync
         self.stop = stop
         self.out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=AHEAD)
         self.thread = threading.Thread(target=self._run, name=f"flowsense-partition-{p}",
@@ -71,7 +124,7 @@ class _Worker:
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
-            self.barrier.abort()
+            self.sync.abort()
             try:
                 self._put(("error", exc))
             except _Stopped:
@@ -84,33 +137,42 @@ class _Worker:
 
     def _rounds(self) -> None:
         n, key, config, rules, output, files, maps = self.args
-        p, regions = self.p, self.regions
+        p, regions, sync = self.p, self.regions, self.sync
         part = Partition(p, n, key, config, rules, output, files, maps)
         if output.kind != "analyze":  # the detectors' looks go by round; records need not
             part.hand_over = lambda items: self._put(("part", items))
         producer = Producer(files, config, n, key, part.fragments, maps)
         rounds = Rounds(files, n, config.capture.chunk_bytes)
+        walked: dict[int, Piece] = {}  # round -> the range this worker walked in it
+
+        def produce(j: int, piece: Piece) -> None:
+            sync.wait_consumed(j - SETS)  # every worker is done with the set's last round
+            if j - SETS in walked:
+                maps.release(walked.pop(j - SETS))  # and so with the range walked in it
+            producer.produce(piece, regions[j % SETS][p])
+            if piece.kind == "range":
+                walked[j] = piece
+            sync.decoded(j)
+
         cur = rounds.next()
         if p < len(cur):
-            producer.produce(cur[p], regions[0][p])
-        self.barrier.wait()
+            produce(0, cur[p])
         j = 0
         while cur:
-            here = regions[j % 2]
+            here = regions[j % SETS]
+            sync.wait_decoded(j, len(cur))
             ended = cur[0].kind != "stream" or bool(here[0].hdr[H_ENDED])
             nxt = rounds.next(ended)
             stream_next = bool(nxt) and nxt[0].kind == "stream"
             if nxt and not stream_next and p < len(nxt):
-                producer.produce(nxt[p], regions[(j + 1) % 2][p])
+                produce(j + 1, nxt[p])
             for k, piece in enumerate(cur):
                 part.consume(piece, here[k])
             if stream_next and p == 0:
                 # after this round: the stream shares this worker's fragment decoder, in order
-                producer.produce(nxt[0], regions[(j + 1) % 2][0])
+                produce(j + 1, nxt[0])
             self._put(("round", part.take()))
-            self.barrier.wait()
-            if p < len(cur) and cur[p].kind == "range":
-                maps.release(cur[p])  # every worker has aggregated it
+            sync.consumed(j)
             cur = nxt
             j += 1
         self._put(("final", part.finish()))
@@ -137,9 +199,9 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
     warm_kernels(config)
     maps = FileMaps(files)
     regions = _regions(config, jobs)
-    barrier = threading.Barrier(jobs)
+    sync = _Sync(jobs)
     stop = threading.Event()
-    workers = [_Worker(p, jobs, key, config, rules, output, files, maps, regions, barrier, stop)
+    workers = [_Worker(p, jobs, key, config, rules, output, files, maps, regions, sync, stop)
                for p in range(jobs)]
     for w in workers:
         w.thread.start()
@@ -148,7 +210,7 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
         while not finals:
             msgs = [_message(w, on_round) for w in workers]
             errors = [body for kind, body in msgs if kind == "error"]
-            if errors:  # the first cause, not a worker that found the barrier broken
+            if errors:  # the first cause, not a worker that found its wait broken
                 first = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
                              errors[0])
                 raise RuntimeError(f"a parallel worker failed: {first!r}") from first
@@ -164,9 +226,9 @@ def run_local(files: list[InputFile], config: Config, rules: list[WatchRule], ou
             # copy's last records, every live flow's, beside the next round's)
             del msgs
     finally:
-        if not finals:  # stop the workers: free the barrier and any worker waiting to hand over
+        if not finals:  # stop the workers: free any worker waiting for another or to hand over
             stop.set()
-            barrier.abort()
+            sync.abort()
         for w in workers:  # ended, or ending: what a stopped worker still hands over is dropped
             while w.thread.is_alive():
                 try:
