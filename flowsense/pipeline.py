@@ -80,10 +80,10 @@ class Counters:
     files: int = 0
     files_damaged: int = 0
 
-    def add(self, batch: PacketBatch) -> None:
-        c = batch.cols
-        t = np.zeros(2 + N_STATUS, dtype=np.int64)
-        tally_batch(batch.n, c["wirelen"], c["status"], c["pflags"], PF_FRAG_ORPHAN, t)
+    def add(self, batch: PacketBatch, tally: np.ndarray | None = None) -> None:
+        """Count ``batch``; ``tally``: its ``tally_counts``, made already (a parallel run's
+        producer makes them as it decodes a piece, in its own thread)."""
+        t = tally_counts(batch) if tally is None else tally
         self.packets += batch.n
         self.bytes_wire += int(t[0])
         self.fragment_orphans += int(t[1])
@@ -96,6 +96,16 @@ class Counters:
             d[f"packets_{name}"] = int(self.status[i])
         d["decode_errors"] = int(self.status[ST_TRUNCATED:].sum())  # all but ok and not-IP
         return d
+
+
+def tally_counts(batch: PacketBatch, out: np.ndarray | None = None) -> np.ndarray:
+    """A batch's wire bytes, orphan fragments and packets by status (``tally_batch``), in
+    ``out`` (zeroed first) or a new array."""
+    c = batch.cols
+    t = np.zeros(2 + N_STATUS, dtype=np.int64) if out is None else out
+    t[:] = 0
+    tally_batch(batch.n, c["wirelen"], c["status"], c["pflags"], PF_FRAG_ORPHAN, t)
+    return t
 
 
 @dataclass

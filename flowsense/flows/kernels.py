@@ -440,13 +440,15 @@ def _step_over(T, nxt, i, o, gap_hi, gap_lo, status, ts_ns):
 
 @counted_free_kernel
 def process(
-    T, start, n, own, n_own, gap_hi, gap_lo, ts_ns, status, pflags, fam, proto, src_hi,
-    src_lo, dst_hi, dst_lo, sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq,
-    vlan, tunnel, buf,
+    T, start, n, own, n_own, gap_hi, gap_lo, hashes, hashed, ts_ns, status, pflags, fam, proto,
+    src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags, ip_len, payload_len, pay_off,
+    pay_cap, seq, vlan, tunnel, buf,
 ):
     """Feed packets ``start..n-1`` of a batch into the table: the ST_OK ones, ``own[:n_own]``
     (``own_packets``); ST_TICK packets, the packets of other partitions in a parallel run,
-    only advance the clock and expiry, exactly as they would in one table.
+    only advance the clock and expiry, exactly as they would in one table. With ``hashed``,
+    ``hashes[i]`` is packet i's flow hash under this table's key (made as the batch was
+    partitioned), not computed again.
 
     Returns (status, i): K_DONE with i == n, or K_GROW / K_EVENTS with i the packet to resume at
     once Python has made room (grown or evicted) or drained the events.
@@ -480,9 +482,12 @@ def process(
     hr = T.ahead
     for oj in range(o_lo, min(o_lo + AHEAD_CELL, n_own)):
         q = own[oj]
-        hr[oj & (AHEAD_RING - 1)] = packet_hash(hk0, hk1, fam[q], proto[q], src_hi[q],
-                                                 src_lo[q], dst_hi[q], dst_lo[q], sport[q],
-                                                 dport[q])
+        if hashed:
+            hr[oj & (AHEAD_RING - 1)] = hashes[q]
+        else:
+            hr[oj & (AHEAD_RING - 1)] = packet_hash(hk0, hk1, fam[q], proto[q], src_hi[q],
+                                                     src_lo[q], dst_hi[q], dst_lo[q], sport[q],
+                                                     dport[q])
     nxt = start  # the first packet not yet handled
     for o in range(o_lo, n_own + 1):
         i = own[o] if o < n_own else n
@@ -496,8 +501,11 @@ def process(
         oj = o + AHEAD_CELL
         if oj < n_own:
             q = own[oj]
-            hj = packet_hash(hk0, hk1, fam[q], proto[q], src_hi[q], src_lo[q], dst_hi[q],
-                             dst_lo[q], sport[q], dport[q])
+            if hashed:
+                hj = hashes[q]
+            else:
+                hj = packet_hash(hk0, hk1, fam[q], proto[q], src_hi[q], src_lo[q], dst_hi[q],
+                                 dst_lo[q], sport[q], dport[q])
             hr[oj & (AHEAD_RING - 1)] = hj
             prefetch(T.ix, np.int64(hj & np.uint64(mask)))
         oj = o + AHEAD_ROW

@@ -140,11 +140,15 @@ def _null_sink(frame: FeatureFrame) -> None:
 
 class FlowTable:
     def __init__(self, cfg: FlowConfig, watch_rules: Sequence[WatchRule] = (),
-                 heads: bool = True, looked_at: bool = False) -> None:
+                 heads: bool = True, looked_at: bool = False,
+                 hash_key: np.ndarray | None = None) -> None:
         """With ``heads`` False the records a sink gets carry no payload heads; unless
         detectors look at the table (``looked_at``: prompt records and snapshots carry
         theirs, or there are watch rules) it then keeps none either (the flows command
-        writes no heads: placing a kilobyte a flow it never read cost a tenth of its time)."""
+        writes no heads: placing a kilobyte a flow it never read cost a tenth of its time).
+        ``hash_key`` (uint64[2]): the key of the flow hash, else drawn from
+        ``cfg.hash_seed`` or at random; batches whose ``cols["hash"]`` holds each packet's
+        hash under it (a parallel run's partitions: ``plan.table_key``) are not hashed again."""
         self.cfg = cfg
         keep = heads or looked_at or bool(watch_rules)
         self.head_bytes = cfg.head_bytes if keep else 0
@@ -155,6 +159,8 @@ class FlowTable:
         seed = cfg.hash_seed or secrets.randbits(63)
         rng = np.random.default_rng(seed)
         hkey = rng.integers(0, 2**63, size=2, dtype=np.int64).astype(np.uint64)
+        if hash_key is not None:
+            hkey = np.array(hash_key, dtype=np.uint64)
         prm = np.zeros(P_NFIELDS, dtype=np.int64)
         prm[P_IDLE_NS] = int(cfg.idle_timeout_s * 1e9)
         prm[P_EST_IDLE_NS] = int(cfg.established_idle_timeout_s * 1e9)
@@ -180,6 +186,7 @@ class FlowTable:
         self._own = np.empty(0, dtype=np.int64)
         self._gap_hi = np.empty(1, dtype=np.int64)
         self._gap_lo = np.empty(1, dtype=np.int64)
+        self._no_hashes = np.empty(0, dtype=np.uint64)
         self.export_heads = heads
         """Whether the records a sink gets carry payload heads."""
         self.prompt_sink: Sink | None = None
@@ -275,11 +282,15 @@ class FlowTable:
             self._gap_hi = np.empty(n + 1, dtype=np.int64)
             self._gap_lo = np.empty(n + 1, dtype=np.int64)
         n_own = K.own_packets(c["status"], c["ts_ns"], n, self._own, self._gap_hi, self._gap_lo)
+        hashes = c.get("hash")
+        given = hashes is not None
+        if not given:
+            hashes = self._no_hashes
         i = 0
         while True:
             status, i = K.process(
-                self.T, i, n, self._own, n_own, self._gap_hi, self._gap_lo, c["ts_ns"],
-                c["status"], c["pflags"], c["fam"], c["proto"],
+                self.T, i, n, self._own, n_own, self._gap_hi, self._gap_lo, hashes, given,
+                c["ts_ns"], c["status"], c["pflags"], c["fam"], c["proto"],
                 c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["sport"], c["dport"],
                 c["tcp_flags"], c["ip_len"], c["payload_len"], c["pay_off"], c["pay_cap"],
                 c["seq"], c["vlan"], c["tunnel"], batch.buf,

@@ -36,6 +36,7 @@ from flowsense.parallel.plan import (
     Piece,
     Region,
     assign_partitions,
+    table_key,
 )
 from flowsense.pipeline import FILE_DONE, Counters, Steps, slice_batch
 from flowsense.report import flows as flows_out
@@ -132,7 +133,8 @@ class Partition:
         self.files = files
         self.maps = maps or FileMaps(files)  # the run's maps (shared by a local run's workers)
         self.table = FlowTable(partition_config(config, n_parts).flows, rules,
-                               heads=output.heads, looked_at=output.kind == "analyze")
+                               heads=output.heads, looked_at=output.kind == "analyze",
+                               hash_key=table_key(key))
         self.table.record_slice = output.record_slice
         self.fragments = Decoder(config.capture)  # sees every fragment, in order
         self.stats = ReaderStats()
@@ -153,6 +155,7 @@ class Partition:
         self._damaged: set[int] = set()
         self._next: dict[int, int] = {}  # file -> where its next range starts
         self._part = np.empty(0, dtype=np.uint8)
+        self._hash = np.empty(0, dtype=np.uint64)
         self._status = np.empty(0, dtype=np.uint8)
 
     # --- input ------------------------------------------------------------------------------
@@ -195,7 +198,8 @@ class Partition:
         # payload offsets are file offsets, read in the input's map (a stream's batch points
         # into the region's own copy, which ``Region.batch`` takes)
         buf = self.maps.get(f) if h[H_INLINE] < 0 else region.inline
-        self._batch(region.batch(buf, inp.path), region.part)
+        batch = region.batch(buf, inp.path)
+        self._batch(batch, region.part, region.tally, region.hash[: batch.n])
         err = region.error(inp.path)
         if err is not None:
             self._damage(f, err)
@@ -223,21 +227,27 @@ class Partition:
         self.errors.append(exc)
 
     # --- aggregation ------------------------------------------------------------------------
-    def _batch(self, batch: PacketBatch, part: np.ndarray | None) -> None:
+    def _batch(self, batch: PacketBatch, part: np.ndarray | None,
+               tally: np.ndarray | None = None, hashes: np.ndarray | None = None) -> None:
+        """Feed a batch; ``part``, ``hashes``: its packets' partitions and flow hashes, made
+        as it was decoded (else here), ``tally`` its counters likewise."""
         n = batch.n
         if len(self._status) < n:
             self._status = np.empty(n, dtype=np.uint8)
             self._part = np.empty(n, dtype=np.uint8)
-        if part is None:
-            part = assign_partitions(batch, self._part, self.n_parts, self.key)
+            self._hash = np.empty(n, dtype=np.uint64)
+        if part is None or hashes is None:
+            hashes = self._hash[:n]
+            part = assign_partitions(batch, self._part, self.n_parts, self.key, hashes)
         if self.p == 0:  # the run's packet counters (and progress) are partition 0's
-            self.counters.add(batch)
+            self.counters.add(batch, tally)
             if n:
                 end = int(batch.cols["rec_off"][n - 1]) if self._offsets else None
                 self.items.append(("progress", batch.source, n, end))
         status = self._status[:n]
         tick_statuses(batch.cols["status"], part, n, self.p, status)
-        feed = PacketBatch(batch.buf, n, {**batch.cols, "status": status}, batch.source)
+        feed = PacketBatch(batch.buf, n, {**batch.cols, "status": status, "hash": hashes},
+                           batch.source)
         if self.output.kind != "analyze":
             self.table.feed(feed, self._records, drain=False)  # drained once a round
             return

@@ -36,7 +36,8 @@ from flowsense.capture.source import GZIP_MAGIC, BufferSource
 from flowsense.config import Config
 from flowsense.errors import CaptureError, InputMissingError
 from flowsense.parallel.kernels import partition_ids, pcap_resync
-from flowsense.schema import PACKET_COLUMNS, PF_FIRST_FRAGMENT, PF_FRAGMENT
+from flowsense.pipeline import tally_counts
+from flowsense.schema import N_STATUS, PACKET_COLUMNS, PF_FIRST_FRAGMENT, PF_FRAGMENT
 
 RESYNC_CHAIN = 16  # record headers that must chain for a guessed boundary
 
@@ -137,7 +138,8 @@ class Region:
 
     def __init__(self, packets: int, inline_bytes: int) -> None:
         layout = [("hdr", np.dtype(np.int64), H_WORDS), ("err", np.dtype(np.uint8), ERR_BYTES),
-                  ("part", np.dtype(np.uint8), packets)]
+                  ("tally", np.dtype(np.int64), 2 + N_STATUS),
+                  ("part", np.dtype(np.uint8), packets), ("hash", np.dtype(np.uint64), packets)]
         layout += [(k, dt, packets) for k, dt in PACKET_COLUMNS.items()]
         layout.append(("inline", np.dtype(np.uint8), inline_bytes))
         offsets = []
@@ -152,7 +154,9 @@ class Region:
                   for (name, dt, count), off in zip(layout, offsets)}
         self.hdr = arrays.pop("hdr")
         self.err = arrays.pop("err")
+        self.tally = arrays.pop("tally")  # the piece's counters (``pipeline.tally_counts``)
         self.part = arrays.pop("part")
+        self.hash = arrays.pop("hash")  # each packet's flow hash (``assign_partitions``)
         self.inline = arrays.pop("inline")
         self.cols = arrays
         self.capacity = packets
@@ -218,16 +222,24 @@ class FileMaps:
             mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
-def assign_partitions(batch: PacketBatch, out: np.ndarray, n_parts: int, key: int) -> np.ndarray:
+def assign_partitions(batch: PacketBatch, out: np.ndarray, n_parts: int, key: int,
+                      hashes: np.ndarray | None = None) -> np.ndarray:
+    """Each packet's partition into ``out`` (returned, cut to the batch), and its flow's hash
+    into ``hashes`` (``partition_ids``; ``table_key(key)`` keys both)."""
     c = batch.cols
+    if hashes is None:
+        hashes = np.empty(batch.n, dtype=np.uint64)
     partition_ids(c["status"], c["fam"], c["proto"], c["src_hi"], c["src_lo"], c["dst_hi"],
-                  c["dst_lo"], c["sport"], c["dport"], batch.n, n_parts, _hash_key(key), out)
+                  c["dst_lo"], c["sport"], c["dport"], batch.n, n_parts, table_key(key), out,
+                  hashes)
     return out[: batch.n]
 
 
 @functools.lru_cache(maxsize=8)
-def _hash_key(key: int) -> np.ndarray:
-    """The partitioning hash's two words for ``key`` (made once: a generator costs 80 µs)."""
+def table_key(key: int) -> np.ndarray:
+    """The hash key of a run's ``key`` (two words, made once: a generator costs 80 µs): the
+    partitioning hash's and every partition table's, so a table looks a flow up by the hash
+    its packet was partitioned by (``PacketBatch.cols["hash"]``), not hashing it again."""
     words = np.random.default_rng(key).integers(0, 2**63, size=2, dtype=np.int64)
     words = words.astype(np.uint64)
     words.flags.writeable = False
@@ -303,7 +315,8 @@ class Producer:
         h[H_N] = n
         view = region.batch(region.inline, inp.path)
         h[H_FRAG] = has_fragments(view)
-        assign_partitions(view, region.part, self.n_parts, self.key)
+        assign_partitions(view, region.part, self.n_parts, self.key, region.hash)
+        tally_counts(view, region.tally)  # counted here, not by partition 0 alone
 
     def _put(self, region: Region, batch: PacketBatch, at: int) -> int:
         if at + batch.n > region.capacity:
@@ -352,7 +365,8 @@ def warm_kernels(config: Config) -> None:
     z8 = np.zeros(1, dtype=np.uint8)
     z64 = np.zeros(1, dtype=np.uint64)
     z16 = np.zeros(1, dtype=np.uint16)
-    partition_ids(z8, z8, z8, z64, z64, z64, z64, z16, z16, 1, 2, _hash_key(1), z8.copy())
+    partition_ids(z8, z8, z8, z64, z64, z64, z64, z16, z16, 1, 2, table_key(1), z8.copy(),
+                  z64.copy())
     tick_statuses(z8, z8, 1, 0, z8.copy())
     pcap_resync(np.zeros(64, dtype=np.uint8), 0, 64, False, 1_000_000,
                 config.capture.max_record_bytes, RESYNC_CHAIN)
