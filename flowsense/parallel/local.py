@@ -176,6 +176,9 @@ class _Worker:
             cur = nxt
             j += 1
         self._put(("final", part.finish()))
+        sync.wait_consumed(j - 1)  # the last rounds' ranges: released here, not at the close
+        for piece in walked.values():
+            maps.release(piece)
 
 
 def _message(w: _Worker, on_round: Callable[[list[list[Item]]], None]) -> tuple[str, Any]:
