@@ -150,11 +150,12 @@ def test_other_partitions_packets_move_the_clock_as_in_one_table(tmp_path: Path)
     kernel steps over a run of those at once when nothing can happen in it
     (``kernels.own_packets``), else packet by packet: an idle end, an interim record (taken at
     the very packet its timeout passes, then Python drains it and the kernel resumes within the
-    run) or a jump back in time (the table flushes at that packet). The partitions' records
-    together are one table's; interim records come out at the same clock, and fed one packet
-    at a time, interim records and a jump's flush come out at the same packet."""
+    run) or a jump back in time (the table flushes at that packet). The partitions' tables look
+    flows up by the hash each packet was partitioned by (``cols["hash"]``). The partitions'
+    records together are one table's; interim records come out at the same clock, and fed one
+    packet at a time, interim records and a jump's flush come out at the same packet."""
     from flowsense.parallel.kernels import tick_statuses
-    from flowsense.parallel.plan import assign_partitions
+    from flowsense.parallel.plan import assign_partitions, table_key
     from flowsense.pipeline import slice_batch
     from flowsense.schema import FLOW_COLUMNS
 
@@ -174,7 +175,8 @@ def test_other_partitions_packets_move_the_clock_as_in_one_table(tmp_path: Path)
     def records(p: int | None, one_at_a_time: bool) -> list[tuple]:
         """Sorted (record..., where it came out): the packet fed (one at a time) or the
         table's clock (whole batches; interim records only)."""
-        table = FlowTable(cfg)
+        # a partition's table looks flows up by the hash they were partitioned by
+        table = FlowTable(cfg, hash_key=None if p is None else table_key(99))
         out: list[tuple] = []
         at = [0]
 
@@ -188,11 +190,13 @@ def test_other_partitions_packets_move_the_clock_as_in_one_table(tmp_path: Path)
 
         for batch in iter_batches(path):
             if p is not None:
-                part = assign_partitions(batch, np.empty(batch.n, np.uint8), 2, 99)
+                hashes = np.empty(batch.n, np.uint64)
+                part = assign_partitions(batch, np.empty(batch.n, np.uint8), 2, 99, hashes)
                 status = np.empty(batch.n, np.uint8)
                 tick_statuses(batch.cols["status"], part, batch.n, p, status)
                 batch = slice_batch(batch, 0, batch.n)
                 batch.cols["status"] = status
+                batch.cols["hash"] = hashes
             if not one_at_a_time:
                 table.feed(batch, sink)
                 continue

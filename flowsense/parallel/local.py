@@ -1,4 +1,4 @@
-"""``--jobs N`` on one machine: N worker threads, each a partition, in lockstep rounds.
+"""``--jobs N`` on one machine: N worker threads, each a partition, in rounds.
 
 In round j every worker decodes its piece of round j+1 into its region (the walk and decode
 run in parallel), then feeds its table every piece of round j in order and hands the caller
