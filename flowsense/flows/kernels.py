@@ -410,6 +410,23 @@ def own_packets(status, ts_ns, n, own, gap_hi, gap_lo):
     return m
 
 
+@inline_kernel
+def _advance(T, ts, idle_ns):
+    """A packet's time reaches the table (its own packet or another partition's): K_TIMEJUMP
+    when it is earlier than the clock by more than the idle timeout (a capture spliced from
+    another time: it cannot continue these flows), else the clock moves on and expiry runs
+    if a deadline passed (K_EVENTS when Python must drain first), else K_DONE."""
+    st = T.st
+    if ts < st[S_CLOCK] - idle_ns:
+        return K_TIMEJUMP
+    if ts > st[S_CLOCK]:
+        st[S_CLOCK] = ts
+    if st[S_CLOCK] >= st[S_DEADLINE]:
+        if expire(T, st[S_CLOCK]) != K_DONE:
+            return K_EVENTS
+    return K_DONE
+
+
 @counted_free_kernel
 def _step_over(T, nxt, i, o, gap_hi, gap_lo, status, ts_ns):
     """``process`` over packets ``nxt..i-1``, none of them this table's: the clock and expiry
@@ -427,14 +444,9 @@ def _step_over(T, nxt, i, o, gap_hi, gap_lo, status, ts_ns):
     for t in range(nxt, i):
         if status[t] != ST_TICK:
             continue
-        ts = ts_ns[t]
-        if ts < st[S_CLOCK] - idle_ns:
-            return K_TIMEJUMP, t
-        if ts > st[S_CLOCK]:
-            st[S_CLOCK] = ts
-        if st[S_CLOCK] >= st[S_DEADLINE]:
-            if expire(T, st[S_CLOCK]) != K_DONE:
-                return K_EVENTS, t
+        code = _advance(T, ts_ns[t], idle_ns)
+        if code != K_DONE:
+            return code, t
     return K_DONE, i
 
 
@@ -527,14 +539,9 @@ def process(
                 prefetch2(T.splt_ps, c, 0)
                 prefetch2(T.splt_t, c, 0)
         ts = ts_ns[i]
-        if ts < st[S_CLOCK] - idle_ns:
-            # a capture spliced from another time: it cannot continue these flows
-            return K_TIMEJUMP, i
-        if ts > st[S_CLOCK]:
-            st[S_CLOCK] = ts
-        if st[S_CLOCK] >= st[S_DEADLINE]:
-            if expire(T, st[S_CLOCK]) != K_DONE:
-                return K_EVENTS, i
+        code = _advance(T, ts, idle_ns)
+        if code != K_DONE:
+            return code, i
         if st[S_NEV] + 2 > T.ev_slot.shape[0]:  # room for this packet's end and prompt events
             return K_EVENTS, i
         f = fam[i]
