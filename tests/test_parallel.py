@@ -488,7 +488,6 @@ def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
     regions to be free (``local._Sync``): with partition 1 slowed down, partition 0 starts
     consuming round j+1 while partition 1 is still in round j, decodes into the third set,
     and the records are still one table's."""
-    import threading
     import time
 
     from flowsense.parallel.partition import Partition
@@ -519,7 +518,7 @@ def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
     ahead = sum(any(ends[1][j] > t for t in starts[0][2 * (j + 1):2 * (j + 2)])
                 for j in range(rounds - 1))
     assert ahead > rounds // 2
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("flowsense-part")]
+    assert _partition_threads() == []
 
 
 def test_a_failing_sink_stops_the_workers(bench_capture: Path,

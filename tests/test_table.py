@@ -154,7 +154,7 @@ def test_other_partitions_packets_move_the_clock_as_in_one_table(tmp_path: Path)
     flows up by the hash each packet was partitioned by (``cols["hash"]``). The partitions'
     records together are one table's; interim records come out at the same clock, and fed one
     packet at a time, interim records and a jump's flush come out at the same packet."""
-    from flowsense.parallel.kernels import tick_statuses
+    from flowsense.parallel.partition import partition_batch
     from flowsense.parallel.plan import assign_partitions, table_key
     from flowsense.pipeline import slice_batch
     from flowsense.schema import FLOW_COLUMNS
@@ -192,11 +192,7 @@ def test_other_partitions_packets_move_the_clock_as_in_one_table(tmp_path: Path)
             if p is not None:
                 hashes = np.empty(batch.n, np.uint64)
                 part = assign_partitions(batch, np.empty(batch.n, np.uint8), 2, 99, hashes)
-                status = np.empty(batch.n, np.uint8)
-                tick_statuses(batch.cols["status"], part, batch.n, p, status)
-                batch = slice_batch(batch, 0, batch.n)
-                batch.cols["status"] = status
-                batch.cols["hash"] = hashes
+                batch = partition_batch(batch, part, hashes, p, np.empty(batch.n, np.uint8))
             if not one_at_a_time:
                 table.feed(batch, sink)
                 continue

@@ -309,18 +309,26 @@ def iter_records(path: str, cfg: CaptureConfig, stats: ReaderStats,
     src = src or open_source(path, cfg)
     try:
         w = _Walker(src, cfg, stats)
-        w.need(0, 4)
-        head = bytes(src.window[:4])
-        if head in PCAP_MAGICS:
+        if _is_pcap(w):
             yield from _records_pcap(w, span)
-        elif head == PCAPNG_MAGIC:
-            yield from _records_pcapng(w)
-        elif len(head) < 4:
-            raise CaptureError(src.name, 0, "empty or truncated file")
         else:
-            raise CaptureError(src.name, 0, "not a pcap or pcapng capture (unknown magic)")
+            yield from _records_pcapng(w)
     finally:
         src.close()
+
+
+def _is_pcap(w: _Walker) -> bool:
+    """True for a classic pcap, False for pcapng, by the first four bytes; raises CaptureError
+    for anything else."""
+    w.need(0, 4)
+    head = bytes(w.src.window[:4])
+    if head in PCAP_MAGICS:
+        return True
+    if head == PCAPNG_MAGIC:
+        return False
+    if len(head) < 4:
+        raise CaptureError(w.src.name, 0, "empty or truncated file")
+    raise CaptureError(w.src.name, 0, "not a pcap or pcapng capture (unknown magic)")
 
 
 class Decoder:
@@ -396,16 +404,10 @@ def iter_batches(
     src = src or open_source(path, cfg)
     try:
         w = _Walker(src, cfg, stats)
-        w.need(0, 4)
-        pcap = bytes(src.window[:4]) in PCAP_MAGICS
-    except BaseException:
-        src.close()
-        raise
-    if not pcap:  # pcapng, or what iter_records reports as not a capture
-        yield from _decoded(iter_records(path, cfg, stats, src=src, span=span), decoder, cfg,
-                            path)
-        return
-    try:
+        if not _is_pcap(w):
+            yield from _decoded(_records_pcapng(w), decoder, cfg, path)
+            return
+
         def step(win: np.ndarray, pos: int, stop: int, swapped: bool, frac_ns: int,
                  linktype: int) -> tuple[int, int, int]:
             return decoder.walk_decode(w, win, pos, stop, swapped, frac_ns, linktype)

@@ -452,15 +452,15 @@ def _step_over(T, nxt, i, o, gap_hi, gap_lo, status, ts_ns):
 
 @counted_free_kernel
 def process(
-    T, start, n, own, n_own, gap_hi, gap_lo, hashes, hashed, ts_ns, status, pflags, fam, proto,
-    src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags, ip_len, payload_len, pay_off,
-    pay_cap, seq, vlan, tunnel, buf,
+    T, start, n, own, n_own, gap_hi, gap_lo, hashes, ts_ns, status, pflags, fam, proto, src_hi,
+    src_lo, dst_hi, dst_lo, sport, dport, tcp_flags, ip_len, payload_len, pay_off, pay_cap, seq,
+    vlan, tunnel, buf,
 ):
     """Feed packets ``start..n-1`` of a batch into the table: the ST_OK ones, ``own[:n_own]``
     (``own_packets``); ST_TICK packets, the packets of other partitions in a parallel run,
-    only advance the clock and expiry, exactly as they would in one table. With ``hashed``,
-    ``hashes[i]`` is packet i's flow hash under this table's key (made as the batch was
-    partitioned), not computed again.
+    only advance the clock and expiry, exactly as they would in one table. ``hashes``, when not
+    empty: each packet's flow hash under this table's key (made as the batch was partitioned),
+    not computed again.
 
     Returns (status, i): K_DONE with i == n, or K_GROW / K_EVENTS with i the packet to resume at
     once Python has made room (grown or evicted) or drained the events.
@@ -478,6 +478,7 @@ def process(
     hk0 = T.hkey[0]
     hk1 = T.hkey[1]
     tmos = timeouts(T.prm)
+    hashed = hashes.shape[0] > 0
     # the first own packet at or after ``start`` (a resumed call starts anywhere)
     o_lo = 0
     o_hi = n_own

@@ -156,11 +156,11 @@ class FlowTable:
         if cfg.max_flows:
             cap = min(cap, cfg.max_flows)
         self.capacity = 1 << (cap - 1).bit_length()
-        seed = cfg.hash_seed or secrets.randbits(63)
-        rng = np.random.default_rng(seed)
-        hkey = rng.integers(0, 2**63, size=2, dtype=np.int64).astype(np.uint64)
         if hash_key is not None:
             hkey = np.array(hash_key, dtype=np.uint64)
+        else:
+            rng = np.random.default_rng(cfg.hash_seed or secrets.randbits(63))
+            hkey = rng.integers(0, 2**63, size=2, dtype=np.int64).astype(np.uint64)
         prm = np.zeros(P_NFIELDS, dtype=np.int64)
         prm[P_IDLE_NS] = int(cfg.idle_timeout_s * 1e9)
         prm[P_EST_IDLE_NS] = int(cfg.established_idle_timeout_s * 1e9)
@@ -282,14 +282,11 @@ class FlowTable:
             self._gap_hi = np.empty(n + 1, dtype=np.int64)
             self._gap_lo = np.empty(n + 1, dtype=np.int64)
         n_own = K.own_packets(c["status"], c["ts_ns"], n, self._own, self._gap_hi, self._gap_lo)
-        hashes = c.get("hash")
-        given = hashes is not None
-        if not given:
-            hashes = self._no_hashes
+        hashes = c.get("hash", self._no_hashes)  # empty: the kernel hashes the packets
         i = 0
         while True:
             status, i = K.process(
-                self.T, i, n, self._own, n_own, self._gap_hi, self._gap_lo, hashes, given,
+                self.T, i, n, self._own, n_own, self._gap_hi, self._gap_lo, hashes,
                 c["ts_ns"], c["status"], c["pflags"], c["fam"], c["proto"],
                 c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"], c["sport"], c["dport"],
                 c["tcp_flags"], c["ip_len"], c["payload_len"], c["pay_off"], c["pay_cap"],

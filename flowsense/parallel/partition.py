@@ -110,6 +110,17 @@ def _frame_bytes(frame: FeatureFrame) -> int:
     return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
 
+def partition_batch(batch: PacketBatch, part: np.ndarray, hashes: np.ndarray, p: int,
+                    status: np.ndarray) -> PacketBatch:
+    """What partition ``p``'s table is fed of ``batch``: every packet, the other partitions'
+    with status ST_TICK (written into ``status``, room for the batch), each with its flow hash
+    (``assign_partitions`` made ``part`` and ``hashes``)."""
+    n = batch.n
+    tick_statuses(batch.cols["status"], part, n, p, status)
+    return PacketBatch(batch.buf, n, {**batch.cols, "status": status[:n], "hash": hashes[:n]},
+                       batch.source)
+
+
 def partition_config(config: Config, n_parts: int) -> Config:
     """A partition's table: the flow bound shared out (each table evicts on its own); the watch
     quota kept whole in each, so no watch a single table grants is refused."""
@@ -198,8 +209,7 @@ class Partition:
         # payload offsets are file offsets, read in the input's map (a stream's batch points
         # into the region's own copy, which ``Region.batch`` takes)
         buf = self.maps.get(f) if h[H_INLINE] < 0 else region.inline
-        batch = region.batch(buf, inp.path)
-        self._batch(batch, region.part, region.tally, region.hash[: batch.n])
+        self._batch(region.batch(buf, inp.path), region)
         err = region.error(inp.path)
         if err is not None:
             self._damage(f, err)
@@ -227,27 +237,25 @@ class Partition:
         self.errors.append(exc)
 
     # --- aggregation ------------------------------------------------------------------------
-    def _batch(self, batch: PacketBatch, part: np.ndarray | None,
-               tally: np.ndarray | None = None, hashes: np.ndarray | None = None) -> None:
-        """Feed a batch; ``part``, ``hashes``: its packets' partitions and flow hashes, made
-        as it was decoded (else here), ``tally`` its counters likewise."""
+    def _batch(self, batch: PacketBatch, region: Region | None) -> None:
+        """Feed a batch: ``region``'s, whose partitions, flow hashes and counters were made as
+        it was decoded, or one read here (None: they are made here)."""
         n = batch.n
         if len(self._status) < n:
             self._status = np.empty(n, dtype=np.uint8)
             self._part = np.empty(n, dtype=np.uint8)
             self._hash = np.empty(n, dtype=np.uint64)
-        if part is None or hashes is None:
-            hashes = self._hash[:n]
-            part = assign_partitions(batch, self._part, self.n_parts, self.key, hashes)
+        if region is None:
+            part, hashes, tally = self._part, self._hash[:n], None
+            assign_partitions(batch, part, self.n_parts, self.key, hashes)
+        else:
+            part, hashes, tally = region.part, region.hash[:n], region.tally
         if self.p == 0:  # the run's packet counters (and progress) are partition 0's
             self.counters.add(batch, tally)
             if n:
                 end = int(batch.cols["rec_off"][n - 1]) if self._offsets else None
                 self.items.append(("progress", batch.source, n, end))
-        status = self._status[:n]
-        tick_statuses(batch.cols["status"], part, n, self.p, status)
-        feed = PacketBatch(batch.buf, n, {**batch.cols, "status": status, "hash": hashes},
-                           batch.source)
+        feed = partition_batch(batch, part, hashes, self.p, self._status)
         if self.output.kind != "analyze":
             self.table.feed(feed, self._records, drain=False)  # drained once a round
             return
