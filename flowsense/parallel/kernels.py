@@ -16,21 +16,21 @@ from flowsense.schema import ST_OK, ST_TICK
 @kernel
 def partition_ids(status, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, n,
                   n_parts, key, out, hashes):
-    """out[i] (uint8): the partition of packet i's flow: bits 40 and up of the flow table's
-    keyed hash (with a key of the run's own, uint64[2]) of the canonical key, so both
-    directions agree; ``hashes[i]`` the hash itself, which the partitions' tables (keyed
-    alike) look the flow up by. Non-IP packets get 0."""
+    """out[i] (uint8): the partition of packet i's flow: the top 24 bits of the flow table's
+    keyed hash (with a key of the run's own, uint64[2]) of the canonical key, scaled to
+    ``n_parts`` (multiply and shift, not a division), so both directions agree; ``hashes[i]``
+    the hash itself, which the partitions' tables (keyed alike) look the flow up by. Non-IP
+    packets get 0. Every packet is hashed and the status picks (their columns hold numbers
+    all the same): no branch a packet."""
     k0 = key[0]
     k1 = key[1]
+    parts = np.uint64(n_parts)
     for i in range(n):
-        if status[i] != ST_OK:
-            out[i] = 0
-            hashes[i] = 0
-            continue
         h = packet_hash(k0, k1, fam[i], proto[i], src_hi[i], src_lo[i], dst_hi[i], dst_lo[i],
                         sport[i], dport[i])
-        hashes[i] = h
-        out[i] = np.uint8((h >> np.uint64(40)) % np.uint64(n_parts))
+        ok = status[i] == ST_OK
+        hashes[i] = h if ok else np.uint64(0)
+        out[i] = np.uint8(((h >> np.uint64(40)) * parts) >> np.uint64(24)) if ok else np.uint8(0)
 
 
 @kernel
