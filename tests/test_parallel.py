@@ -487,13 +487,22 @@ def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
     """Workers wait for each other only for a round's pieces to be decoded and for a set of
     regions to be free (``local._Sync``): with partition 1 slowed down, partition 0 starts
     consuming round j+1 while partition 1 is still in round j, decodes into the third set,
-    and the records are still one table's."""
+    takes on more than its half of the decoding (a round's pieces go to whichever worker
+    gets to them first), and the records are still one table's."""
+    import threading
     import time
 
     from flowsense.parallel.partition import Partition
+    from flowsense.parallel.plan import Producer
 
     consume = Partition.consume
     log: list[tuple[int, str, float]] = []
+    produce = Producer.produce
+    decoders: list[str] = []
+
+    def produced(self: Producer, piece: object, region: object) -> None:
+        decoders.append(threading.current_thread().name)
+        produce(self, piece, region)  # type: ignore[arg-type]
 
     def slowed(self: Partition, piece: object, region: object) -> None:
         log.append((self.p, "start", time.perf_counter()))
@@ -509,6 +518,7 @@ def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
 
     monkeypatch.setattr(Partition, "consume", slowed)
     monkeypatch.setattr(Partition, "take", took)
+    monkeypatch.setattr(Producer, "produce", produced)
     assert_same_flows([str(bench_capture)], small_chunks(1 << 18), jobs=2)
     ends = {p: [t for q, kind, t in log if q == p and kind == "round"] for p in (0, 1)}
     starts = {p: [t for q, kind, t in log if q == p and kind == "start"] for p in (0, 1)}
@@ -518,6 +528,9 @@ def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
     ahead = sum(any(ends[1][j] > t for t in starts[0][2 * (j + 1):2 * (j + 2)])
                 for j in range(rounds - 1))
     assert ahead > rounds // 2
+    # every piece decoded once; the faster worker decoded most of them
+    assert len(decoders) == len(starts[0]) == len(starts[1])
+    assert decoders.count("flowsense-partition-0") > 0.7 * len(decoders)
     assert _partition_threads() == []
 
 

@@ -1,10 +1,12 @@
 """``--jobs N`` on one machine: N worker threads, each a partition, in rounds.
 
-In round j every worker decodes its piece of round j+1 into its region (the walk and decode
-run in parallel), then feeds its table every piece of round j in order and hands the caller
-what it made. Three sets of regions take turns, so memory is N x 3 regions whatever the
-capture's size, and a worker runs up to a round ahead of the slowest (``_Sync``): it waits
-only to consume a round not all decoded yet, or to decode into a set a worker still reads.
+In round j the workers decode the N pieces of round j+1 into the round's regions (the walk
+and decode run in parallel), each taking the next piece no worker has taken yet, so the worker
+whose partition has less to aggregate decodes more; then each feeds its table every piece of
+round j in order and hands the caller what it made. Three sets of regions take turns, so
+memory is N x 3 regions whatever the capture's size, and a worker runs up to a round ahead of
+the slowest (``_Sync``): it waits only to consume a round not all decoded yet, or to decode
+into a set a worker still reads.
 
 Threads, not processes: every kernel releases the GIL (``nogil``), and the Python between
 kernel calls is a few per cent of a worker's time. Threads walk, decode and read payloads
@@ -52,6 +54,7 @@ class _Sync:
         self._cv = threading.Condition()
         self._decoded: dict[int, int] = {}  # round -> its pieces decoded so far
         self._consumed: dict[int, int] = {}  # round -> the workers done with it
+        self._claimed: dict[int, int] = {}  # round -> its pieces a worker has taken to decode
         self._done_through = -1  # every round up to this one is consumed by every worker
         self._broken = False
 
@@ -61,6 +64,15 @@ class _Sync:
                 if self._broken:
                     raise threading.BrokenBarrierError
                 self._cv.wait()
+
+    def claim(self, j: int, pieces: int) -> int | None:
+        """A piece of round ``j`` no worker has taken to decode yet (its index), or None."""
+        with self._cv:
+            k = self._claimed.get(j, 0)
+            if k >= pieces:
+                return None
+            self._claimed[j] = k + 1
+            return k
 
     def decoded(self, j: int) -> None:
         with self._cv:
@@ -79,6 +91,7 @@ class _Sync:
             # each worker consumes the rounds in order: round j is the next one done by all
             self._consumed.pop(j, None)
             self._decoded.pop(j, None)
+            self._claimed.pop(j, None)
             self._done_through = j
             self._cv.notify_all()
 
@@ -143,20 +156,29 @@ class _Worker:
             part.hand_over = lambda items: self._put(("part", items))
         producer = Producer(files, config, n, key, part.fragments, maps)
         rounds = Rounds(files, n, config.capture.chunk_bytes)
-        walked: dict[int, Piece] = {}  # round -> the range this worker walked in it
+        walked: dict[int, list[Piece]] = {}  # round -> the ranges this worker walked in it
 
-        def produce(j: int, piece: Piece) -> None:
+        def produce(j: int, k: int, piece: Piece) -> None:
             sync.wait_consumed(j - SETS)  # every worker is done with the set's last round
-            if j - SETS in walked:
-                maps.release(walked.pop(j - SETS))  # and so with the range walked in it
-            producer.produce(piece, regions[j % SETS][p])
+            for old in walked.pop(j - SETS, ()):
+                maps.release(old)  # and so with the ranges walked in it
+            producer.produce(piece, regions[j % SETS][k])
             if piece.kind == "range":
-                walked[j] = piece
+                walked.setdefault(j, []).append(piece)
             sync.decoded(j)
 
+        def produce_any(j: int, pieces: list[Piece]) -> None:
+            """Decode what is left of round ``j``'s pieces, one at a time: a worker whose
+            partition had less to do takes more of the decoding (the partitions' shares of
+            the packets differ by a few per cent a run)."""
+            while (k := sync.claim(j, len(pieces))) is not None:
+                produce(j, k, pieces[k])
+
         cur = rounds.next()
-        if p < len(cur):
-            produce(0, cur[p])
+        if cur and cur[0].kind != "stream":
+            produce_any(0, cur)
+        elif cur and p == 0:
+            produce(0, 0, cur[0])
         j = 0
         while cur:
             here = regions[j % SETS]
@@ -164,21 +186,22 @@ class _Worker:
             ended = cur[0].kind != "stream" or bool(here[0].hdr[H_ENDED])
             nxt = rounds.next(ended)
             stream_next = bool(nxt) and nxt[0].kind == "stream"
-            if nxt and not stream_next and p < len(nxt):
-                produce(j + 1, nxt[p])
+            if nxt and not stream_next:
+                produce_any(j + 1, nxt)
             for k, piece in enumerate(cur):
                 part.consume(piece, here[k])
             if stream_next and p == 0:
                 # after this round: the stream shares this worker's fragment decoder, in order
-                produce(j + 1, nxt[0])
+                produce(j + 1, 0, nxt[0])
             self._put(("round", part.take()))
             sync.consumed(j)
             cur = nxt
             j += 1
         self._put(("final", part.finish()))
         sync.wait_consumed(j - 1)  # the last rounds' ranges: released here, not at the close
-        for piece in walked.values():
-            maps.release(piece)
+        for pieces in walked.values():
+            for piece in pieces:
+                maps.release(piece)
 
 
 def _message(w: _Worker, on_round: Callable[[list[list[Item]]], None]) -> tuple[str, Any]:
