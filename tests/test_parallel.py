@@ -13,8 +13,9 @@ import json
 import shutil
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import numpy as np
@@ -482,6 +483,56 @@ def _partition_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("flowsense-partition")]
 
 
+def _slowed_run(bench_capture: Path, monkeypatch: pytest.MonkeyPatch,
+                slow: Callable[[int], bool]) -> dict[str, Any]:
+    """A run whose partition 1 sleeps 4 ms a piece while ``slow(pieces it has started)``:
+    when each partition started a piece and ended a round, who decoded each piece, and who
+    unmapped each range (its start, the worker, whether after its last round)."""
+    import sys
+    import threading
+    import time
+
+    from flowsense.parallel.partition import Partition
+    from flowsense.parallel.plan import FileMaps, Producer
+
+    log: list[tuple[int, str, float]] = []
+    decoded: list[tuple[int, str]] = []  # a piece's start, the worker that decoded it
+    released: list[tuple[int, str, bool]] = []
+    consume, take = Partition.consume, Partition.take
+    produce, release = Producer.produce, FileMaps.release
+
+    def slowed(self: Partition, piece: object, region: object) -> None:
+        log.append((self.p, "start", time.perf_counter()))
+        if self.p == 1 and slow(sum(1 for q, kind, _ in log if q == 1 and kind == "start")):
+            time.sleep(0.004)
+        consume(self, piece, region)  # type: ignore[arg-type]
+
+    def took(self: Partition) -> list:
+        log.append((self.p, "round", time.perf_counter()))
+        return take(self)
+
+    def produced(self: Producer, piece: object, region: object) -> None:
+        decoded.append((piece.start, threading.current_thread().name))  # type: ignore[attr-defined]
+        produce(self, piece, region)  # type: ignore[arg-type]
+
+    def released_by(self: FileMaps, piece: object) -> None:
+        at_end = sys._getframe(1).f_code.co_name == "_rounds"  # not a piece's decoding
+        start = piece.start  # type: ignore[attr-defined]
+        released.append((start, threading.current_thread().name, at_end))
+        release(self, piece)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Partition, "consume", slowed)
+    monkeypatch.setattr(Partition, "take", took)
+    monkeypatch.setattr(Producer, "produce", produced)
+    monkeypatch.setattr(FileMaps, "release", released_by)
+    assert_same_flows([str(bench_capture)], small_chunks(1 << 18), jobs=2)
+    assert _partition_threads() == []
+    return {"ends": {p: [t for q, kind, t in log if q == p and kind == "round"] for p in (0, 1)},
+            "starts": {p: [t for q, kind, t in log if q == p and kind == "start"]
+                       for p in (0, 1)},
+            "decoded": decoded, "released": released}
+
+
 def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers wait for each other only for a round's pieces to be decoded and for a set of
@@ -489,39 +540,9 @@ def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
     consuming round j+1 while partition 1 is still in round j, decodes into the third set,
     takes on more than its half of the decoding (a round's pieces go to whichever worker
     gets to them first), and the records are still one table's."""
-    import threading
-    import time
-
-    from flowsense.parallel.partition import Partition
-    from flowsense.parallel.plan import Producer
-
-    consume = Partition.consume
-    log: list[tuple[int, str, float]] = []
-    produce = Producer.produce
-    decoders: list[str] = []
-
-    def produced(self: Producer, piece: object, region: object) -> None:
-        decoders.append(threading.current_thread().name)
-        produce(self, piece, region)  # type: ignore[arg-type]
-
-    def slowed(self: Partition, piece: object, region: object) -> None:
-        log.append((self.p, "start", time.perf_counter()))
-        if self.p == 1:
-            time.sleep(0.004)
-        consume(self, piece, region)  # type: ignore[arg-type]
-
-    take = Partition.take
-
-    def took(self: Partition) -> list:
-        log.append((self.p, "round", time.perf_counter()))
-        return take(self)
-
-    monkeypatch.setattr(Partition, "consume", slowed)
-    monkeypatch.setattr(Partition, "take", took)
-    monkeypatch.setattr(Producer, "produce", produced)
-    assert_same_flows([str(bench_capture)], small_chunks(1 << 18), jobs=2)
-    ends = {p: [t for q, kind, t in log if q == p and kind == "round"] for p in (0, 1)}
-    starts = {p: [t for q, kind, t in log if q == p and kind == "start"] for p in (0, 1)}
+    run = _slowed_run(bench_capture, monkeypatch, lambda k: True)
+    ends, starts = run["ends"], run["starts"]
+    decoders = [w for _, w in run["decoded"]]
     rounds = len(ends[1]) - 1  # the last "round" is the final flush's
     assert rounds > 15
     # partition 0 began a round's pieces before partition 1 had ended the round before
@@ -531,7 +552,22 @@ def test_a_worker_runs_a_round_ahead_of_a_slow_one(bench_capture: Path,
     # every piece decoded once; the faster worker decoded most of them
     assert len(decoders) == len(starts[0]) == len(starts[1])
     assert decoders.count("flowsense-partition-0") > 0.7 * len(decoders)
-    assert _partition_threads() == []
+
+
+def test_ranges_are_unmapped_as_the_run_goes(bench_capture: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every range is unmapped once, by the worker that walked it, once every worker is done
+    with it: as the run goes, not at its end, also for a worker that decodes in some rounds
+    and not in others (partition 1 slowed down every other dozen pieces). After its last
+    round a worker unmaps at most the last rounds' (three sets of two pieces)."""
+    from flowsense.parallel.local import SETS
+
+    run = _slowed_run(bench_capture, monkeypatch, lambda k: (k // 12) % 2 == 0)
+    decoded, released = run["decoded"], run["released"]
+    assert sorted((start, w) for start, w, _ in released) == sorted(decoded)  # each once
+    for worker in ("flowsense-partition-0", "flowsense-partition-1"):
+        assert any(w == worker for _, w in decoded)  # both decode in this run
+        assert sum(at_end for _, w, at_end in released if w == worker) <= SETS * 2
 
 
 def test_a_failing_sink_stops_the_workers(bench_capture: Path,

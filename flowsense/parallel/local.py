@@ -159,9 +159,12 @@ class _Worker:
         walked: dict[int, list[Piece]] = {}  # round -> the ranges this worker walked in it
 
         def produce(j: int, k: int, piece: Piece) -> None:
-            sync.wait_consumed(j - SETS)  # every worker is done with the set's last round
-            for old in walked.pop(j - SETS, ()):
-                maps.release(old)  # and so with the ranges walked in it
+            # every worker is done with the set's last round, so with every range this worker
+            # walked up to it (rounds it decoded nothing in release none: a later piece does)
+            sync.wait_consumed(j - SETS)
+            for r in [r for r in walked if r <= j - SETS]:
+                for old in walked.pop(r):
+                    maps.release(old)
             producer.produce(piece, regions[j % SETS][k])
             if piece.kind == "range":
                 walked.setdefault(j, []).append(piece)
