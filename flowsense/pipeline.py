@@ -102,7 +102,7 @@ def tally_counts(batch: PacketBatch, out: np.ndarray | None = None) -> np.ndarra
     """A batch's wire bytes, orphan fragments and packets by status (``tally_batch``), in
     ``out`` (zeroed first) or a new array."""
     c = batch.cols
-    t = np.zeros(2 + N_STATUS, dtype=np.int64) if out is None else out
+    t = np.empty(2 + N_STATUS, dtype=np.int64) if out is None else out
     t[:] = 0
     tally_batch(batch.n, c["wirelen"], c["status"], c["pflags"], PF_FRAG_ORPHAN, t)
     return t

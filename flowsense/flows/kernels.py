@@ -454,6 +454,16 @@ def _step_over(T, nxt, i, o, gap_hi, gap_lo, status, ts_ns):
     return K_DONE, i
 
 
+@inline_kernel
+def _hash_of(q, hashes, hk0, hk1, fam, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport):
+    """Packet ``q``'s flow hash: given (``hashes`` not empty: made as the batch was
+    partitioned, under this table's key), else computed."""
+    if hashes.shape[0] > 0:
+        return hashes[q]
+    return packet_hash(hk0, hk1, fam[q], proto[q], src_hi[q], src_lo[q], dst_hi[q], dst_lo[q],
+                       sport[q], dport[q])
+
+
 @counted_free_kernel
 def process(
     T, start, n, own, n_own, gap_hi, gap_lo, hashes, ts_ns, status, pflags, fam, proto, src_hi,
@@ -482,7 +492,6 @@ def process(
     hk0 = T.hkey[0]
     hk1 = T.hkey[1]
     tmos = timeouts(T.prm)
-    hashed = hashes.shape[0] > 0
     # the first own packet at or after ``start`` (a resumed call starts anywhere)
     o_lo = 0
     o_hi = n_own
@@ -498,13 +507,8 @@ def process(
     # prefetched
     hr = T.ahead
     for oj in range(o_lo, min(o_lo + AHEAD_CELL, n_own)):
-        q = own[oj]
-        if hashed:
-            hr[oj & (AHEAD_RING - 1)] = hashes[q]
-        else:
-            hr[oj & (AHEAD_RING - 1)] = packet_hash(hk0, hk1, fam[q], proto[q], src_hi[q],
-                                                     src_lo[q], dst_hi[q], dst_lo[q], sport[q],
-                                                     dport[q])
+        hr[oj & (AHEAD_RING - 1)] = _hash_of(own[oj], hashes, hk0, hk1, fam, proto, src_hi,
+                                             src_lo, dst_hi, dst_lo, sport, dport)
     nxt = start  # the first packet not yet handled
     for o in range(o_lo, n_own + 1):
         i = own[o] if o < n_own else n
@@ -517,12 +521,8 @@ def process(
         nxt = i + 1
         oj = o + AHEAD_CELL
         if oj < n_own:
-            q = own[oj]
-            if hashed:
-                hj = hashes[q]
-            else:
-                hj = packet_hash(hk0, hk1, fam[q], proto[q], src_hi[q], src_lo[q], dst_hi[q],
-                                 dst_lo[q], sport[q], dport[q])
+            hj = _hash_of(own[oj], hashes, hk0, hk1, fam, proto, src_hi, src_lo, dst_hi,
+                          dst_lo, sport, dport)
             hr[oj & (AHEAD_RING - 1)] = hj
             prefetch(T.ix, np.int64(hj & np.uint64(mask)))
         oj = o + AHEAD_ROW
