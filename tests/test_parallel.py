@@ -570,6 +570,52 @@ def test_ranges_are_unmapped_as_the_run_goes(bench_capture: Path,
         assert sum(at_end for _, w, at_end in released if w == worker) <= SETS * 2
 
 
+def _resident(a: np.ndarray) -> int:
+    """How many of the pages under ``a`` are in memory (``/proc/self/pagemap``'s present bit,
+    which a process may read for itself)."""
+    import mmap
+    import os
+
+    lo = a.__array_interface__["data"][0] // mmap.PAGESIZE
+    hi = -(-(a.__array_interface__["data"][0] + a.nbytes) // mmap.PAGESIZE)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        entries = np.frombuffer(os.pread(fd, (hi - lo) * 8, lo * 8), dtype=np.uint64)
+    finally:
+        os.close(fd)
+    return int((entries >> np.uint64(63)).sum())
+
+
+def test_a_region_gives_back_what_a_denser_piece_took() -> None:
+    """A region keeps pages for the packets of the piece decoded into it: after a denser
+    piece, a piece thousands of packets lighter gives the rest back (``Region.settle``: a
+    longer capture's regions would each keep pages for its densest piece), what the piece
+    holds stays, and a piece a little lighter leaves them be (no fault churn)."""
+    from flowsense.parallel.plan import SETTLE_PACKETS, Region
+
+    region = Region(200_000, 4096)
+    ts = region.cols["ts_ns"]
+    for col in (*region.cols.values(), region.hash, region.part):
+        col[:120_000] = 1
+    ts[:120_000] = np.arange(120_000)
+    region.settle(120_000)
+    assert _resident(ts[:120_000]) == _resident(ts[:120_000]) > 0
+    full = _resident(ts[:120_000])
+    region.settle(60_000)  # 60,000 packets lighter: the pages past its packets go back
+    for col in (*region.cols.values(), region.hash, region.part):
+        # but the page the cut falls in and the last, which the next array's first packets share
+        assert _resident(col[60_000:]) <= 2
+    assert _resident(ts[:60_000]) >= full // 2 - 1
+    assert (ts[:60_000] == np.arange(60_000)).all()
+    assert not ts[61_000:120_000].any()  # given back: zero when read again
+    ts[:64_000] = 1
+    region.settle(64_000)
+    kept = _resident(ts)
+    assert 4_000 < SETTLE_PACKETS
+    region.settle(60_000)  # lighter by less than SETTLE_PACKETS: nothing is given back
+    assert _resident(ts) == kept
+
+
 def test_a_failing_sink_stops_the_workers(bench_capture: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller's sink raising mid-run ends the run with its error: the workers stop within

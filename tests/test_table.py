@@ -314,6 +314,28 @@ def test_tick_expires_by_wall_clock_on_a_quiet_link(tmp_path: Path) -> None:
     assert table.stats()["flows_live"] == 0
 
 
+def test_flows_ended_by_a_quiet_spell_give_their_slots_back_first(tmp_path: Path) -> None:
+    """Thousands of flows idle out at once when traffic resumes after a quiet spell (a ring
+    buffer's next file): they are exported and their slots freed before the next packets'
+    flows take slots, so the table's memory in use follows the live flows (the new burst
+    reuses the old burst's slots), not live plus ended."""
+    from flowsense.flows.kernels import DRAIN_ENDED
+    from flowsense.flows.table import FI_STATE, FS_LIVE
+
+    burst = DRAIN_ENDED + 2000
+    first = [(i * 1e-3, udp(C, S, 1024 + i % 60000, 53, b"q")) for i in range(burst)]
+    later = [(600.0 + i * 1e-3, udp(S, C, 2000 + i % 60000, 5353, b"r")) for i in range(burst)]
+    path = write_pcap(tmp_path / "spell.pcap", first + later)
+    table = FlowTable(FlowConfig(initial_flows=4 * burst))
+    ended: list[FeatureFrame] = []
+    for batch in iter_batches(str(path)):
+        table.feed(batch, ended.append)
+    assert sum(f.n for f in ended) == burst  # the first burst, idle past 120 s
+    live = np.flatnonzero(table.T.fi[:, FI_STATE] & FS_LIVE)
+    assert len(live) == burst
+    assert live.max() < burst  # the slots the first burst gave back
+
+
 def test_prompt_records_are_lazy_and_equal_to_the_full_ones(tmp_path: Path) -> None:
     """A prompt rule's records reach the sink at the reply with their addresses and Community
     IDs computed as read (``Columns``); read or not, they equal the records a full gather makes

@@ -414,19 +414,30 @@ def own_packets(status, ts_ns, n, own, gap_hi, gap_lo):
     return m
 
 
+# after an expiry, drain (export the ended flows and free their slots) before going on once
+# this many events wait: a flow that ended keeps its slot until it is drained, and the slots
+# new flows take meanwhile are more of the table's memory (``_advance``)
+DRAIN_ENDED = 4096
+
+
 @inline_kernel
 def _advance(T, ts, idle_ns):
     """A packet's time reaches the table (its own packet or another partition's): K_TIMEJUMP
     when it is earlier than the clock by more than the idle timeout (a capture spliced from
     another time: it cannot continue these flows), else the clock moves on and expiry runs
-    if a deadline passed (K_EVENTS when Python must drain first), else K_DONE."""
+    if a deadline passed (K_EVENTS when Python must drain first: the event list is full, or
+    the expiry left DRAIN_ENDED events or more), else K_DONE. Without the drain, a quiet
+    spell's end (every flow of a burst idle at once: a ring buffer's next file, a capture
+    resumed) left tens of thousands of ended flows holding their slots while the next
+    packets' flows took fresh ones: a ten-times-repeated capture's tables touched 36,000 slots
+    for 28,000 live flows at most, 12 MB more than the original's."""
     st = T.st
     if ts < st[S_CLOCK] - idle_ns:
         return K_TIMEJUMP
     if ts > st[S_CLOCK]:
         st[S_CLOCK] = ts
     if st[S_CLOCK] >= st[S_DEADLINE]:
-        if expire(T, st[S_CLOCK]) != K_DONE:
+        if expire(T, st[S_CLOCK]) != K_DONE or st[S_NEV] >= DRAIN_ENDED:
             return K_EVENTS
     return K_DONE
 
