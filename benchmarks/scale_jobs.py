@@ -9,9 +9,10 @@ Steady state: one child process, kernels loaded and the page cache warm, times
 time of the process, of its calling thread and of its busiest worker thread. Whole process:
 ``python -m flowsense flows PATH --format jsonl -o /dev/null --jobs J`` in turn, wall and CPU
 time, unobserved (``timed``). Memory: the peak of anonymous memory (Pss_Anon +
-Pss_Shmem, summed over the process tree) for the capture (the highest of three runs) and for
-the same flows repeated ten times, shifted in time (each copy after the previous one's flows
-idled out).
+Pss_Shmem, summed over the process tree) for the capture and for the same flows repeated ten
+times, shifted in time (each copy starts after every flow of the one before has idled out,
+established TCP too). The long run's peak is the highest of ten moments at which a copy's
+flows end; the capture's is the highest of as many runs.
 Results go to ``results/scale_jobs.json`` (``quick``: ``results/scale_jobs_quick.json``).
 """
 
@@ -147,10 +148,37 @@ def whole(path: str, jobs: int, runs: int) -> dict[int, list[dict]]:
     return out
 
 
-def repeated(src: str, dst: str, times: int, gap_s: int = 300) -> None:
+def repeat_gap_s() -> int:
+    """Seconds between one copy's last packet and the next one's first: past every idle
+    timeout (established TCP's is the longest), so a copy's flows are the original's again, new
+    flows, not older flows grown longer. (Until 2026-11-27 the gap was 300 s, past the 120 s
+    idle timeout but not established TCP's hour: a connection the capture cut off mid-way went
+    on through the copies.)"""
+    from flowsense.config import Config
+
+    flows = Config().flows
+    return int(max(flows.idle_timeout_s, flows.established_idle_timeout_s)) + 300
+
+
+def ensure_repeated(src: str, dst: str, times: int) -> None:
+    """``dst``: ``src`` ``times`` times over (``repeated``), made again when its sidecar
+    (``dst.json``) says it was made another way."""
+    want = {"source": os.path.basename(src), "copies": times, "gap_s": repeat_gap_s()}
+    try:
+        with open(dst + ".json") as f:
+            if json.load(f) == want and os.path.exists(dst):
+                return
+    except (OSError, ValueError):
+        pass
+    log(f"writing {dst}")
+    repeated(src, dst, times, want["gap_s"])
+    with open(dst + ".json", "w") as f:
+        json.dump(want, f)
+
+
+def repeated(src: str, dst: str, times: int, gap_s: int) -> None:
     """``src`` (a little-endian µs pcap) ``times`` times over, each copy's timestamps shifted
-    past the previous copy's last packet by ``gap_s`` (past the idle timeout: the copies' flows
-    are the original's again, not older flows grown longer)."""
+    past the previous copy's last packet by ``gap_s``."""
     from flowsense.capture.reader import ReaderStats, iter_records
     from flowsense.config import CaptureConfig
 
@@ -228,15 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                                                               args.jobs)
     if args.memory:
         longer = args.capture.replace(".pcap", f"-x{args.repeat}.pcap")
-        if not os.path.exists(longer):
-            log(f"writing {longer}")
-            repeated(args.capture, longer, args.repeat)
+        ensure_repeated(args.capture, longer, args.repeat)
         mem = {}
         for j in sorted({1, args.jobs}):
             log(f"memory, --jobs {j}")
-            # the short run's peak is sampled over a few seconds, every 50 ms: its highest of
-            # three (one sample can miss the peak, and the ratio then overstates the growth)
-            bases = [monitored(cli(args.capture, j))["peak_anon_bytes"] for _ in range(3)]
+            # the peak comes when a drain ends every live flow at once (the original's end, each
+            # copy's end in the long run) and varies from one such moment to the next (the text
+            # the workers hold then, 230-300 MB with --jobs 2): the long run has ten of them,
+            # so the original's peak is the highest of as many runs (of three until
+            # 2026-11-27: a ratio then said as much of which runs were low as of growth)
+            bases = [monitored(cli(args.capture, j))["peak_anon_bytes"]
+                     for _ in range(args.repeat)]
             base = max(bases)
             long_ = monitored(cli(longer, j))["peak_anon_bytes"]
             mem[j] = {"peak_anon_bytes": base, "peak_anon_bytes_runs": bases,
