@@ -599,8 +599,8 @@ def test_a_region_gives_back_what_a_denser_piece_took() -> None:
         col[:120_000] = 1
     ts[:120_000] = np.arange(120_000)
     region.settle(120_000)
-    assert _resident(ts[:120_000]) == _resident(ts[:120_000]) > 0
     full = _resident(ts[:120_000])
+    assert full >= 120_000 * 8 // 4096  # every page it wrote
     region.settle(60_000)  # 60,000 packets lighter: the pages past its packets go back
     for col in (*region.cols.values(), region.hash, region.part):
         # but the page the cut falls in and the last, which the next array's first packets share

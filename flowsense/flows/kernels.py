@@ -430,7 +430,7 @@ def _advance(T, ts, idle_ns):
     spell's end (every flow of a burst idle at once: a ring buffer's next file, a capture
     resumed) left tens of thousands of ended flows holding their slots while the next
     packets' flows took fresh ones: a ten-times-repeated capture's tables touched 36,000 slots
-    for 28,000 live flows at most, 12 MB more than the original's."""
+    for 28,000 live flows at most, 13 MB more than the original's."""
     st = T.st
     if ts < st[S_CLOCK] - idle_ns:
         return K_TIMEJUMP
