@@ -148,11 +148,6 @@ class Region:
         for _, dt, count in layout:
             offsets.append(total)
             total += (dt.itemsize * count + 63) // 64 * 64
-        # where each per-packet array starts and its item size (``settle``)
-        self._spans = [(off, dt.itemsize, off + dt.itemsize * count)
-                       for (name, dt, count), off in zip(layout, offsets)
-                       if count == packets and name not in ("hdr", "err", "tally", "inline")]
-        self.filled = 0  # packets the per-packet arrays hold pages for, at most
         # a plain map, not ``flows.memory.zeros``: on huge pages each column's filled prefix
         # would hold a whole 2 MiB page
         self._mm = mmap.mmap(-1, max(total, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -166,6 +161,11 @@ class Region:
         self.inline = arrays.pop("inline")
         self.cols = arrays
         self.capacity = packets
+        # each per-packet array's place in the map and its item size (``settle``)
+        at = {name: off for (name, _, _), off in zip(layout, offsets)}
+        self._spans = [(at[k], a.itemsize, at[k] + a.nbytes)
+                       for k, a in (("part", self.part), ("hash", self.hash), *arrays.items())]
+        self.filled = 0  # packets the per-packet arrays hold pages for, at most
 
     def settle(self, n: int) -> None:
         """A piece of ``n`` packets was decoded here: if the pieces before it left pages for
